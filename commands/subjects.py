@@ -1,0 +1,55 @@
+"""Every subject, header and stream name jetbook uses, in one place.
+
+The account a trading command acts for is the last subject token, not a payload
+field, so that NATS permissions (`deploy/accounts.conf`) can bind a user to the
+subjects of its own account and nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+CMD_STREAM: Final = "JB_CMD"
+EVT_STREAM: Final = "JB_EVT"
+
+CMD_PREFIX: Final = "jb.cmd"
+CTL_PREFIX: Final = "jb.ctl"
+EVT_PREFIX: Final = "jb.evt"
+
+CMD_SUBJECTS: Final = (f"{CMD_PREFIX}.>", f"{CTL_PREFIX}.>")
+EVT_SUBJECTS: Final = (f"{EVT_PREFIX}.>",)
+
+# A command whose subject cannot be parsed has no market to be filed under; its
+# rejection goes to this reserved market token. Market ids starting with "_"
+# are reserved for the system and cannot be created.
+UNROUTABLE_MARKET: Final = "_invalid"
+
+HDR_MSG_ID: Final = "Nats-Msg-Id"
+HDR_EXPECTED_LAST_SEQ: Final = "Nats-Expected-Last-Sequence"
+HDR_BATCH_ID: Final = "Nats-Batch-Id"
+HDR_BATCH_SEQ: Final = "Nats-Batch-Sequence"
+HDR_BATCH_COMMIT: Final = "Nats-Batch-Commit"
+
+
+def is_id(value: object) -> bool:
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
+
+
+def cmd_subject(market_id: str, account_id: str) -> str:
+    return f"{CMD_PREFIX}.{market_id}.{account_id}"
+
+
+def ctl_subject(market_id: str) -> str:
+    return f"{CTL_PREFIX}.{market_id}"
+
+
+def evt_subject(market_id: str, kind: str) -> str:
+    return f"{EVT_PREFIX}.{market_id}.{kind}"
+
+
+def evt_filter(market_id: str | None = None, kind: str | None = None) -> str:
+    """A subscription filter over JB_EVT; None means every market or kind."""
+    return f"{EVT_PREFIX}.{market_id or '*'}.{kind or '*'}"

@@ -1,0 +1,125 @@
+"""Read a stream in order from any sequence, in batches of whatever has arrived.
+
+Built on an ordered consumer: ephemeral, no acks, flow-controlled, and reset by
+the client at the right sequence after a gap or a server restart. Readers keep
+their own position (the engine in JB_EVT, a projection in its SQLite file), so
+no durable consumer holds a second copy of it that could disagree.
+
+The stream sequence and the nanosecond timestamp come from the delivery's
+reply subject, which carries both as exact integers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+HIGH_WATER = 50_000  # buffered messages before delivery is paused (flow control does the rest)
+
+
+@dataclass(frozen=True, slots=True)
+class RawMsg:
+    seq: int  # stream sequence
+    ts: int  # JetStream timestamp, ns since the epoch
+    subject: str
+    data: bytes
+    pending: int  # messages left in the stream after this one (for this filter)
+    headers: dict[str, str] | None = None
+
+
+def ack_metadata(reply: str) -> tuple[int, int, int]:
+    """(stream seq, timestamp ns, pending) from a `$JS.ACK...` reply subject, v1 or v2 (with domain)."""
+    tokens = reply.split(".")
+    off = 0 if len(tokens) == 9 else 2
+    return int(tokens[5 + off]), int(tokens[7 + off]), int(tokens[8 + off])
+
+
+class StreamReader:
+    def __init__(self, js: Any, stream: str, start_seq: int = 1, filter_subject: str = "") -> None:
+        self.js = js
+        self.stream = stream
+        self.start_seq = max(start_seq, 1)
+        self.filter_subject = filter_subject
+        self._buf: deque[RawMsg] = deque()
+        self._arrived = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._sub: Any = None
+
+    async def start(self) -> StreamReader:
+        self._sub = await self.js.subscribe(
+            self.filter_subject,
+            stream=self.stream,
+            ordered_consumer=True,
+            cb=self._on_msg,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            config=ConsumerConfig(opt_start_seq=self.start_seq),
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
+        return self
+
+    async def _on_msg(self, msg: Any) -> None:
+        seq, ts, pending = ack_metadata(msg.reply)
+        self._buf.append(RawMsg(seq, ts, msg.subject, msg.data, pending, msg.headers))
+        self._arrived.set()
+        while len(self._buf) >= HIGH_WATER:
+            self._drained.clear()
+            await self._drained.wait()
+
+    async def next_batch(self, max_msgs: int, timeout: float | None = None) -> list[RawMsg]:
+        """Up to max_msgs messages, waiting at most `timeout` seconds for the first one."""
+        if not self._buf:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+            except TimeoutError:
+                return []
+        buf = self._buf
+        out = [buf.popleft() for _ in range(min(max_msgs, len(buf)))]
+        self._drained.set()
+        return out
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception:
+                pass  # the connection may already be closed; the ephemeral consumer expires by itself
+            self._sub = None
+
+    async def __aenter__(self) -> StreamReader:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def last_seq(js: Any, stream: str) -> int:
+    info = await js.stream_info(stream)
+    return int(info.state.last_seq)
+
+
+async def caught_up(reader: StreamReader, last_seen: int) -> bool:
+    """True when the consumer has nothing more to deliver beyond `last_seen` right now."""
+    info = await reader._sub.consumer_info()
+    delivered = int(info.delivered.stream_seq or 0)
+    return int(info.num_pending or 0) == 0 and (delivered <= last_seen or delivered < reader.start_seq)
+
+
+async def read_to_end(reader: StreamReader, max_msgs: int = 10_000) -> list[list[RawMsg]]:
+    """Every message from the reader's start up to the stream's end as it is now, in batches."""
+    out: list[list[RawMsg]] = []
+    last_seen = 0
+    while True:
+        batch = await reader.next_batch(max_msgs, timeout=0.2)
+        if batch:
+            out.append(batch)
+            last_seen = batch[-1].seq
+            if batch[-1].pending == 0:
+                return out
+        elif await caught_up(reader, last_seen):
+            return out

@@ -1,0 +1,3 @@
+from jetbook.cli import app
+
+app()

@@ -1,0 +1,232 @@
+"""The `jetbook` command. Each sub-command is a thin call into a role, a client or a read model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from jetbook.settings import DEFAULT_URL, Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="jetbook: an event-sourced exchange on NATS JetStream.")
+submit_app = typer.Typer(no_args_is_help=True, help="Publish one command and print the events it caused.")
+app.add_typer(submit_app, name="submit")
+
+Url = Annotated[str, typer.Option("--nats-url", envvar="JETBOOK_NATS_URL", help="NATS server URL.")]
+MaybeUrl = Annotated[
+    str | None,
+    typer.Option("--nats-url", envvar="JETBOOK_NATS_URL", help="Use this server instead of starting one."),
+]
+Replicas = Annotated[int, typer.Option(envvar="JETBOOK_REPLICAS", help="Stream replicas (3 on a cluster).")]
+Market = Annotated[str, typer.Option("--market", "-m", help="Market id.")]
+Account = Annotated[str, typer.Option("--account", "-a", help="Account id (the last subject token).")]
+
+
+def _client_call(url: str, body: Callable[[Any], Awaitable[int]]) -> None:
+    from jetbook.wiring import connect
+
+    async def main() -> int:
+        nc = await connect(url, "jetbook-cli", reconnect=False)
+        try:
+            return await body(nc.jetstream())
+        finally:
+            await nc.close()
+
+    try:
+        code = asyncio.run(main())
+    except TimeoutError as err:
+        typer.echo(f"error: {err}. Is the engine running (`jetbook up` or `jetbook engine`)?", err=True)
+        raise typer.Exit(2) from err
+    except OSError as err:
+        typer.echo(f"error: cannot reach NATS at {url}: {err}", err=True)
+        raise typer.Exit(2) from err
+    raise typer.Exit(code)
+
+
+@app.command()
+def up(
+    data_dir: Annotated[Path, typer.Option(envvar="JETBOOK_DATA_DIR", help="Where the server store and read model live.")] = Path(".jetbook"),
+    nats_url: MaybeUrl = None,
+    port: Annotated[int, typer.Option(envvar="JETBOOK_PORT", help="Embedded server port (0 = any free port).")] = 4222,
+    replicas: Replicas = 1,
+) -> None:
+    """Start nats-server (embedded, unless --nats-url), the engine and a projection worker."""
+    from jetbook.errors import JetbookError
+    from jetbook.up import up as run_up
+
+    try:
+        run_up(data_dir, nats_url, port, replicas)
+    except JetbookError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+
+
+@app.command()
+def engine(nats_url: Url = DEFAULT_URL, replicas: Replicas = 1) -> None:
+    """Run the matching engine: JB_CMD in, JB_EVT out."""
+    from jetbook.errors import Fenced
+    from jetbook.roles import engine_role
+    from jetbook.wiring import run_until_signal, setup_logging
+
+    setup_logging(Settings().log_level)
+    try:
+        run_until_signal(lambda stop: engine_role(nats_url, stop, replicas))
+    except Fenced as err:
+        typer.echo(f"engine fenced off: {err}", err=True)
+        raise typer.Exit(3) from err
+
+
+@app.command()
+def project(
+    nats_url: Url = DEFAULT_URL,
+    db: Annotated[Path, typer.Option(help="SQLite file of the read model.")] = Path(".jetbook/read_model.db"),
+    from_seq: Annotated[int | None, typer.Option(help="JB_EVT sequence to start at, for a new file.")] = None,
+    replicas: Replicas = 1,
+) -> None:
+    """Run a projection worker: fold JB_EVT into an SQLite read model."""
+    from jetbook.roles import project_role
+    from jetbook.wiring import run_until_signal, setup_logging
+
+    setup_logging(Settings().log_level)
+    run_until_signal(lambda stop: project_role(nats_url, db, stop, from_seq, replicas))
+
+
+@app.command()
+def demo(nats_url: Url = DEFAULT_URL, market: Market = "ETH-USDC") -> None:
+    """Run the order-book reference scenario against a running stack."""
+    from jetbook.demo import run_demo
+
+    async def body(js: Any) -> int:
+        await run_demo(js, market)
+        return 0
+
+    _client_call(nats_url, body)
+
+
+def _print_outcome(events: list[Any]) -> int:
+    from events.model import Rejected, to_wire
+
+    for event in events:
+        typer.echo(json.dumps(to_wire(event)))
+    return 1 if any(isinstance(e, Rejected) for e in events) else 0
+
+
+def _submit(url: str, market: str, send: Callable[[Any], Awaitable[int]], wait: bool) -> None:
+    from events.watch import EventWatcher
+
+    async def body(js: Any) -> int:
+        if not wait:
+            seq = await send(js)
+            typer.echo(f"cmd_seq {seq}")
+            return 0
+        async with EventWatcher(js, market) as watcher:
+            seq = await send(js)
+            typer.echo(f"cmd_seq {seq}", err=True)
+            return _print_outcome((await watcher.wait([seq], timeout=10))[seq])
+
+    _client_call(url, body)
+
+
+Wait = Annotated[bool, typer.Option(help="Wait for and print the events the command caused.")]
+
+
+@submit_app.command("create-market")
+def submit_create_market(
+    market: Market, base: str = "BASE", quote: str = "QUOTE", nats_url: Url = DEFAULT_URL, wait: Wait = True
+) -> None:
+    """Create a market (control subject jb.ctl.<market>)."""
+    from commands.client import CommandClient
+
+    _submit(nats_url, market, lambda js: CommandClient(js).create_market(market, base, quote), wait)
+
+
+@submit_app.command("place")
+def submit_place(
+    market: Market,
+    account: Account,
+    side: Annotated[str, typer.Option(help="buy or sell")],
+    price: Annotated[int, typer.Option(help="Limit price in ticks.")],
+    qty: Annotated[int, typer.Option(help="Quantity in lots.")],
+    client_order_id: Annotated[str | None, typer.Option(help="Your id for the order; generated if absent.")] = None,
+    tif: str = "gtc",
+    nats_url: Url = DEFAULT_URL,
+    wait: Wait = True,
+) -> None:
+    """Place a limit order."""
+    from nats.nuid import NUID
+
+    from commands.client import CommandClient
+
+    coid = client_order_id or f"cli-{NUID().next().decode()}"
+    _submit(nats_url, market, lambda js: CommandClient(js).place(market, account, coid, side, price, qty, tif), wait)
+
+
+@submit_app.command("cancel")
+def submit_cancel(
+    market: Market,
+    account: Account,
+    order_id: Annotated[int | None, typer.Option(help="Engine-assigned order id.")] = None,
+    client_order_id: Annotated[str | None, typer.Option(help="Your id for the order.")] = None,
+    nats_url: Url = DEFAULT_URL,
+    wait: Wait = True,
+) -> None:
+    """Cancel an order by order_id or client_order_id."""
+    from commands.client import CommandClient
+
+    _submit(nats_url, market, lambda js: CommandClient(js).cancel(market, account, order_id, client_order_id), wait)
+
+
+@app.command()
+def fills(
+    market: Annotated[str | None, typer.Option("--market", "-m", help="One market; all if absent.")] = None,
+    from_seq: Annotated[int, typer.Option(help="JB_EVT sequence to start at.")] = 1,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new fills.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    nats_url: Url = DEFAULT_URL,
+) -> None:
+    """Print fills from any sequence, then live with --follow."""
+    from events.fills import fills as fill_stream
+    from events.model import to_wire
+
+    async def body(js: Any) -> int:
+        async for seq, f in fill_stream(js, market, from_seq, follow):
+            if as_json:
+                typer.echo(json.dumps({"seq": seq, **to_wire(f)}))
+            else:
+                typer.echo(
+                    f"{seq:>8}  {f.market_id}  trade {f.trade_id}  {f.qty} @ {f.price}  "
+                    f"taker {f.taker_account} {f.taker_side} #{f.taker_order_id}  "
+                    f"maker {f.maker_account} #{f.maker_order_id}"
+                )
+            sys.stdout.flush()
+        return 0
+
+    try:
+        _client_call(nats_url, body)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+@app.command()
+def book(
+    market: Market,
+    db: Annotated[Path, typer.Option(help="SQLite file of the read model.")] = Path(".jetbook/read_model.db"),
+    depth: int = 10,
+) -> None:
+    """Print a market's book from the read model (what the projection has folded so far)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    (pos,) = con.execute("SELECT COALESCE(MAX(last_seq), 0) FROM projection_position").fetchone()
+    q = "SELECT price, qty, orders FROM book_levels WHERE market_id = ? AND side = ? ORDER BY price {} LIMIT ?"
+    asks = con.execute(q.format("ASC"), (market, "sell", depth)).fetchall()
+    bids = con.execute(q.format("DESC"), (market, "buy", depth)).fetchall()
+    typer.echo(f"{market} at JB_EVT seq {pos}")
+    for price, qty, n in reversed(asks):
+        typer.echo(f"  ask {price:>12} {qty:>10}  ({n} orders)")
+    for price, qty, n in bids:
+        typer.echo(f"  bid {price:>12} {qty:>10}  ({n} orders)")

@@ -1,0 +1,55 @@
+"""Broker error codes mapped to jetbook's exceptions, in one place.
+
+JetStream answers a publish with a JSON PubAck that either has a sequence or an
+`error` object carrying `err_code`; the codes below are the ones whose meaning
+changes what the engine does next.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+
+class JetbookError(Exception):
+    """Base class for errors jetbook raises on purpose."""
+
+
+class BrokerError(JetbookError):
+    def __init__(self, code: int, err_code: int, description: str) -> None:
+        super().__init__(f"{description} (code {code}, err_code {err_code})")
+        self.code = code
+        self.err_code = err_code
+        self.description = description
+
+
+class Fenced(BrokerError):
+    """Someone else appended to JB_EVT since we last looked: we are not the writer any more."""
+
+
+class BatchRejected(BrokerError):
+    """The atomic batch was refused whole (too large, incomplete, atomic publish off)."""
+
+
+class ServerNotFound(JetbookError):
+    """No nats-server binary in this environment or on PATH."""
+
+
+ERR_WRONG_LAST_SEQUENCE: Final = 10071
+ERR_BATCH_TOO_LARGE: Final = 10199
+
+_BY_CODE: Final[dict[int, type[BrokerError]]] = {
+    ERR_WRONG_LAST_SEQUENCE: Fenced,
+    ERR_BATCH_TOO_LARGE: BatchRejected,
+}
+
+
+def parse_puback(raw: bytes) -> dict[str, Any]:
+    """The PubAck body, or the matching exception when the server refused the publish."""
+    body: dict[str, Any] = json.loads(raw)
+    err = body.get("error")
+    if err:
+        err_code = int(err.get("err_code", 0))
+        cls = _BY_CODE.get(err_code, BatchRejected if "batch" in str(err.get("description", "")) else BrokerError)
+        raise cls(int(err.get("code", 0)), err_code, str(err.get("description", "")))
+    return body

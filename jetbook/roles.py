@@ -1,0 +1,55 @@
+"""Each role as a coroutine: what `jetbook engine` and `jetbook project` run, and what tests run in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from engine.service import EngineService
+from events.streams import ensure_streams
+from jetbook.wiring import connect
+from projections.runner import ProjectionRunner
+
+log = logging.getLogger("jetbook")
+
+
+async def _report(what: str, count: Callable[[], int], stop: asyncio.Event, every: float = 5.0) -> None:
+    last = count()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+        now = count()
+        if now != last:
+            log.info("%s: %d (+%d, %.0f/s)", what, now, now - last, (now - last) / every)
+            last = now
+
+
+async def engine_role(url: str, stop: asyncio.Event, replicas: int = 1) -> None:
+    nc = await connect(url, "jetbook-engine")
+    service = EngineService(nc, replicas=replicas)
+    reporter = asyncio.create_task(_report("commands applied", lambda: service.commands_done, stop))
+    try:
+        await service.run(stop)
+    finally:
+        stop.set()
+        await reporter
+        await nc.drain()
+
+
+async def project_role(
+    url: str, db: Path, stop: asyncio.Event, from_seq: int | None = None, replicas: int = 1
+) -> None:
+    nc = await connect(url, "jetbook-projection")
+    js = nc.jetstream()
+    await ensure_streams(js, replicas)
+    runner = ProjectionRunner(js, db, from_seq=from_seq)
+    reporter = asyncio.create_task(_report("projection position", lambda: runner.position, stop))
+    try:
+        await runner.run(stop)
+    finally:
+        stop.set()
+        await reporter
+        await nc.drain()

@@ -1,0 +1,43 @@
+"""The composition root: connect to NATS and run a role until a signal arrives."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+async def connect(url: str, name: str, *, reconnect: bool = True) -> Any:
+    async def on_error(err: Exception) -> None:
+        logging.getLogger("jetbook.nats").warning("%s: %s", name, err)
+
+    return await nats.connect(
+        url,
+        name=name,
+        allow_reconnect=reconnect,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=3,
+        error_cb=on_error,
+    )
+
+
+def run_until_signal(role: Callable[[asyncio.Event], Awaitable[Any]]) -> Any:
+    """Run `role(stop)`; SIGINT or SIGTERM sets `stop`, and the role finishes its batch and returns."""
+
+    async def main() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await role(stop)
+
+    return asyncio.run(main())
