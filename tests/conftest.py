@@ -1,0 +1,46 @@
+"""Fixtures chained server -> client -> jetstream, on a real nats-server with a temporary store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from events.streams import ensure_streams
+from jetbook.server import EmbeddedServer
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
+    server = EmbeddedServer(tmp_path / "nats", port=0)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: EmbeddedServer) -> AsyncIterator[Any]:
+    client = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def js(nc: Any) -> Any:
+    jetstream = nc.jetstream()
+    await ensure_streams(jetstream)
+    return jetstream
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "") -> None:
+    """Poll a condition until it holds; fail the test at the deadline. Never a bare sleep."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await predicate():
+        if loop.time() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(0.02)

@@ -1,0 +1,121 @@
+"""The SQLite read model on real files: rows, statuses, levels, and independence from batch boundaries."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+from events.model import Event, Rejected
+from projections.read_model import ReadModel
+from replay.hashing import db_content_hash
+from tests.unit.helpers import M, Session
+
+
+def workload(seed: int = 7, n: int = 400) -> tuple[Session, list[Event]]:
+    rng = random.Random(seed)
+    s = Session(market=None)
+    events = list(s.create(M))
+    events += s.create("BTC-USDC")
+    open_ids: list[tuple[str, str, int]] = []
+    for _ in range(n):
+        market = rng.choice([M, "BTC-USDC"])
+        account = rng.choice("abcd")
+        if open_ids and rng.random() < 0.25:
+            m, acct, oid = open_ids.pop(rng.randrange(len(open_ids)))
+            events += s.cancel(acct, market=m, order_id=oid)
+            continue
+        out = s.place(account, rng.choice(["buy", "sell"]), rng.randint(95, 105), rng.randint(1, 9), market=market)
+        events += out
+        open_ids.append((market, account, out[0].order_id))  # type: ignore[attr-defined]
+    events += s.send("jb.cmd.ETH-USDC.a", b"\xc1")
+    return s, events
+
+
+async def build(path: Path, events: list[Event], batch: int) -> None:
+    model = await ReadModel.open(path)
+    try:
+        numbered = list(enumerate(events, 1))
+        for i in range(0, len(numbered), batch):
+            assert await model.apply(numbered[i : i + batch]) == numbered[min(i + batch, len(numbered)) - 1][0]
+        assert await model.position() == len(events)
+    finally:
+        await model.close()
+
+
+async def test_content_does_not_depend_on_batch_boundaries(tmp_path: Path) -> None:
+    _, events = workload()
+    hashes = set()
+    for batch in (1, 7, 100, len(events)):
+        await build(tmp_path / f"b{batch}.db", events, batch)
+        hashes.add(db_content_hash(tmp_path / f"b{batch}.db"))
+    assert len(hashes) == 1
+
+
+async def test_levels_equal_the_engines_book_and_statuses_add_up(tmp_path: Path) -> None:
+    session, events = workload()
+    db = tmp_path / "rm.db"
+    await build(db, events, 50)
+    con = sqlite3.connect(db)
+    for market_id, market in session.engine.state.markets.items():
+        for side in ("buy", "sell"):
+            order = "DESC" if side == "buy" else "ASC"
+            rows = con.execute(
+                f"SELECT price, qty FROM book_levels WHERE market_id=? AND side=? ORDER BY price {order}",
+                (market_id, side),
+            ).fetchall()
+            assert rows == market.book.depth(side, 1000)
+        open_rows = con.execute(
+            "SELECT order_id, open_qty FROM orders WHERE market_id=? AND status IN ('open','partially_filled')"
+            " ORDER BY order_id",
+            (market_id,),
+        ).fetchall()
+        assert open_rows == sorted((o.order_id, o.qty) for o in market.book.orders.values())
+    bad = con.execute("SELECT COUNT(*) FROM orders WHERE filled_qty + cancelled_qty > qty OR open_qty < 0").fetchone()
+    assert bad == (0,)
+    statuses = dict(con.execute("SELECT status, COUNT(*) FROM orders GROUP BY status").fetchall())
+    assert set(statuses) <= {"open", "partially_filled", "filled", "cancelled"} and statuses.get("filled")
+    want = [(e.reason,) for e in events if isinstance(e, Rejected)]
+    assert con.execute("SELECT reason FROM rejections ORDER BY seq").fetchall() == want
+    assert want[-1] == ("malformed",) and ("order_not_open",) in want
+
+
+async def test_top_of_book_view_and_market_stats(tmp_path: Path) -> None:
+    s2 = Session(market=None)
+    events = s2.create(M)
+    events += s2.place("alice", "sell", 300_000, 10)
+    events += s2.place("alice", "sell", 301_000, 5)
+    events += s2.place("bob", "buy", 299_000, 8)
+    events += s2.place("bob", "buy", 300_500, 15)
+    db = tmp_path / "rm.db"
+    await build(db, events, 2)
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT * FROM top_of_book").fetchall() == [(M, 300_500, 5, 301_000, 5)]
+    assert con.execute("SELECT last_trade_id, last_price, volume FROM markets").fetchall() == [(1, 300_000, 10)]
+    assert con.execute("SELECT order_id, status, filled_qty FROM orders ORDER BY order_id").fetchall() == [
+        (1, "filled", 10), (2, "open", 0), (3, "open", 0), (4, "partially_filled", 10),
+    ]  # fmt: skip
+    assert con.execute("SELECT trade_id, price, qty, maker_order_id, taker_order_id FROM trades").fetchall() == [
+        (1, 300_000, 10, 1, 4)
+    ]
+
+
+async def test_a_failed_batch_leaves_rows_and_position_untouched(tmp_path: Path) -> None:
+    _, events = workload(n=50)
+    db = tmp_path / "rm.db"
+    await build(db, events[:20], 20)
+    before = db_content_hash(db)
+    model = await ReadModel.open(db)
+    try:
+        # Re-applying an order that already exists violates the primary key mid-transaction.
+        dup = [(21, events[20]), (22, events[2])]
+        try:
+            await model.apply(dup)
+        except sqlite3.IntegrityError:
+            pass
+        else:
+            raise AssertionError("expected the duplicate insert to fail")
+        assert await model.position() == 20
+    finally:
+        await model.close()
+    assert db_content_hash(db) == before
