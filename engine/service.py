@@ -23,7 +23,13 @@ import nats.errors
 from nats.nuid import NUID
 
 from commands.subjects import (
-    CMD_STREAM, EVT_STREAM, HDR_BATCH_COMMIT, HDR_BATCH_ID, HDR_BATCH_SEQ, HDR_EXPECTED_LAST_SEQ, evt_subject,
+    CMD_STREAM,
+    EVT_STREAM,
+    HDR_BATCH_COMMIT,
+    HDR_BATCH_ID,
+    HDR_BATCH_SEQ,
+    HDR_EXPECTED_LAST_SEQ,
+    evt_subject,
 )  # fmt: skip
 from engine.core import MAX_EVENTS_PER_COMMAND, Engine, state_hash
 from events.model import Event, decode, encode

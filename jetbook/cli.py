@@ -14,7 +14,9 @@ import typer
 
 from jetbook.settings import DEFAULT_URL, Settings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="jetbook: an event-sourced exchange on NATS JetStream.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="jetbook: an event-sourced exchange on NATS JetStream."
+)
 submit_app = typer.Typer(no_args_is_help=True, help="Publish one command and print the events it caused.")
 app.add_typer(submit_app, name="submit")
 
@@ -29,6 +31,8 @@ Account = Annotated[str, typer.Option("--account", "-a", help="Account id (the l
 
 
 def _client_call(url: str, body: Callable[[Any], Awaitable[int]]) -> None:
+    from nats.errors import NoServersError
+
     from jetbook.wiring import connect
 
     async def main() -> int:
@@ -43,7 +47,7 @@ def _client_call(url: str, body: Callable[[Any], Awaitable[int]]) -> None:
     except TimeoutError as err:
         typer.echo(f"error: {err}. Is the engine running (`jetbook up` or `jetbook engine`)?", err=True)
         raise typer.Exit(2) from err
-    except OSError as err:
+    except (OSError, NoServersError) as err:
         typer.echo(f"error: cannot reach NATS at {url}: {err}", err=True)
         raise typer.Exit(2) from err
     raise typer.Exit(code)
@@ -51,7 +55,9 @@ def _client_call(url: str, body: Callable[[Any], Awaitable[int]]) -> None:
 
 @app.command()
 def up(
-    data_dir: Annotated[Path, typer.Option(envvar="JETBOOK_DATA_DIR", help="Where the server store and read model live.")] = Path(".jetbook"),
+    data_dir: Annotated[
+        Path, typer.Option(envvar="JETBOOK_DATA_DIR", help="Where the server store and read model live.")
+    ] = Path(".jetbook"),
     nats_url: MaybeUrl = None,
     port: Annotated[int, typer.Option(envvar="JETBOOK_PORT", help="Embedded server port (0 = any free port).")] = 4222,
     replicas: Replicas = 1,
@@ -164,7 +170,12 @@ def submit_place(
     from commands.client import CommandClient
 
     coid = client_order_id or f"cli-{NUID().next().decode()}"
-    _submit(nats_url, market, lambda js: CommandClient(js).place(market, account, coid, side, price, qty, tif), wait)
+    _submit(
+        nats_url,
+        market,
+        lambda js: CommandClient(js).place(market, account, coid, side, price, qty, tif),
+        wait,
+    )
 
 
 @submit_app.command("cancel")
@@ -179,7 +190,12 @@ def submit_cancel(
     """Cancel an order by order_id or client_order_id."""
     from commands.client import CommandClient
 
-    _submit(nats_url, market, lambda js: CommandClient(js).cancel(market, account, order_id, client_order_id), wait)
+    _submit(
+        nats_url,
+        market,
+        lambda js: CommandClient(js).cancel(market, account, order_id, client_order_id),
+        wait,
+    )
 
 
 @app.command()

@@ -39,9 +39,7 @@ async def engine_role(url: str, stop: asyncio.Event, replicas: int = 1) -> None:
         await nc.drain()
 
 
-async def project_role(
-    url: str, db: Path, stop: asyncio.Event, from_seq: int | None = None, replicas: int = 1
-) -> None:
+async def project_role(url: str, db: Path, stop: asyncio.Event, from_seq: int | None = None, replicas: int = 1) -> None:
     nc = await connect(url, "jetbook-projection")
     js = nc.jetstream()
     await ensure_streams(js, replicas)

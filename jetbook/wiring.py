@@ -23,7 +23,9 @@ async def connect(url: str, name: str, *, reconnect: bool = True) -> Any:
         url,
         name=name,
         allow_reconnect=reconnect,
-        max_reconnect_attempts=-1,
+        # nats-py applies this to the first connect too, and reads 0 as "forever":
+        # a one-shot client gets one retry, then NoServersError.
+        max_reconnect_attempts=-1 if reconnect else 1,
         reconnect_time_wait=0.5,
         connect_timeout=3,
         error_cb=on_error,

@@ -117,9 +117,7 @@ class ReadModel:
         return cls(db, path)
 
     async def position(self) -> int:
-        async with self.db.execute(
-            "SELECT last_seq FROM projection_position WHERE name = ?", (self.NAME,)
-        ) as cur:
+        async with self.db.execute("SELECT last_seq FROM projection_position WHERE name = ?", (self.NAME,)) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 

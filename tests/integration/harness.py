@@ -76,3 +76,34 @@ async def assert_log_is_exact(js: Any) -> list[RawMsg]:
     events = await read_all(js, EVT_STREAM)
     assert [m.data for m in events] == await redecide(js)
     return events
+
+
+def workload(n: int, seed: int = 1, markets: tuple[str, ...] = ("M1", "M2")) -> list[tuple[str, bytes]]:
+    """A seeded command log: markets first, then places around a mid and cancels of earlier ids."""
+    import random
+
+    import msgpack
+
+    rng = random.Random(seed)
+    out = [(f"jb.ctl.{m}", msgpack.packb({"type": "create_market", "market_id": m, "base": "B", "quote": "Q"}))
+           for m in markets]  # fmt: skip
+    placed: dict[str, int] = dict.fromkeys(markets, 0)
+    for i in range(n):
+        m = rng.choice(markets)
+        account = rng.choice(["a", "b", "c", "d"])
+        if placed[m] and rng.random() < 0.25:
+            body = {"type": "cancel_order", "order_id": rng.randint(1, placed[m])}
+        else:
+            placed[m] += 1
+            body = {"type": "place_order", "client_order_id": f"w{i}", "side": rng.choice(["buy", "sell"]),
+                    "price": rng.randint(990, 1010), "qty": rng.randint(1, 20)}  # fmt: skip
+        out.append((f"jb.cmd.{m}.{account}", msgpack.packb(body)))
+    return out
+
+
+async def publish_all(js: Any, commands: list[tuple[str, bytes]]) -> int:
+    """Publish in order with acks pipelined; returns the last command's sequence."""
+    for subject, data in commands:
+        await js.publish_async(subject, data)
+    await js.publish_async_completed()
+    return await last_seq(js, CMD_STREAM)

@@ -38,8 +38,9 @@ async def test_demo_scenario_end_to_end(nc: Any, js: Any, tmp_path: Path) -> Non
     con = sqlite3.connect(db)
     assert con.execute("SELECT * FROM top_of_book").fetchall() == [("ETH-USDC", 300_500, 5, 301_000, 5)]
     assert con.execute("SELECT order_id, status FROM orders WHERE account_id='bob' ORDER BY 1").fetchall() == [
-        (3, "open"), (4, "partially_filled"),
-    ]  # fmt: skip
+        (3, "open"),
+        (4, "partially_filled"),
+    ]
     got = [(seq, f) async for seq, f in fills(js, "ETH-USDC")]
     assert [f.trade_id for _, f in got] == [1]
     assert [f.trade_id for _, f in [x async for x in fills(js, None, from_seq=got[0][0] + 1)]] == []
@@ -95,23 +96,54 @@ async def test_bad_input_over_nats_is_rejected_and_the_engine_goes_on(nc: Any, j
     bad: list[tuple[str, bytes, str]] = [
         ("jb.cmd.M1.bob", b"\x00\xc1not msgpack", "malformed"),
         ("jb.cmd.M1.bob", msgpack.packb({"type": "teleport"}), "unknown_type"),
-        ("jb.cmd.M1.bob", msgpack.packb({"type": "place_order", "side": "buy", "price": 1, "qty": 1}), "missing_field"),
-        ("jb.cmd.M1.bob", msgpack.packb({"type": "place_order", "client_order_id": "p", "side": "buy",
-                                         "price": "1", "qty": 1}), "invalid_price"),  # fmt: skip
-        ("jb.cmd.M1.bob", msgpack.packb({"type": "place_order", "client_order_id": "p", "side": "buy",
-                                         "price": 1, "qty": 0}), "invalid_qty"),  # fmt: skip
-        ("jb.cmd.NOPE.bob", msgpack.packb({"type": "place_order", "client_order_id": "p", "side": "buy",
-                                           "price": 1, "qty": 1}), "unknown_market"),  # fmt: skip
+        (
+            "jb.cmd.M1.bob",
+            msgpack.packb({"type": "place_order", "side": "buy", "price": 1, "qty": 1}),
+            "missing_field",
+        ),
+        (
+            "jb.cmd.M1.bob",
+            msgpack.packb({"type": "place_order", "client_order_id": "p", "side": "buy", "price": "1", "qty": 1}),
+            "invalid_price",
+        ),
+        (
+            "jb.cmd.M1.bob",
+            msgpack.packb({"type": "place_order", "client_order_id": "p", "side": "buy", "price": 1, "qty": 0}),
+            "invalid_qty",
+        ),
+        (
+            "jb.cmd.NOPE.bob",
+            msgpack.packb({"type": "place_order", "client_order_id": "p", "side": "buy", "price": 1, "qty": 1}),
+            "unknown_market",
+        ),
         ("jb.cmd.M1.bob", msgpack.packb({"type": "cancel_order", "order_id": 1}), "not_order_owner"),
         ("jb.cmd.M1.bob", msgpack.packb({"type": "cancel_order", "order_id": 42}), "unknown_order"),
-        ("jb.cmd.M1.alice", msgpack.packb({"type": "place_order", "client_order_id": "a1", "side": "sell",
-                                           "price": 5, "qty": 1}), "duplicate_client_order_id"),  # fmt: skip
-        ("jb.cmd.M1.bob", msgpack.packb({"type": "place_order", "client_order_id": "p", "side": "buy",
-                                         "price": 1, "qty": 1, "account_id": "alice"}), "account_mismatch"),  # fmt: skip
+        (
+            "jb.cmd.M1.alice",
+            msgpack.packb({"type": "place_order", "client_order_id": "a1", "side": "sell", "price": 5, "qty": 1}),
+            "duplicate_client_order_id",
+        ),
+        (
+            "jb.cmd.M1.bob",
+            msgpack.packb(
+                {
+                    "type": "place_order",
+                    "client_order_id": "p",
+                    "side": "buy",
+                    "price": 1,
+                    "qty": 1,
+                    "account_id": "alice",
+                }
+            ),
+            "account_mismatch",
+        ),
         ("jb.cmd.M1", msgpack.packb({"type": "place_order"}), "invalid_subject"),
     ]
     async with running_engine(nc), EventWatcher(js) as watcher:
-        setup = [await client.create_market("M1", "B", "Q"), await client.place("M1", "alice", "a1", "sell", 5, 1)]
+        setup = [
+            await client.create_market("M1", "B", "Q"),
+            await client.place("M1", "alice", "a1", "sell", 5, 1),
+        ]
         seqs = [await client.send(subject, data) for subject, data, _ in bad]
         after = await client.place("M1", "bob", "after", "buy", 5, 1)
         out = await watcher.wait([*setup, *seqs, after])
@@ -129,8 +161,10 @@ async def test_broker_drops_a_repeated_msg_id_and_the_engine_a_repeated_client_o
         await client.create_market("M1", "B", "Q")
         first = await client.place("M1", "a", "same", "buy", 10, 1)
         retry = await client.place("M1", "a", "same", "buy", 10, 1)  # same Nats-Msg-Id: a lost-ack retry
-        later = await client.send("jb.cmd.M1.a", msgpack.packb(
-            {"type": "place_order", "client_order_id": "same", "side": "buy", "price": 10, "qty": 1}))  # fmt: skip
+        later = await client.send(
+            "jb.cmd.M1.a",
+            msgpack.packb({"type": "place_order", "client_order_id": "same", "side": "buy", "price": 10, "qty": 1}),
+        )
         out = await watcher.wait([first, later])
     assert retry == first  # stored once
     assert (await js.stream_info(CMD_STREAM)).state.messages == 3

@@ -31,10 +31,29 @@ class Session:
         return self.engine.handle(self.seq, 1_000 + self.seq, subject, data)
 
     def create(self, market: str, **extra: Any) -> list[Event]:
-        return self.send(f"jb.ctl.{market}", {"type": "create_market", "market_id": market, "base": "B", "quote": "Q", **extra})
+        return self.send(
+            f"jb.ctl.{market}",
+            {"type": "create_market", "market_id": market, "base": "B", "quote": "Q", **extra},
+        )
 
-    def place(self, account: str, side: str, price: int, qty: int, coid: str | None = None, market: str = M, **extra: Any) -> list[Event]:
-        body = {"type": "place_order", "client_order_id": coid or f"c{self.seq + 1}", "side": side, "price": price, "qty": qty, **extra}
+    def place(
+        self,
+        account: str,
+        side: str,
+        price: int,
+        qty: int,
+        coid: str | None = None,
+        market: str = M,
+        **extra: Any,
+    ) -> list[Event]:
+        body = {
+            "type": "place_order",
+            "client_order_id": coid or f"c{self.seq + 1}",
+            "side": side,
+            "price": price,
+            "qty": qty,
+            **extra,
+        }
         return self.send(f"jb.cmd.{market}.{account}", body)
 
     def cancel(self, account: str, market: str = M, **ref: Any) -> list[Event]:

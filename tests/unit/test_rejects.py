@@ -45,7 +45,11 @@ CASES: list[tuple[str, str, Any]] = [
     ("invalid_subject", "jb.cmd.ETH-USDC", raw(place())),
     ("invalid_subject", "jb.cmd.ETH-USDC.bob.extra", raw(place())),
     ("invalid_subject", "jb.cmd.ETH-USDC.bad$acct", raw(place())),
-    ("invalid_subject", "jb.ctl.ETH-USDC.more", raw({"type": "create_market", "market_id": M, "base": "B", "quote": "Q"})),
+    (
+        "invalid_subject",
+        "jb.ctl.ETH-USDC.more",
+        raw({"type": "create_market", "market_id": M, "base": "B", "quote": "Q"}),
+    ),
     ("missing_field", P, raw(without("client_order_id"))),
     ("missing_field", P, raw(without("side"))),
     ("missing_field", P, raw(without("price"))),
@@ -73,16 +77,40 @@ CASES: list[tuple[str, str, Any]] = [
     ("invalid_market_id", P, raw(place(market_id="bad id"))),
     ("unknown_market", "jb.cmd.NOPE.bob", raw(place())),
     ("unknown_market", "jb.cmd.NOPE.bob", raw({"type": "cancel_order", "order_id": 1})),
-    ("duplicate_client_order_id", f"jb.cmd.{M}.alice", raw(place(client_order_id="a1", side="sell", price=200))),
+    (
+        "duplicate_client_order_id",
+        f"jb.cmd.{M}.alice",
+        raw(place(client_order_id="a1", side="sell", price=200)),
+    ),
     ("unknown_order", P, raw({"type": "cancel_order", "order_id": 99})),
     ("unknown_order", P, raw({"type": "cancel_order", "client_order_id": "a1"})),  # a1 is alice's, not bob's
-    ("unknown_order", f"jb.cmd.{M}.alice", raw({"type": "cancel_order", "order_id": 1, "client_order_id": "zz"})),
+    (
+        "unknown_order",
+        f"jb.cmd.{M}.alice",
+        raw({"type": "cancel_order", "order_id": 1, "client_order_id": "zz"}),
+    ),
     ("not_order_owner", P, raw({"type": "cancel_order", "order_id": 1})),
-    ("market_exists", f"jb.ctl.{M}", raw({"type": "create_market", "market_id": M, "base": "B", "quote": "Q"})),
-    ("market_mismatch", f"jb.ctl.{M}", raw({"type": "create_market", "market_id": "OTHER", "base": "B", "quote": "Q"})),
-    ("invalid_market_id", "jb.ctl._sys", raw({"type": "create_market", "market_id": "_sys", "base": "B", "quote": "Q"})),
+    (
+        "market_exists",
+        f"jb.ctl.{M}",
+        raw({"type": "create_market", "market_id": M, "base": "B", "quote": "Q"}),
+    ),
+    (
+        "market_mismatch",
+        f"jb.ctl.{M}",
+        raw({"type": "create_market", "market_id": "OTHER", "base": "B", "quote": "Q"}),
+    ),
+    (
+        "invalid_market_id",
+        "jb.ctl._sys",
+        raw({"type": "create_market", "market_id": "_sys", "base": "B", "quote": "Q"}),
+    ),
     ("missing_field", "jb.ctl.NEW", raw({"type": "create_market", "market_id": "NEW", "base": "B"})),
-    ("invalid_field", "jb.ctl.NEW", raw({"type": "create_market", "market_id": "NEW", "base": "", "quote": "Q"})),
+    (
+        "invalid_field",
+        "jb.ctl.NEW",
+        raw({"type": "create_market", "market_id": "NEW", "base": "", "quote": "Q"}),
+    ),
 ]
 
 
@@ -116,7 +144,12 @@ def test_reject_echoes_client_order_id_and_account() -> None:
     s = _session()
     (r,) = s.send(P, raw(place(client_order_id="mine-7", price=0)))
     assert isinstance(r, Rejected)
-    assert (r.client_order_id, r.account_id, r.command_type, r.market_id) == ("mine-7", "bob", "place_order", M)
+    assert (r.client_order_id, r.account_id, r.command_type, r.market_id) == (
+        "mine-7",
+        "bob",
+        "place_order",
+        M,
+    )
 
 
 def test_unroutable_subject_is_filed_under_the_reserved_market() -> None:
@@ -182,13 +215,30 @@ def test_extra_fields_on_create_market_are_ignored() -> None:
 
 
 _values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=8)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=8)
     | st.binary(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6),
     max_leaves=12,
 )
 _keys = st.sampled_from(
-    ["type", "client_order_id", "side", "price", "qty", "tif", "order_id", "v", "market_id", "account_id", "base", "quote"]
+    [
+        "type",
+        "client_order_id",
+        "side",
+        "price",
+        "qty",
+        "tif",
+        "order_id",
+        "v",
+        "market_id",
+        "account_id",
+        "base",
+        "quote",
+    ]
 )
 _types = st.sampled_from(["place_order", "cancel_order", "create_market"])
 _bodies = st.builds(lambda t, b: {"type": t, **b}, _types, st.dictionaries(_keys, _values, max_size=8))
