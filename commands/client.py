@@ -1,13 +1,17 @@
 """Publish commands to JB_CMD, the way any NATS client would (see docs/PROTOCOL.md).
 
 Each publish carries a `Nats-Msg-Id`, so a retried publish inside the broker's
-dedupe window is stored once. For place_order the id is derived from
-(market, account, client_order_id), which makes a blind retry after a lost ack
-safe; the engine refuses a repeated client_order_id after the window as well.
+dedupe window is stored once. For place_order the id is derived from the
+market, the account, the client_order_id and a digest of the payload: a blind
+retry of the same order after a lost ack is dropped by the broker, while a
+corrected order sent again with the same client_order_id (after a rejection)
+is a new message. The engine refuses a repeated client_order_id of an accepted
+order at any time, inside the window or long after it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import msgpack
@@ -30,7 +34,10 @@ class CommandClient:
         return int(ack.seq)
 
     async def _send_model(self, subject: str, command: Command, msg_id: str | None = None) -> int:
-        return await self.send(subject, command.model_dump(exclude_none=True), msg_id)
+        data: bytes = msgpack.packb(command.model_dump(exclude_none=True), use_bin_type=True)
+        if msg_id is not None:
+            msg_id = f"{msg_id}.{hashlib.sha256(data).hexdigest()[:16]}"
+        return await self.send(subject, data, msg_id)
 
     async def create_market(self, market_id: str, base: str, quote: str) -> int:
         command = CreateMarket(market_id=market_id, base=base, quote=quote)

@@ -3,6 +3,13 @@
 The account a trading command acts for is the last subject token, not a payload
 field, so that NATS permissions (`deploy/accounts.conf`) can bind a user to the
 subjects of its own account and nothing else.
+
+The engine publishes events on `jb.wal.<market>.<kind>`; JB_EVT takes them in,
+stores them as `jb.evt.<market>.<kind>` (a stream subject transform) and, once
+stored, republishes them on that subject. So everything anyone sees on
+`jb.evt.>` (a JetStream consumer or a plain subscription) is committed to the
+log, never a message of a refused or abandoned batch, and a stray publish to
+`jb.evt.>` is not stored.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ EVT_STREAM: Final = "JB_EVT"
 CMD_PREFIX: Final = "jb.cmd"
 CTL_PREFIX: Final = "jb.ctl"
 EVT_PREFIX: Final = "jb.evt"
+WAL_PREFIX: Final = "jb.wal"  # the engine's publish side of JB_EVT; only the engine may publish here
 
 CMD_SUBJECTS: Final = (f"{CMD_PREFIX}.>", f"{CTL_PREFIX}.>")
-EVT_SUBJECTS: Final = (f"{EVT_PREFIX}.>",)
+WAL_SUBJECTS: Final = (f"{WAL_PREFIX}.>",)  # what JB_EVT listens on
+EVT_SUBJECTS: Final = (f"{EVT_PREFIX}.>",)  # what JB_EVT stores and republishes as
 
 # A command whose subject cannot be parsed has no market to be filed under; its
 # rejection goes to this reserved market token. Market ids starting with "_"
@@ -48,6 +57,11 @@ def ctl_subject(market_id: str) -> str:
 
 def evt_subject(market_id: str, kind: str) -> str:
     return f"{EVT_PREFIX}.{market_id}.{kind}"
+
+
+def wal_subject(market_id: str, kind: str) -> str:
+    """Where the engine publishes an event that will be stored as evt_subject(market_id, kind)."""
+    return f"{WAL_PREFIX}.{market_id}.{kind}"
 
 
 def evt_filter(market_id: str | None = None, kind: str | None = None) -> str:

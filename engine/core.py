@@ -124,7 +124,7 @@ def _decide_cancel(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
     if order.account_id != p.account_id:
         return [_reject(p, seq, ts, "not_order_owner", "order belongs to another account", order_id)]
     if cmd.client_order_id is not None and cmd.client_order_id != order.client_order_id:
-        return [_reject(p, seq, ts, "unknown_order", "order_id and client_order_id name different orders")]
+        return [_reject(p, seq, ts, "unknown_order", "order_id and client_order_id name different orders", order_id)]
     return [
         OrderCancelled(
             p.market_id, seq, ts, order.order_id, order.account_id, order.client_order_id,

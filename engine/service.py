@@ -29,13 +29,13 @@ from commands.subjects import (
     HDR_BATCH_ID,
     HDR_BATCH_SEQ,
     HDR_EXPECTED_LAST_SEQ,
-    evt_subject,
-)  # fmt: skip
+    wal_subject,
+)
 from engine.core import MAX_EVENTS_PER_COMMAND, Engine, state_hash
 from events.model import Event, decode, encode
 from events.reader import StreamReader, last_seq
 from events.streams import ensure_streams
-from jetbook.errors import Fenced, JetbookError, parse_puback
+from jetbook.errors import CorruptLog, Fenced, JetbookError, parse_puback
 
 log = logging.getLogger("jetbook.engine")
 
@@ -65,7 +65,11 @@ class EngineService:
                 seq = 0
                 while seq < target:
                     for m in await reader.next_batch(10_000, timeout=30):
-                        self.engine.apply(decode(m.data))
+                        try:
+                            event = decode(m.data)
+                        except Exception as err:
+                            raise CorruptLog(m.seq, m.subject, err) from err
+                        self.engine.apply(event)
                         seq = m.seq
         self.last_evt_seq = target
         log.info(
@@ -96,7 +100,7 @@ class EngineService:
 
     async def publish(self, events: list[Event]) -> None:
         """Append events to JB_EVT as one atomic batch, exactly once."""
-        payloads = [(evt_subject(e.market_id, e.TYPE), encode(e)) for e in events]
+        payloads = [(wal_subject(e.market_id, e.TYPE), encode(e)) for e in events]
         expected = self.last_evt_seq
         while True:
             batch_id = self._nuid.next().decode()

@@ -3,17 +3,17 @@
 Subject names live in `commands/subjects.py`; these are the stream settings.
 Both use file storage and keep everything (no age, size or count limits).
 JB_EVT cannot have messages deleted or the stream purged, and accepts ADR-50
-atomic batches. In a cluster, `replicas=3` makes both R3.
+atomic batches; it listens on jb.wal.> and stores and republishes as jb.evt.>. In a cluster, `replicas=3` makes both R3.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RePublish, RetentionPolicy, StorageType, StreamConfig, SubjectTransform
 from nats.js.errors import BadRequestError
 
-from commands.subjects import CMD_STREAM, CMD_SUBJECTS, EVT_STREAM, EVT_SUBJECTS
+from commands.subjects import CMD_STREAM, CMD_SUBJECTS, EVT_PREFIX, EVT_STREAM, WAL_PREFIX, WAL_SUBJECTS
 
 DUPLICATE_WINDOW_S = 120.0  # how long the broker drops a repeated Nats-Msg-Id
 MAX_COMMAND_BYTES = 64 * 1024
@@ -40,7 +40,10 @@ def evt_stream(replicas: int = 1) -> StreamConfig:
     return StreamConfig(
         name=EVT_STREAM,
         description="jetbook events: the write-ahead log, the only source of truth",
-        subjects=list(EVT_SUBJECTS),
+        # The engine publishes on jb.wal.>; stored and republished as jb.evt.> (see commands/subjects.py).
+        subjects=list(WAL_SUBJECTS),
+        subject_transform=SubjectTransform(src=f"{WAL_PREFIX}.>", dest=f"{EVT_PREFIX}.>"),
+        republish=RePublish(src=f"{EVT_PREFIX}.>", dest=f"{EVT_PREFIX}.>"),
         storage=StorageType.FILE,
         retention=RetentionPolicy.LIMITS,
         discard=DiscardPolicy.OLD,

@@ -31,6 +31,17 @@ class BatchRejected(BrokerError):
     """The atomic batch was refused whole (too large, incomplete, atomic publish off)."""
 
 
+class CorruptLog(JetbookError):
+    """A JB_EVT message that is not a jetbook event: something other than the engine published on jb.wal.>."""
+
+    def __init__(self, seq: int, subject: str, cause: Exception) -> None:
+        super().__init__(
+            f"JB_EVT sequence {seq} ({subject}) is not a jetbook event ({type(cause).__name__}: {cause}). "
+            "Only the engine may publish on jb.wal.>; restrict it with permissions (docs/DEPLOY.md)."
+        )
+        self.seq = seq
+
+
 class ServerNotFound(JetbookError):
     """No nats-server binary in this environment or on PATH."""
 

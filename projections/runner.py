@@ -13,11 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from commands.subjects import EVT_STREAM
-from events.model import decode
-from events.reader import StreamReader
+from events.model import Event, decode
+from events.reader import RawMsg, StreamReader
+from jetbook.errors import CorruptLog
 from projections.read_model import ReadModel
 
 log = logging.getLogger("jetbook.projection")
+
+
+def _decode(m: RawMsg) -> Event:
+    try:
+        return decode(m.data)
+    except Exception as err:
+        raise CorruptLog(m.seq, m.subject, err) from err
 
 
 class ProjectionRunner:
@@ -46,7 +54,7 @@ class ProjectionRunner:
                 while not stop.is_set() and (until_seq is None or self.position < until_seq):
                     msgs = await reader.next_batch(self.batch, timeout=0.25)
                     if msgs:
-                        self.position = await model.apply([(m.seq, decode(m.data)) for m in msgs])
+                        self.position = await model.apply([(m.seq, _decode(m)) for m in msgs])
         finally:
             await model.close()
         return self.position

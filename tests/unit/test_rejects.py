@@ -140,6 +140,12 @@ def test_bad_command_is_rejected_and_changes_nothing(reason: str, subject: str, 
     assert isinstance(accepted, OrderAccepted)
 
 
+def test_mismatched_order_reference_echoes_the_order_id() -> None:
+    s = _session()
+    (r,) = s.cancel("alice", order_id=1, client_order_id="zz")
+    assert isinstance(r, Rejected) and r.reason == "unknown_order" and r.order_id == 1
+
+
 def test_reject_echoes_client_order_id_and_account() -> None:
     s = _session()
     (r,) = s.send(P, raw(place(client_order_id="mine-7", price=0)))
