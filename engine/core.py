@@ -205,6 +205,11 @@ def evolve(state: State, event: Event) -> State:
 # --- the engine as the shell sees it ------------------------------------------------------------
 
 
+def _internal_error(item: Parsed | Invalid, seq: int, ts: int, err: Exception) -> Rejected:
+    command_type = item.command.type if isinstance(item, Parsed) else item.command_type
+    return Rejected(item.market_id, seq, ts, "internal_error", type(err).__name__, item.account_id, command_type)
+
+
 class Engine:
     """decode -> validate -> decide -> evolve, for one raw JB_CMD message at a time."""
 
@@ -214,7 +219,14 @@ class Engine:
     def handle(self, cmd_seq: int, ts: int, subject: str, data: bytes) -> list[Event]:
         if cmd_seq <= self.state.last_cmd_seq:
             return []  # its events are already in the log: a redelivery, not a new command
-        events = decide(self.state, cmd_seq, ts, parse(subject, data))
+        parsed = parse(subject, data)
+        try:
+            events = decide(self.state, cmd_seq, ts, parsed)
+        except Exception as err:
+            # A bug must not turn one command into a poison pill that halts every market on every
+            # restart. decide does not mutate, so nothing is half-applied, and the same input
+            # raises the same way on replay, so the reject is as deterministic as any other.
+            events = [_internal_error(parsed, cmd_seq, ts, err)]
         for event in events:
             evolve(self.state, event)
         return events

@@ -76,7 +76,7 @@ def up(
 @app.command()
 def engine(nats_url: Url = DEFAULT_URL, replicas: Replicas = 1) -> None:
     """Run the matching engine: JB_CMD in, JB_EVT out."""
-    from jetbook.errors import Fenced
+    from jetbook.errors import Fenced, JetbookError
     from jetbook.roles import engine_role
     from jetbook.wiring import run_until_signal, setup_logging
 
@@ -86,6 +86,9 @@ def engine(nats_url: Url = DEFAULT_URL, replicas: Replicas = 1) -> None:
     except Fenced as err:
         typer.echo(f"engine fenced off: {err}", err=True)
         raise typer.Exit(3) from err
+    except JetbookError as err:
+        typer.echo(f"engine stopped: {err}", err=True)
+        raise typer.Exit(4) from err
 
 
 @app.command()
@@ -96,11 +99,16 @@ def project(
     replicas: Replicas = 1,
 ) -> None:
     """Run a projection worker: fold JB_EVT into an SQLite read model."""
+    from jetbook.errors import JetbookError
     from jetbook.roles import project_role
     from jetbook.wiring import run_until_signal, setup_logging
 
     setup_logging(Settings().log_level)
-    run_until_signal(lambda stop: project_role(nats_url, db, stop, from_seq, replicas))
+    try:
+        run_until_signal(lambda stop: project_role(nats_url, db, stop, from_seq, replicas))
+    except (JetbookError, ValueError) as err:
+        typer.echo(f"projection stopped: {err}", err=True)
+        raise typer.Exit(4) from err
 
 
 @app.command()

@@ -261,3 +261,28 @@ def test_any_bytes_on_any_subject_give_events_and_never_an_exception(data: bytes
     events = s.send(subject, data)
     assert events and all(e.cmd_seq == s.seq for e in events)
     assert isinstance(s.place("bob", "buy", 100, 1, coid="after")[0], OrderAccepted)
+
+
+def test_a_bug_in_decide_is_an_internal_error_reject_not_a_halt(monkeypatch: pytest.MonkeyPatch) -> None:
+    from commands.model import PlaceOrder
+    from engine import core
+
+    def broken(*_: Any) -> list[Any]:
+        raise ZeroDivisionError
+
+    s = _session()
+    monkeypatch.setitem(core._DECIDERS, PlaceOrder, broken)
+    before = state_hash(s.engine.state)
+    (r,) = s.place("bob", "buy", 100, 1, coid="boom")
+    assert isinstance(r, Rejected)
+    assert (r.reason, r.detail, r.command_type, r.account_id) == (
+        "internal_error",
+        "ZeroDivisionError",
+        "place_order",
+        "bob",
+    )
+    s.engine.state.last_cmd_seq -= 1
+    assert state_hash(s.engine.state) == before
+    s.engine.state.last_cmd_seq += 1
+    monkeypatch.undo()
+    assert isinstance(s.place("bob", "buy", 100, 1, coid="after")[0], OrderAccepted)
