@@ -10,7 +10,9 @@ engine stops (`Fenced`) instead of forking the log.
 
 A commit that times out is ambiguous: the engine reads the stream tail to learn
 whether its batch landed before it tries again, so a command's events are never
-written twice.
+written twice. Retries back off (50 ms doubling to 2 s) and give way to a stop
+request: the engine then exits with its state ahead of the log, which is
+harmless, because the next start rebuilds the state from the log.
 """
 
 from __future__ import annotations
@@ -39,6 +41,14 @@ from jetbook.errors import CorruptLog, Fenced, JetbookError, parse_puback
 
 log = logging.getLogger("jetbook.engine")
 
+BACKOFF_FIRST_S = 0.05
+BACKOFF_MAX_S = 2.0
+
+
+class Stopping(JetbookError):
+    """Asked to stop while a batch could not be committed; the next start resumes from the log."""
+
+
 _TRANSIENT = (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
               nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError)  # fmt: skip
 
@@ -54,6 +64,8 @@ class EngineService:
         self.last_evt_seq = 0  # JB_EVT sequence of the newest event we know is stored
         self.commands_done = 0
         self.events_written = 0
+        self.commit_retries = 0
+        self.stop = asyncio.Event()
         self._nuid = NUID()
 
     async def recover(self) -> None:
@@ -78,13 +90,27 @@ class EngineService:
         )  # fmt: skip
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.stop = stop
         await ensure_streams(self.js, self.replicas)
         await self.recover()
         async with StreamReader(self.js, CMD_STREAM, self.engine.state.last_cmd_seq + 1) as reader:
             while not stop.is_set():
                 batch = await reader.next_batch(self.max_batch, timeout=0.25)
                 if batch:
-                    await self.process(batch)
+                    try:
+                        await self.process(batch)
+                    except Stopping:
+                        log.warning("stopped with an uncommitted batch; the next start resumes from the log")
+                        return
+
+    async def _back_off(self, delay: float) -> float:
+        """Wait `delay` unless asked to stop; the next delay."""
+        self.commit_retries += 1
+        try:
+            await asyncio.wait_for(self.stop.wait(), delay)
+        except TimeoutError:
+            return min(delay * 2, BACKOFF_MAX_S)
+        raise Stopping("stop requested while retrying a commit")
 
     async def process(self, batch: list[Any]) -> None:
         pending: list[Event] = []
@@ -102,6 +128,7 @@ class EngineService:
         """Append events to JB_EVT as one atomic batch, exactly once."""
         payloads = [(wal_subject(e.market_id, e.TYPE), encode(e)) for e in events]
         expected = self.last_evt_seq
+        delay = BACKOFF_FIRST_S
         while True:
             batch_id = self._nuid.next().decode()
             try:
@@ -110,6 +137,7 @@ class EngineService:
                 log.warning("commit of batch %s is ambiguous (%s); reading the stream tail", batch_id, err)
                 if await self._landed(batch_id, expected, len(payloads)):
                     break
+                delay = await self._back_off(delay)
                 continue
             if int(ack["seq"]) != expected + len(payloads):
                 raise JetbookError(f"batch stored at {ack['seq']}, expected {expected + len(payloads)}")
@@ -133,6 +161,7 @@ class EngineService:
 
     async def _landed(self, batch_id: str, expected: int, n: int) -> bool:
         """After an ambiguous commit: True if our batch is in JB_EVT, False if nothing was written."""
+        delay = BACKOFF_FIRST_S
         while True:
             try:
                 tail = await last_seq(self.js, EVT_STREAM)
@@ -145,4 +174,4 @@ class EngineService:
                 raise Fenced(400, 10071, f"JB_EVT moved from {expected} to {tail} under another writer")
             except _TRANSIENT as err:
                 log.warning("stream tail not readable yet (%s); retrying", err)
-                await asyncio.sleep(0.5)
+                delay = await self._back_off(delay)

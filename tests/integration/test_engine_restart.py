@@ -142,3 +142,31 @@ async def test_engine_rebuilds_its_state_from_the_log_on_start(nc: Any, js: Any)
     await fresh.recover()
     assert state_hash(fresh.engine.state) == live_hash
     assert fresh.engine.state.last_cmd_seq == last
+
+
+async def test_a_commit_nobody_answers_backs_off_and_obeys_stop(nc: Any, js: Any) -> None:
+    """No stream listening on jb.wal.> (a misconfigured or recovering server): retry slowly, stop on request."""
+    from commands.subjects import CMD_STREAM
+    from engine.service import Stopping
+    from events.streams import evt_stream
+
+    await publish_all(js, workload(5))
+    cmds = await read_all(js, CMD_STREAM)
+    service = EngineService(nc)
+    await service.recover()
+    elsewhere = evt_stream()
+    elsewhere.subjects = ["jb.nowhere.>"]
+    elsewhere.subject_transform = None
+    await js.update_stream(elsewhere)
+    task = asyncio.create_task(service.process(cmds))
+
+    async def retrying() -> bool:
+        return service.commit_retries >= 4
+
+    await wait_until(retrying, what="a few commit retries")
+    service.stop.set()
+    with pytest.raises(Stopping):
+        await asyncio.wait_for(task, 5)
+    # 4+ retries with 50 ms doubling took at least 0.75 s; a hot loop would have made thousands.
+    assert service.commit_retries < 12
+    assert (await js.stream_info(EVT_STREAM)).state.messages == 0
