@@ -66,6 +66,7 @@ class EngineService:
         self.events_written = 0
         self.commit_retries = 0
         self.stop = asyncio.Event()
+        self.cmd_reader: StreamReader | None = None
         self._nuid = NUID()
 
     async def recover(self) -> None:
@@ -94,6 +95,7 @@ class EngineService:
         await ensure_streams(self.js, self.replicas)
         await self.recover()
         async with StreamReader(self.js, CMD_STREAM, self.engine.state.last_cmd_seq + 1) as reader:
+            self.cmd_reader = reader
             while not stop.is_set():
                 batch = await reader.next_batch(self.max_batch, timeout=0.25)
                 if batch:

@@ -7,16 +7,28 @@ no durable consumer holds a second copy of it that could disagree.
 
 The stream sequence and the nanosecond timestamp come from the delivery's
 reply subject, which carries both as exact integers.
+
+A reader trusts only deliveries that name its own stream and come in order.
+The server delivers a consumer's messages to whatever subject its creator
+chose, so anyone allowed to create a consumer can push messages into another
+reader's inbox; and nats-py's ordered consumer updates its own position from
+such a message if its consumer sequence happens to match. So: a delivery from
+another stream, or at or before the last accepted sequence, is dropped; an
+unfiltered reader (JB_CMD and JB_EVT have no gaps: they deny delete and purge)
+also refuses a jump forward and reads again from where it really is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
+
+log = logging.getLogger("jetbook.reader")
 
 HIGH_WATER = 50_000  # buffered messages before delivery is paused (flow control does the rest)
 
@@ -31,11 +43,13 @@ class RawMsg:
     headers: dict[str, str] | None = None
 
 
-def ack_metadata(reply: str) -> tuple[int, int, int]:
-    """(stream seq, timestamp ns, pending) from a `$JS.ACK...` reply subject, v1 or v2 (with domain)."""
+def ack_metadata(reply: str) -> tuple[str, int, int, int]:
+    """(stream, stream seq, timestamp ns, pending) from a `$JS.ACK...` reply subject, v1 or v2 (with domain)."""
     tokens = reply.split(".")
+    if tokens[:2] != ["$JS", "ACK"] or len(tokens) not in (9, 11, 12):
+        raise ValueError(f"not a JetStream delivery: {reply[:100]!r}")
     off = 0 if len(tokens) == 9 else 2
-    return int(tokens[5 + off]), int(tokens[7 + off]), int(tokens[8 + off])
+    return tokens[2 + off], int(tokens[5 + off]), int(tokens[7 + off]), int(tokens[8 + off])
 
 
 class StreamReader:
@@ -44,12 +58,17 @@ class StreamReader:
         self.stream = stream
         self.start_seq = max(start_seq, 1)
         self.filter_subject = filter_subject
+        self.contiguous = not filter_subject  # an unfiltered read of a gap-free stream sees every sequence
+        self.dropped = 0  # deliveries refused: foreign, repeated or out of order
+        self._next = self.start_seq  # the next sequence this reader will accept
+        self._restarting = False
         self._buf: deque[RawMsg] = deque()
         self._arrived = asyncio.Event()
         self._drained = asyncio.Event()
         self._sub: Any = None
 
     async def start(self) -> StreamReader:
+        self.start_seq = self._next
         self._sub = await self.js.subscribe(
             self.filter_subject,
             stream=self.stream,
@@ -62,13 +81,49 @@ class StreamReader:
         )
         return self
 
+    @property
+    def inbox(self) -> str:
+        """The subject deliveries arrive on (tests aim foreign consumers at it)."""
+        return str(self._sub.subject) if self._sub is not None else ""
+
     async def _on_msg(self, msg: Any) -> None:
-        seq, ts, pending = ack_metadata(msg.reply)
+        try:
+            stream, seq, ts, pending = ack_metadata(msg.reply or "")
+        except ValueError:
+            stream, seq, ts, pending = "", 0, 0, 0
+        if stream != self.stream or seq < self._next:
+            self._drop(msg, "foreign or repeated")
+            return
+        if self.contiguous and seq != self._next:
+            self._drop(msg, f"gap: expected {self._next}")
+            if not self._restarting:
+                self._restarting = True
+                asyncio.get_running_loop().create_task(self._restart())
+            return
+        self._next = seq + 1
         self._buf.append(RawMsg(seq, ts, msg.subject, msg.data, pending, msg.headers))
         self._arrived.set()
         while len(self._buf) >= HIGH_WATER:
             self._drained.clear()
             await self._drained.wait()
+
+    def _drop(self, msg: Any, why: str) -> None:
+        self.dropped += 1
+        if self.dropped <= 10 or self.dropped % 1000 == 0:
+            log.warning("%s reader dropped a delivery (%s): %s %s", self.stream, why, msg.subject, msg.reply)
+
+    async def _restart(self) -> None:
+        """Read again from the next sequence we need, on a fresh consumer."""
+        try:
+            old, self._sub = self._sub, None
+            if old is not None:
+                try:
+                    await old.unsubscribe()
+                except Exception:
+                    pass  # gone already; its consumer expires by itself
+            await self.start()
+        finally:
+            self._restarting = False
 
     async def next_batch(self, max_msgs: int, timeout: float | None = None) -> list[RawMsg]:
         """Up to max_msgs messages, waiting at most `timeout` seconds for the first one."""

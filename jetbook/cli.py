@@ -20,7 +20,14 @@ app = typer.Typer(
 submit_app = typer.Typer(no_args_is_help=True, help="Publish one command and print the events it caused.")
 app.add_typer(submit_app, name="submit")
 
-Url = Annotated[str, typer.Option("--nats-url", envvar="JETBOOK_NATS_URL", help="NATS server URL.")]
+Url = Annotated[
+    str,
+    typer.Option(
+        "--nats-url",
+        envvar="JETBOOK_NATS_URL",
+        help="NATS server URL; several, comma-separated, for a cluster; user:password@ for auth.",
+    ),
+]
 MaybeUrl = Annotated[
     str | None,
     typer.Option("--nats-url", envvar="JETBOOK_NATS_URL", help="Use this server instead of starting one."),
@@ -96,7 +103,6 @@ def project(
     nats_url: Url = DEFAULT_URL,
     db: Annotated[Path, typer.Option(help="SQLite file of the read model.")] = Path(".jetbook/read_model.db"),
     from_seq: Annotated[int | None, typer.Option(help="JB_EVT sequence to start at, for a new file.")] = None,
-    replicas: Replicas = 1,
 ) -> None:
     """Run a projection worker: fold JB_EVT into an SQLite read model."""
     from jetbook.errors import JetbookError
@@ -105,7 +111,7 @@ def project(
 
     setup_logging(Settings().log_level)
     try:
-        run_until_signal(lambda stop: project_role(nats_url, db, stop, from_seq, replicas))
+        run_until_signal(lambda stop: project_role(nats_url, db, stop, from_seq))
     except (JetbookError, ValueError) as err:
         typer.echo(f"projection stopped: {err}", err=True)
         raise typer.Exit(4) from err

@@ -8,8 +8,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from commands.subjects import EVT_STREAM
 from engine.service import EngineService
-from events.streams import ensure_streams
+from events.streams import wait_for_stream
 from jetbook.wiring import connect
 from projections.runner import ProjectionRunner
 
@@ -39,10 +40,12 @@ async def engine_role(url: str, stop: asyncio.Event, replicas: int = 1) -> None:
         await nc.drain()
 
 
-async def project_role(url: str, db: Path, stop: asyncio.Event, from_seq: int | None = None, replicas: int = 1) -> None:
+async def project_role(url: str, db: Path, stop: asyncio.Event, from_seq: int | None = None) -> None:
     nc = await connect(url, "jetbook-projection")
     js = nc.jetstream()
-    await ensure_streams(js, replicas)
+    if not await wait_for_stream(js, EVT_STREAM, stop):
+        await nc.drain()
+        return
     runner = ProjectionRunner(js, db, from_seq=from_seq)
     reporter = asyncio.create_task(_report("projection position", lambda: runner.position, stop))
     try:

@@ -71,7 +71,7 @@ async def _run(url: str, db: Path, replicas: int) -> None:
     me = [sys.executable, "-m", "jetbook"]
     roles = {
         "engine": [*me, "engine", "--nats-url", url, "--replicas", str(replicas)],
-        "project": [*me, "project", "--nats-url", url, "--db", str(db), "--replicas", str(replicas)],
+        "project": [*me, "project", "--nats-url", url, "--db", str(db)],
     }
     console.print(f"NATS        [bold]{url}[/]")
     console.print(f"read model  [bold]{db}[/] (SQLite)")

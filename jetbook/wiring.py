@@ -7,6 +7,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import nats
 
@@ -15,12 +16,37 @@ def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
 
+def split_url(url: str) -> tuple[list[str], dict[str, str]]:
+    """Servers and credentials from `nats://[user:password@]host:port[,host:port...]`.
+
+    Credentials go to the client as options, not inside the URLs: nats-py does
+    not reuse URL credentials for the cluster members it discovers, so a
+    failover to another node would be refused.
+    """
+    servers: list[str] = []
+    auth: dict[str, str] = {}
+    for part in (p.strip() for p in url.split(",") if p.strip()):
+        if "://" not in part:
+            part = f"nats://{part}"
+        parsed = urlsplit(part)
+        if parsed.username and not auth:
+            if parsed.password is not None:
+                auth = {"user": unquote(parsed.username), "password": unquote(parsed.password)}
+            else:
+                auth = {"token": unquote(parsed.username)}
+        host = parsed.hostname or "127.0.0.1"
+        servers.append(f"{parsed.scheme}://{host}:{parsed.port or 4222}")
+    return servers, auth
+
+
 async def connect(url: str, name: str, *, reconnect: bool = True) -> Any:
     async def on_error(err: Exception) -> None:
         logging.getLogger("jetbook.nats").warning("%s: %s", name, err)
 
+    servers, auth = split_url(url)
     return await nats.connect(
-        url,
+        servers=servers,
+        **auth,
         name=name,
         allow_reconnect=reconnect,
         # nats-py applies this to the first connect too, and reads 0 as "forever":
