@@ -36,6 +36,9 @@ async def js(nc: Any) -> Any:
     return jetstream
 
 
+POLL_INTERVAL_S = 0.02  # how often wait_until re-checks its condition; never a wait for an outcome by itself
+
+
 async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "") -> None:
     """Poll a condition until it holds; fail the test at the deadline. Never a bare sleep."""
     loop = asyncio.get_running_loop()
@@ -43,4 +46,4 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 
     while not await predicate():
         if loop.time() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(POLL_INTERVAL_S)
