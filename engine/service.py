@@ -162,7 +162,13 @@ class EngineService:
         raise AssertionError("empty batch")
 
     async def _landed(self, batch_id: str, expected: int, n: int) -> bool:
-        """After an ambiguous commit: True if our batch is in JB_EVT, False if nothing was written."""
+        """After an ambiguous commit: True if our batch is in JB_EVT, False if nothing was written.
+
+        If the server applies the lost commit only after we read an unchanged
+        tail, our retry carries the same expected sequence and is refused by the
+        fence: the engine stops and restarts from the log, which holds the batch
+        once. A slow commit costs a restart, never a duplicate.
+        """
         delay = BACKOFF_FIRST_S
         while True:
             try:

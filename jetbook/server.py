@@ -33,6 +33,16 @@ def find_binary() -> str:
     )
 
 
+def accepts_connections(url: str) -> bool:
+    """Whether something listens at a nats://host:port URL."""
+    host, _, port = url.removeprefix("nats://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 class EmbeddedServer:
     def __init__(self, data_dir: Path, port: int = 4222, host: str = "127.0.0.1") -> None:
         self.data_dir = Path(data_dir)
@@ -68,21 +78,12 @@ class EmbeddedServer:
                     urls = json.loads(ports_file.read_text())["nats"]
                 except (ValueError, KeyError):
                     urls = []  # written but not complete yet
-                if urls and self._accepts(urls[0]):
+                if urls and accepts_connections(urls[0]):
                     self.url = urls[0]
                     return self.url
             time.sleep(0.02)
         self.stop()
         raise JetbookError(f"nats-server did not become ready in {timeout}s:\n{self._log_tail()}")
-
-    @staticmethod
-    def _accepts(url: str) -> bool:
-        host, _, port = url.removeprefix("nats://").rpartition(":")
-        try:
-            with socket.create_connection((host, int(port)), timeout=0.5):
-                return True
-        except OSError:
-            return False
 
     def _log_tail(self, lines: int = 15) -> str:
         try:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from jetbook.server import accepts_connections
+
 JETBOOK = [sys.executable, "-m", "jetbook"]
 
 
@@ -53,15 +55,6 @@ def stack(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
         proc.wait()
 
 
-def _port_open(url: str) -> bool:
-    host, _, port = url.removeprefix("nats://").rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def test_up_demo_submit_fills_book_then_ctrl_c(stack: tuple[str, Path, subprocess.Popen[str]]) -> None:
     url, data, up = stack
     demo = run("demo", "--nats-url", url)
@@ -92,7 +85,7 @@ def test_up_demo_submit_fills_book_then_ctrl_c(stack: tuple[str, Path, subproces
 
     up.send_signal(signal.SIGINT)
     assert up.wait(30) == 0
-    assert not _port_open(url)
+    assert not accepts_connections(url)
     leftovers = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True).stdout.split()
     assert leftovers == []
 
