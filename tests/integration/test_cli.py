@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from jetbook.server import accepts_connections
+from jetbook.server import EmbeddedServer, accepts_connections
 
 JETBOOK = [sys.executable, "-m", "jetbook"]
 
@@ -23,40 +26,56 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*JETBOOK, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def _wait_for_line(proc: subprocess.Popen[str], pattern: str, deadline_s: float) -> re.Match[str]:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + deadline_s
-    seen = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
+class Lines:
+    """A child's stdout read by a thread into a queue, so every wait for a line has a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.queue.put(line)
+        self.queue.put(None)
+
+    def wait_for(self, pattern: str, deadline_s: float = 30) -> re.Match[str]:
+        deadline = time.monotonic() + deadline_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.queue.get(timeout=left)
+            except queue.Empty:
                 break
-            continue
-        seen.append(line)
-        if m := re.search(pattern, line):
-            return m
-    pytest.fail(f"no line matching {pattern!r} from jetbook up; got:\n{''.join(seen)}")
+            if line is None:
+                break
+            self.seen.append(line)
+            if m := re.search(pattern, line):
+                return m
+        pytest.fail(f"no line matching {pattern!r} within {deadline_s}s; got:\n{''.join(self.seen)}")
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
+def stack(tmp_path: Path) -> Iterator[tuple[str, Path, Lines]]:
     data = tmp_path / "data"
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(
         [*JETBOOK, "up", "--port", "0", "--data-dir", str(data)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
-    url = _wait_for_line(proc, r"NATS\s+(nats://\S+)", 30).group(1)
-    _wait_for_line(proc, r"engine \| .*resuming at command", 30)
-    yield url, data, proc
+    lines = Lines(proc)
+    url = lines.wait_for(r"NATS\s+(nats://\S+)").group(1)
+    lines.wait_for(r"engine \| .*resuming at command")
+    yield url, data, lines
     if proc.poll() is None:
         proc.kill()
         proc.wait()
 
 
-def test_up_demo_submit_fills_book_then_ctrl_c(stack: tuple[str, Path, subprocess.Popen[str]]) -> None:
-    url, data, up = stack
+def test_up_demo_submit_fills_book_then_ctrl_c(stack: tuple[str, Path, Lines]) -> None:
+    url, data, lines = stack
+    up = lines.proc
     demo = run("demo", "--nats-url", url)
     assert demo.returncode == 0, demo.stderr
     assert "1 fill:" in demo.stdout
@@ -115,3 +134,60 @@ def test_up_reports_a_busy_port(tmp_path: Path) -> None:
         port = s.getsockname()[1]
         out = run("up", "--port", str(port), "--data-dir", str(tmp_path / "d"), timeout=30)
     assert out.returncode == 1 and "nats-server exited" in out.stderr
+
+
+def _crossing_orders(url: str, market: str) -> None:
+    assert run("submit", "create-market", "-m", market, "--nats-url", url).returncode == 0
+    sell = run(
+        "submit", "place", "-m", market, "-a", "s", "--side", "sell", "--price", "7", "--qty", "3", "--nats-url", url
+    )
+    assert sell.returncode == 0, sell.stderr
+    buy = run(
+        "submit", "place", "-m", market, "-a", "b", "--side", "buy", "--price", "7", "--qty", "3", "--nats-url", url
+    )
+    assert buy.returncode == 0 and '"type": "fill"' in buy.stdout, buy.stdout + buy.stderr
+
+
+def test_up_on_an_existing_server_from_the_environment_leaves_it_running(
+    nats_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    env = {**os.environ, "JETBOOK_NATS_URL": nats_server.url, "COLUMNS": "200"}
+    up = subprocess.Popen(
+        [*JETBOOK, "up", "--data-dir", str(tmp_path / "d")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    lines = Lines(up)
+    try:
+        assert lines.wait_for(r"NATS\s+(nats://\S+)").group(1) == nats_server.url
+        lines.wait_for(r"engine \| .*resuming at command")
+        _crossing_orders(nats_server.url, "ENV")
+    finally:
+        up.send_signal(signal.SIGINT)
+        assert up.wait(30) == 0
+    assert accepts_connections(nats_server.url)  # not ours to stop
+    assert not (tmp_path / "d" / "nats").exists()  # and no embedded server was started
+
+
+def test_fills_follow_prints_new_fills_live(stack: tuple[str, Path, Lines]) -> None:
+    url, _, _ = stack
+    follow = subprocess.Popen(
+        [*JETBOOK, "fills", "--follow", "--json", "--nats-url", url], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        _crossing_orders(url, "LIVE")
+        fill = json.loads(Lines(follow).wait_for(r"^\{.*\}$").group(0))
+        assert (fill["market_id"], fill["qty"], fill["price"], fill["taker_account"]) == ("LIVE", 3, 7, "b")
+        assert fill["seq"] >= 1
+    finally:
+        follow.send_signal(signal.SIGINT)
+        follow.wait(10)
+
+
+def test_up_restarts_a_worker_that_dies(stack: tuple[str, Path, Lines]) -> None:
+    url, _, lines = stack
+    engine = subprocess.run(["pgrep", "-f", f"jetbook engine --nats-url {url}"], capture_output=True, text=True)
+    (pid,) = engine.stdout.split()
+    os.kill(int(pid), signal.SIGKILL)
+    lines.wait_for(r"engine \| exited with -9; restarting")
+    lines.wait_for(r"engine \| .*resuming at command")
+    _crossing_orders(url, "AFTER")

@@ -39,10 +39,12 @@ async def rebuild(js: Any, db: Path, until: int) -> None:
 
 
 def _project_proc(url: str, db: Path, *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "jetbook", "project", "--nats-url", url, "--db", str(db), *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    # Its log goes beside the db (read it when a test fails): a pipe nobody reads can fill and block the child.
+    with db.with_suffix(".log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "jetbook", "project", "--nats-url", url, "--db", str(db), *extra],
+            stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
 
 
 async def test_kill_9_mid_batch_loses_and_duplicates_nothing(
