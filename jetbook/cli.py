@@ -57,6 +57,7 @@ def _client_call(url: str, body: Callable[[Any], Awaitable[int]]) -> None:
     except (OSError, NoServersError) as err:
         typer.echo(f"error: cannot reach NATS at {url}: {err}", err=True)
         raise typer.Exit(2) from err
+
     raise typer.Exit(code)
 
 
@@ -156,12 +157,27 @@ def _submit(url: str, market: str, send: Callable[[Any], Awaitable[int]], wait: 
 Wait = Annotated[bool, typer.Option(help="Wait for and print the events the command caused.")]
 
 
+def _check(model: Any, fields: dict[str, Any]) -> None:
+    """Refuse a command the engine would reject for its shape, before connecting to anything."""
+    from pydantic import ValidationError
+
+    try:
+        model.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        typer.echo(f"error: invalid command: {problems}", err=True)
+        raise typer.Exit(2) from err
+
+
 @submit_app.command("create-market")
 def submit_create_market(
     market: Market, base: str = "BASE", quote: str = "QUOTE", nats_url: Url = DEFAULT_URL, wait: Wait = True
 ) -> None:
     """Create a market (control subject jb.ctl.<market>)."""
     from commands.client import CommandClient
+    from commands.model import CreateMarket
+
+    _check(CreateMarket, {"market_id": market, "base": base, "quote": quote})
 
     _submit(nats_url, market, lambda js: CommandClient(js).create_market(market, base, quote), wait)
 
@@ -182,8 +198,10 @@ def submit_place(
     from nats.nuid import NUID
 
     from commands.client import CommandClient
+    from commands.model import PlaceOrder
 
     coid = client_order_id or f"cli-{NUID().next().decode()}"
+    _check(PlaceOrder, {"client_order_id": coid, "side": side, "price": price, "qty": qty, "tif": tif})
     _submit(
         nats_url,
         market,
@@ -203,6 +221,12 @@ def submit_cancel(
 ) -> None:
     """Cancel an order by order_id or client_order_id."""
     from commands.client import CommandClient
+    from commands.model import CancelOrder
+
+    _check(CancelOrder, {"order_id": order_id, "client_order_id": client_order_id})
+    if order_id is None and client_order_id is None:
+        typer.echo("error: give --order-id or --client-order-id", err=True)
+        raise typer.Exit(2)
 
     _submit(
         nats_url,
@@ -250,7 +274,12 @@ def book(
     depth: int = 10,
 ) -> None:
     """Print a market's book from the read model (what the projection has folded so far)."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        con.execute("SELECT 1 FROM projection_position")
+    except sqlite3.Error as err:
+        typer.echo(f"error: no read model at {db} ({err}); is `jetbook up` or `jetbook project` running?", err=True)
+        raise typer.Exit(2) from err
     (pos,) = con.execute("SELECT COALESCE(MAX(last_seq), 0) FROM projection_position").fetchone()
     q = "SELECT price, qty, orders FROM book_levels WHERE market_id = ? AND side = ? ORDER BY price {} LIMIT ?"
     asks = con.execute(q.format("ASC"), (market, "sell", depth)).fetchall()

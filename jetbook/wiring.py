@@ -41,7 +41,8 @@ def split_url(url: str) -> tuple[list[str], dict[str, str]]:
 
 async def connect(url: str, name: str, *, reconnect: bool = True) -> Any:
     async def on_error(err: Exception) -> None:
-        logging.getLogger("jetbook.nats").warning("%s: %s", name, err)
+        if reconnect:  # a one-shot client reports its own failure once, at the end
+            logging.getLogger("jetbook.nats").warning("%s: %s", name, err)
 
     servers, auth = split_url(url)
     return await nats.connect(

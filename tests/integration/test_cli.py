@@ -191,3 +191,16 @@ def test_up_restarts_a_worker_that_dies(stack: tuple[str, Path, Lines]) -> None:
     lines.wait_for(r"engine \| exited with -9; restarting")
     lines.wait_for(r"engine \| .*resuming at command")
     _crossing_orders(url, "AFTER")
+
+
+def test_invalid_commands_are_refused_before_connecting(tmp_path: Path) -> None:
+    nowhere = "nats://127.0.0.1:1"
+    bad = run(
+        "submit", "place", "-m", "X", "-a", "a", "--side", "long", "--price", "0", "--qty", "1", "--nats-url", nowhere
+    )
+    assert bad.returncode == 2 and "invalid command: side" in bad.stderr and "price" in bad.stderr
+    assert "cannot reach NATS" not in bad.stderr
+    cancel = run("submit", "cancel", "-m", "X", "-a", "a", "--nats-url", nowhere)
+    assert cancel.returncode == 2 and "--order-id or --client-order-id" in cancel.stderr
+    book = run("book", "-m", "X", "--db", str(tmp_path / "missing.db"))
+    assert book.returncode == 2 and "no read model" in book.stderr
