@@ -11,7 +11,7 @@ from pathlib import Path
 from commands.subjects import EVT_STREAM
 from engine.service import EngineService
 from events.streams import wait_for_stream
-from jetbook.wiring import connect
+from jetbook.wiring import close_quietly, connect
 from projections.runner import ProjectionRunner
 
 log = logging.getLogger("jetbook")
@@ -37,14 +37,14 @@ async def engine_role(url: str, stop: asyncio.Event, replicas: int = 1) -> None:
     finally:
         stop.set()
         await reporter
-        await nc.drain()
+        await close_quietly(nc)
 
 
 async def project_role(url: str, db: Path, stop: asyncio.Event, from_seq: int | None = None) -> None:
     nc = await connect(url, "jetbook-projection")
     js = nc.jetstream()
     if not await wait_for_stream(js, EVT_STREAM, stop):
-        await nc.drain()
+        await close_quietly(nc)
         return
     runner = ProjectionRunner(js, db, from_seq=from_seq)
     reporter = asyncio.create_task(_report("projection position", lambda: runner.position, stop))
@@ -53,4 +53,4 @@ async def project_role(url: str, db: Path, stop: asyncio.Event, from_seq: int | 
     finally:
         stop.set()
         await reporter
-        await nc.drain()
+        await close_quietly(nc)

@@ -16,8 +16,9 @@ from pathlib import Path
 from rich.console import Console
 
 from events.streams import ensure_streams
+from jetbook.errors import JetbookError
 from jetbook.server import EmbeddedServer
-from jetbook.wiring import connect
+from jetbook.wiring import STOP_GRACE_S, connect
 
 console = Console(highlight=False)
 COLORS = {"engine": "cyan", "project": "magenta"}
@@ -41,9 +42,9 @@ async def _supervise(name: str, args: list[str], stop: asyncio.Event) -> None:
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if stop.is_set() and proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(waiter, 15)
-            except TimeoutError:
+            # asyncio.wait, not wait_for: the grace period must not cancel the waiter itself.
+            await asyncio.wait({waiter}, timeout=STOP_GRACE_S + 5)
+            if not waiter.done():
                 proc.kill()
                 await waiter
         stopper.cancel()
@@ -60,7 +61,23 @@ async def _supervise(name: str, args: list[str], stop: asyncio.Event) -> None:
             pass
 
 
-async def _run(url: str, db: Path, replicas: int) -> None:
+async def _watch_server(server: EmbeddedServer, stop: asyncio.Event) -> None:
+    """An embedded server that dies takes the stack down with it, loudly, rather than leaving workers retrying."""
+    assert server.proc is not None
+    while not stop.is_set():
+        if server.proc.poll() is not None:
+            console.print(
+                f"[red]nats-server exited with {server.proc.returncode}; stopping (log: {server.log_path})[/]"
+            )
+            stop.set()
+            return
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except TimeoutError:
+            pass
+
+
+async def _run(url: str, db: Path, replicas: int, server: EmbeddedServer | None) -> None:
     nc = await connect(url, "jetbook-up", reconnect=False)
     await ensure_streams(nc.jetstream(), replicas)
     await nc.close()
@@ -76,7 +93,11 @@ async def _run(url: str, db: Path, replicas: int) -> None:
     console.print(f"NATS        [bold]{url}[/]")
     console.print(f"read model  [bold]{db}[/] (SQLite)")
     console.print("try         jetbook demo   |   jetbook fills --follow   |   Ctrl-C stops everything")
-    await asyncio.gather(*(_supervise(name, args, stop) for name, args in roles.items()))
+    watchers = [_watch_server(server, stop)] if server is not None else []
+    await asyncio.gather(*(_supervise(name, args, stop) for name, args in roles.items()), *watchers)
+    # Only now, with every worker stopped, may the server's death end the process with an error.
+    if server is not None and server.proc is not None and server.proc.returncode is not None:
+        raise JetbookError(f"nats-server exited with {server.proc.returncode}")
 
 
 def up(data_dir: Path, nats_url: str | None, port: int, replicas: int) -> None:
@@ -86,7 +107,7 @@ def up(data_dir: Path, nats_url: str | None, port: int, replicas: int) -> None:
         nats_url = server.start()
         console.print(f"nats-server started (JetStream store in {data_dir / 'nats'}, log {server.log_path})")
     try:
-        asyncio.run(_run(nats_url, data_dir / "read_model.db", replicas))
+        asyncio.run(_run(nats_url, data_dir / "read_model.db", replicas, server))
     finally:
         if server is not None:
             server.stop()

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import nats
+import nats.errors
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -59,14 +60,46 @@ async def connect(url: str, name: str, *, reconnect: bool = True) -> Any:
     )
 
 
+async def close_quietly(nc: Any) -> None:
+    """Drain (finish in-flight work) when the server is there; just close when it is not."""
+    try:
+        await nc.drain()
+    except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.TimeoutError):
+        await nc.close()
+
+
+STOP_GRACE_S = 10.0  # after a stop signal, how long a role may take to finish its batch
+
+
 def run_until_signal(role: Callable[[asyncio.Event], Awaitable[Any]]) -> Any:
-    """Run `role(stop)`; SIGINT or SIGTERM sets `stop`, and the role finishes its batch and returns."""
+    """Run `role(stop)`; SIGINT or SIGTERM sets `stop`, and the role finishes its batch and returns.
+
+    A role stuck in an await that does not watch `stop` (a request to a server
+    that just died waits out its own timeout, then nats-py may retry) is
+    cancelled after STOP_GRACE_S, or at once on a second signal. Both roles are
+    safe to cancel anywhere: an engine batch is atomic and fenced, and a
+    projection transaction that is not committed is rolled back.
+    """
 
     async def main() -> Any:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(role(stop))
+
+        def on_signal() -> None:
+            if stop.is_set():
+                task.cancel()
+                return
+            logging.getLogger("jetbook").info("stopping: finishing the current batch (signal again to stop now)")
+            stop.set()
+            loop.call_later(STOP_GRACE_S, task.cancel)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        return await role(stop)
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            logging.getLogger("jetbook").warning("stopped without finishing the current batch")
+            return None
 
     return asyncio.run(main())

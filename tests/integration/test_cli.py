@@ -204,3 +204,33 @@ def test_invalid_commands_are_refused_before_connecting(tmp_path: Path) -> None:
     assert cancel.returncode == 2 and "--order-id or --client-order-id" in cancel.stderr
     book = run("book", "-m", "X", "--db", str(tmp_path / "missing.db"))
     assert book.returncode == 2 and "no read model" in book.stderr
+
+
+def test_up_stops_with_an_error_when_its_server_dies(stack: tuple[str, Path, Lines]) -> None:
+    _, data, lines = stack
+    (pid,) = subprocess.run(["pgrep", "-f", f"nats-server.*{data}"], capture_output=True, text=True).stdout.split()
+    os.kill(int(pid), signal.SIGKILL)
+    lines.wait_for(r"nats-server exited with -9; stopping")
+    assert lines.proc.wait(30) == 1
+    assert subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True).stdout.split() == []
+
+
+def test_a_second_signal_cancels_a_role_stuck_past_its_stop(tmp_path: Path) -> None:
+    stuck = (
+        "import asyncio\n"
+        "from jetbook.wiring import run_until_signal, setup_logging\n"
+        "setup_logging()\n"
+        "async def role(stop):\n"
+        "    print('started', flush=True)\n"
+        "    await asyncio.Event().wait()  # ignores stop, like a request to a dead server\n"
+        "run_until_signal(role)\n"
+        "print('returned', flush=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", stuck], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = Lines(proc)
+    lines.wait_for("started")
+    proc.send_signal(signal.SIGTERM)
+    lines.wait_for("stopping: finishing the current batch")
+    proc.send_signal(signal.SIGTERM)
+    lines.wait_for("returned", 10)
+    assert proc.wait(10) == 0
