@@ -7,16 +7,45 @@ between picking a free port and binding it.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from jetbook.errors import JetbookError, ServerNotFound
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A preexec_fn that has Linux send the child SIGTERM when its parent dies, however it dies.
+
+    `jetbook up` starts its children in their own sessions (so that Ctrl-C
+    reaches only the supervisor); without this, a supervisor killed with
+    SIGKILL or by the OOM killer would leave the server and workers running
+    headless. libc is looked up here, in the parent, so the child only makes
+    one C call between fork and exec.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def set_signal() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return set_signal
+
+
+DIE_WITH_PARENT = _parent_death_signal()
 
 
 def find_binary() -> str:
@@ -44,8 +73,11 @@ def accepts_connections(url: str) -> bool:
 
 
 class EmbeddedServer:
-    def __init__(self, data_dir: Path, port: int = 4222, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, data_dir: Path, port: int = 4222, host: str = "127.0.0.1", die_with_parent: bool = False
+    ) -> None:
         self.data_dir = Path(data_dir)
+        self.die_with_parent = die_with_parent
         self.port = port
         self.host = host
         self.proc: subprocess.Popen[bytes] | None = None
@@ -67,7 +99,8 @@ class EmbeddedServer:
             binary, "-js", "-sd", str(store), "-a", self.host, "-p", str(self.port or -1),
             "--ports_file_dir", str(run), "-n", "jetbook", "-l", str(self.log_path),
         ]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+        preexec = DIE_WITH_PARENT if self.die_with_parent else None
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=preexec)
         ports_file = run / f"nats-server_{self.proc.pid}.ports"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from events.streams import ensure_streams
 from jetbook.errors import JetbookError
-from jetbook.server import EmbeddedServer
+from jetbook.server import DIE_WITH_PARENT, EmbeddedServer
 from jetbook.wiring import STOP_GRACE_S, connect
 
 console = Console(highlight=False)
@@ -33,7 +33,11 @@ async def _supervise(name: str, args: list[str], stop: asyncio.Event) -> None:
     restarts = 0
     while not stop.is_set():
         proc = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=DIE_WITH_PARENT,
         )
         assert proc.stdout is not None
         pump = asyncio.create_task(_pump(name, proc.stdout))
@@ -103,7 +107,7 @@ async def _run(url: str, db: Path, replicas: int, server: EmbeddedServer | None)
 def up(data_dir: Path, nats_url: str | None, port: int, replicas: int) -> None:
     server: EmbeddedServer | None = None
     if nats_url is None:
-        server = EmbeddedServer(data_dir / "nats", port=port)
+        server = EmbeddedServer(data_dir / "nats", port=port, die_with_parent=True)
         nats_url = server.start()
         console.print(f"nats-server started (JetStream store in {data_dir / 'nats'}, log {server.log_path})")
     try:

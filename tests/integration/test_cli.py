@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from jetbook.server import EmbeddedServer, accepts_connections
+from tests.conftest import POLL_INTERVAL_S
 
 JETBOOK = [sys.executable, "-m", "jetbook"]
 
@@ -68,9 +69,13 @@ def stack(tmp_path: Path) -> Iterator[tuple[str, Path, Lines]]:
     url = lines.wait_for(r"NATS\s+(nats://\S+)").group(1)
     lines.wait_for(r"engine \| .*resuming at command")
     yield url, data, lines
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    if proc.poll() is None:  # a test that did not stop it: Ctrl-C, as a user would
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def test_up_demo_submit_fills_book_then_ctrl_c(stack: tuple[str, Path, Lines]) -> None:
@@ -234,3 +239,15 @@ def test_a_second_signal_cancels_a_role_stuck_past_its_stop(tmp_path: Path) -> N
     proc.send_signal(signal.SIGTERM)
     lines.wait_for("returned", 10)
     assert proc.wait(10) == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_a_killed_supervisor_takes_its_children_with_it(stack: tuple[str, Path, Lines]) -> None:
+    url, data, lines = stack
+    lines.proc.kill()  # SIGKILL: no chance to stop anything itself
+    lines.proc.wait()
+    deadline = time.monotonic() + 30
+    while subprocess.run(["pgrep", "-f", f"{data}|{url}"], capture_output=True, text=True).stdout.split():
+        assert time.monotonic() < deadline, "children of a SIGKILLed `jetbook up` are still running"
+        time.sleep(POLL_INTERVAL_S)
+    assert not accepts_connections(url)
