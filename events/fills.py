@@ -7,7 +7,7 @@ from typing import Any
 
 from commands.subjects import EVT_STREAM, evt_filter
 from events.model import Fill, decode
-from events.reader import StreamReader, caught_up
+from events.reader import StreamReader, batches
 
 
 async def fills(
@@ -15,17 +15,8 @@ async def fills(
 ) -> AsyncIterator[tuple[int, Fill]]:
     """Yield (JB_EVT sequence, Fill). Without `follow`, stop at the end of the log as it is now."""
     async with StreamReader(js, EVT_STREAM, from_seq, evt_filter(market_id, "fill")) as reader:
-        last_seen = 0
-        while True:
-            batch = await reader.next_batch(1000, timeout=0.25)
+        async for batch in batches(reader, follow, max_msgs=1000):
             for m in batch:
                 event = decode(m.data)
                 assert isinstance(event, Fill)
                 yield m.seq, event
-                last_seen = m.seq
-            if follow:
-                continue
-            if batch and batch[-1].pending == 0:
-                return
-            if not batch and await caught_up(reader, last_seen):
-                return

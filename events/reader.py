@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +62,7 @@ class StreamReader:
         self.contiguous = not filter_subject  # an unfiltered read of a gap-free stream sees every sequence
         self.dropped = 0  # deliveries refused: foreign, repeated or out of order
         self._next = self.start_seq  # the next sequence this reader will accept
-        self._restarting = False
+        self._restarting: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self._buf: deque[RawMsg] = deque()
         self._arrived = asyncio.Event()
         self._drained = asyncio.Event()
@@ -96,9 +97,8 @@ class StreamReader:
             return
         if self.contiguous and seq != self._next:
             self._drop(msg, f"gap: expected {self._next}")
-            if not self._restarting:
-                self._restarting = True
-                asyncio.get_running_loop().create_task(self._restart())
+            if self._restarting is None:
+                self._restarting = asyncio.get_running_loop().create_task(self._restart())
             return
         self._next = seq + 1
         self._buf.append(RawMsg(seq, ts, msg.subject, msg.data, pending, msg.headers))
@@ -115,15 +115,10 @@ class StreamReader:
     async def _restart(self) -> None:
         """Read again from the next sequence we need, on a fresh consumer."""
         try:
-            old, self._sub = self._sub, None
-            if old is not None:
-                try:
-                    await old.unsubscribe()
-                except Exception:
-                    pass  # gone already; its consumer expires by itself
+            await self._unsubscribe()
             await self.start()
         finally:
-            self._restarting = False
+            self._restarting = None
 
     async def next_batch(self, max_msgs: int, timeout: float | None = None) -> list[RawMsg]:
         """Up to max_msgs messages, waiting at most `timeout` seconds for the first one."""
@@ -138,13 +133,16 @@ class StreamReader:
         self._drained.set()
         return out
 
-    async def stop(self) -> None:
-        if self._sub is not None:
+    async def _unsubscribe(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
             try:
-                await self._sub.unsubscribe()
+                await sub.unsubscribe()
             except Exception:
                 pass  # the connection may already be closed; the ephemeral consumer expires by itself
-            self._sub = None
+
+    async def stop(self) -> None:
+        await self._unsubscribe()
 
     async def __aenter__(self) -> StreamReader:
         return await self.start()
@@ -165,16 +163,22 @@ async def caught_up(reader: StreamReader, last_seen: int) -> bool:
     return int(info.num_pending or 0) == 0 and (delivered <= last_seen or delivered < reader.start_seq)
 
 
-async def read_to_end(reader: StreamReader, max_msgs: int = 10_000) -> list[list[RawMsg]]:
-    """Every message from the reader's start up to the stream's end as it is now, in batches."""
-    out: list[list[RawMsg]] = []
+async def batches(reader: StreamReader, follow: bool = False, max_msgs: int = 10_000) -> AsyncIterator[list[RawMsg]]:
+    """Batches from the reader's start; without `follow`, up to the stream's end as it is now."""
     last_seen = 0
     while True:
         batch = await reader.next_batch(max_msgs, timeout=0.2)
         if batch:
-            out.append(batch)
+            yield batch
             last_seen = batch[-1].seq
-            if batch[-1].pending == 0:
-                return out
-        elif await caught_up(reader, last_seen):
-            return out
+        if follow:
+            continue
+        if batch and batch[-1].pending == 0:
+            return
+        if not batch and await caught_up(reader, last_seen):
+            return
+
+
+async def read_to_end(reader: StreamReader, max_msgs: int = 10_000) -> list[list[RawMsg]]:
+    """Every message from the reader's start up to the stream's end as it is now, in batches."""
+    return [batch async for batch in batches(reader, max_msgs=max_msgs)]

@@ -2,8 +2,9 @@
 
 Subject names live in `commands/subjects.py`; these are the stream settings.
 Both use file storage, keep everything (no age, size or count limits) and
-deny deleting messages or purging, so neither ever has a gap. JB_EVT and accepts ADR-50
-atomic batches; it listens on jb.wal.> and stores and republishes as jb.evt.>. In a cluster, `replicas=3` makes both R3.
+deny deleting messages or purging, so neither ever has a gap. JB_EVT accepts
+ADR-50 atomic batches; it listens on jb.wal.> and stores and republishes as
+jb.evt.>. In a cluster, `replicas=3` makes both R3.
 """
 
 from __future__ import annotations
