@@ -20,13 +20,25 @@ import msgpack
 
 from commands.model import CancelOrder, CreateMarket, Invalid, Parsed, PlaceOrder, parse
 from engine.book import Book, Order
-from events.model import Event, Fill, MarketCreated, OrderAccepted, OrderCancelled, Rejected
+from events.model import (
+    ENGINE_MARKET,
+    Checkpoint,
+    Event,
+    Fill,
+    MarketCreated,
+    OrderAccepted,
+    OrderCancelled,
+    Rejected,
+)
 
 # One command's events are published as one ADR-50 atomic batch, which the
 # server caps at 1000 messages. An order that would need more fills is refused
 # whole rather than split across batches.
 MAX_EVENTS_PER_COMMAND: Final = 1000
-MAX_FILLS: Final = MAX_EVENTS_PER_COMMAND - 1
+MAX_FILLS: Final = MAX_EVENTS_PER_COMMAND - 2  # room for the order_accepted and a checkpoint
+# A checkpoint event follows the command whose events cross a multiple of this many events. It is
+# part of the log, so re-deciding JB_CMD must use the same value to reproduce the same bytes.
+CHECKPOINT_EVERY: Final = 100_000
 
 
 @dataclass(slots=True)
@@ -46,6 +58,7 @@ class Market:
 class State:
     markets: dict[str, Market] = field(default_factory=dict)
     last_cmd_seq: int = 0  # the newest command whose events are folded in
+    event_count: int = 0  # events folded in so far; equals the JB_EVT sequence of the newest one
 
 
 # --- decide -------------------------------------------------------------------------------------
@@ -183,7 +196,7 @@ def _on_cancelled(state: State, e: Event) -> None:
     state.markets[e.market_id].book.remove(e.order_id)
 
 
-def _on_rejected(state: State, e: Event) -> None:
+def _on_nothing(state: State, e: Event) -> None:
     pass
 
 
@@ -192,13 +205,15 @@ _EVOLVERS: Final[dict[type, Callable[[State, Event], None]]] = {
     OrderAccepted: _on_accepted,
     Fill: _on_fill,
     OrderCancelled: _on_cancelled,
-    Rejected: _on_rejected,
+    Rejected: _on_nothing,
+    Checkpoint: _on_nothing,
 }
 
 
 def evolve(state: State, event: Event) -> State:
     _EVOLVERS[type(event)](state, event)
     state.last_cmd_seq = event.cmd_seq
+    state.event_count += 1
     return state
 
 
@@ -210,11 +225,23 @@ def _internal_error(item: Parsed | Invalid, seq: int, ts: int, err: Exception) -
     return Rejected(item.market_id, seq, ts, "internal_error", type(err).__name__, item.account_id, command_type)
 
 
+class Diverged(Exception):
+    """A checkpoint in the log does not match the state folded from the events before it."""
+
+    def __init__(self, event: Checkpoint, actual: str) -> None:
+        super().__init__(
+            f"checkpoint after event {event.covers_seq} says {event.state_hash[:16]}, state is {actual[:16]}"
+        )
+        self.event = event
+        self.actual = actual
+
+
 class Engine:
     """decode -> validate -> decide -> evolve, for one raw JB_CMD message at a time."""
 
-    def __init__(self, state: State | None = None) -> None:
+    def __init__(self, state: State | None = None, *, checkpoint_every: int = CHECKPOINT_EVERY) -> None:
         self.state = state if state is not None else State()
+        self.checkpoint_every = checkpoint_every
 
     def handle(self, cmd_seq: int, ts: int, subject: str, data: bytes) -> list[Event]:
         if cmd_seq <= self.state.last_cmd_seq:
@@ -227,16 +254,27 @@ class Engine:
             # restart. decide does not mutate, so nothing is half-applied, and the same input
             # raises the same way on replay, so the reject is as deterministic as any other.
             events = [_internal_error(parsed, cmd_seq, ts, err)]
+        state = self.state
+        before = state.event_count
         for event in events:
-            evolve(self.state, event)
+            evolve(state, event)
+        if state.event_count // self.checkpoint_every > before // self.checkpoint_every:
+            checkpoint = Checkpoint(ENGINE_MARKET, cmd_seq, ts, state.event_count, state_hash(state))
+            evolve(state, checkpoint)
+            events.append(checkpoint)
         return events
 
-    def apply(self, event: Event) -> None:
+    def apply(self, event: Event, *, verify: bool = False) -> None:
+        """Fold one event from the log; with verify, a checkpoint that disagrees raises Diverged."""
+        if verify and isinstance(event, Checkpoint):
+            actual = state_hash(self.state)
+            if actual != event.state_hash:
+                raise Diverged(event, actual)
         evolve(self.state, event)
 
 
-def state_hash(state: State) -> str:
-    """A digest of everything the engine knows, in a canonical order (exchange-core's state hash)."""
+def _state_tree(state: State) -> list[Any]:
+    """Everything the engine knows as plain lists, in a canonical order (no hash-order iteration)."""
     markets: list[Any] = []
     for market_id in sorted(state.markets):
         m = state.markets[market_id]
@@ -250,5 +288,28 @@ def state_hash(state: State) -> str:
             )
         clients = sorted([a, c, oid] for (a, c), oid in m.client_orders.items())
         markets.append([market_id, m.base, m.quote, m.next_order_id, m.next_trade_id, sides, clients])
-    packed = msgpack.packb([state.last_cmd_seq, markets], use_bin_type=True)
-    return hashlib.sha256(packed).hexdigest()
+    return [state.last_cmd_seq, state.event_count, markets]
+
+
+def snapshot(state: State) -> bytes:
+    """The state as canonical msgpack: equal states give equal bytes, and `restore` reverses it."""
+    return msgpack.packb(_state_tree(state), use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def restore(data: bytes) -> State:
+    last_cmd_seq, event_count, markets = msgpack.unpackb(data, raw=False, use_list=True)
+    state = State(last_cmd_seq=last_cmd_seq, event_count=event_count)
+    for market_id, base, quote, next_order_id, next_trade_id, sides, clients in markets:
+        m = Market(market_id, base, quote, next_order_id=next_order_id, next_trade_id=next_trade_id)
+        for side, levels in zip(("buy", "sell"), sides, strict=True):
+            for price, orders in levels:
+                for order_id, account_id, coid, qty in orders:
+                    m.book.add(Order(order_id, account_id, coid, side, price, qty))
+        m.client_orders = {(a, c): oid for a, c, oid in clients}
+        state.markets[market_id] = m
+    return state
+
+
+def state_hash(state: State) -> str:
+    """sha256 of the canonical snapshot (exchange-core's state hash)."""
+    return hashlib.sha256(snapshot(state)).hexdigest()

@@ -81,8 +81,21 @@ class Rejected(Event):
     order_id: int | None = None
 
 
+# Checkpoints are the engine's, not a market's: they go out under this reserved market token.
+ENGINE_MARKET: Final = "_engine"
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint(Event):
+    """Every N events the engine states its hash, so any follower can detect divergence where it happens."""
+
+    TYPE: ClassVar[str] = "checkpoint"
+    covers_seq: int  # the JB_EVT sequence of the last event the hash covers (the one before this checkpoint)
+    state_hash: str  # engine.core.state_hash of the state right after event `covers_seq`
+
+
 EVENT_TYPES: Final[dict[str, type[Event]]] = {
-    cls.TYPE: cls for cls in (MarketCreated, OrderAccepted, Fill, OrderCancelled, Rejected)
+    cls.TYPE: cls for cls in (MarketCreated, OrderAccepted, Fill, OrderCancelled, Rejected, Checkpoint)
 }
 _FIELDS: Final[dict[type[Event], tuple[str, ...]]] = {
     cls: tuple(f.name for f in fields(cls)) for cls in EVENT_TYPES.values()

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiosqlite
 
-from events.model import Event, Fill, MarketCreated, OrderAccepted, OrderCancelled, Rejected
+from events.model import Checkpoint, Event, Fill, MarketCreated, OrderAccepted, OrderCancelled, Rejected
 
 Key = tuple[str, int]
 
@@ -90,6 +90,8 @@ def plan(batch: Iterable[tuple[int, Event]]) -> Writes:
             ))  # fmt: skip
         elif isinstance(e, MarketCreated):
             w.markets.append((m, e.base, e.quote, seq, e.ts))
+        elif isinstance(e, Checkpoint):
+            pass  # the engine's self-check; nothing to show
         else:
             raise TypeError(f"read model cannot fold {type(e).__name__}")
     return w

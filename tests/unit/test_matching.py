@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from engine.core import Engine, state_hash
-from events.model import Fill, OrderAccepted, OrderCancelled, decode, encode
+from dataclasses import replace
+
+import pytest
+
+from engine.core import Diverged, Engine, restore, snapshot, state_hash
+from events.model import Checkpoint, Fill, OrderAccepted, OrderCancelled, decode, encode
 from tests.unit.helpers import Session
 
 
@@ -142,3 +146,30 @@ def test_a_redelivered_command_is_ignored() -> None:
     before = state_hash(s.engine.state)
     assert s.engine.handle(s.seq, 0, "jb.cmd.ETH-USDC.a", b"anything") == []
     assert state_hash(s.engine.state) == before
+
+
+def test_checkpoints_state_the_hash_every_n_events_and_a_forged_one_is_caught() -> None:
+    live = Session(market=None)
+    live.engine.checkpoint_every = 4
+    log = live.create("ETH-USDC") + [e for i in range(6) for e in live.place(f"a{i}", "buy", 100 + i, 1)]
+    checkpoints = [(i + 1, e) for i, e in enumerate(log) if isinstance(e, Checkpoint)]
+    assert [e.covers_seq for _, e in checkpoints] == [4, 8]  # each after the event that crossed a multiple of 4
+    assert [seq for seq, _ in checkpoints] == [5, 9]
+    replayed = Engine()
+    for e in log:
+        replayed.apply(decode(encode(e)), verify=True)
+    assert state_hash(replayed.state) == state_hash(live.engine.state)
+
+    forged = replace(checkpoints[-1][1], state_hash="0" * 64)
+    follower = Engine()
+    with pytest.raises(Diverged):
+        for e in [*log[: checkpoints[-1][0] - 1], forged]:
+            follower.apply(e, verify=True)
+
+
+def test_snapshot_restores_an_equal_state() -> None:
+    s = Session()
+    _script(s)
+    restored = restore(snapshot(s.engine.state))
+    assert snapshot(restored) == snapshot(s.engine.state)
+    assert restored.markets["ETH-USDC"].book.depth("buy", 10) == s.book()[0]

@@ -133,8 +133,10 @@ def test_bad_command_is_rejected_and_changes_nothing(reason: str, subject: str, 
     assert event.detail
     # Nothing half-applied: only the position moved.
     s.engine.state.last_cmd_seq -= 1
+    s.engine.state.event_count -= 1
     assert state_hash(s.engine.state) == before
     s.engine.state.last_cmd_seq += 1
+    s.engine.state.event_count += 1
     # And the engine goes on: the next valid order is processed.
     (accepted,) = s.place("bob", "buy", 100, 1, coid="after")
     assert isinstance(accepted, OrderAccepted)
@@ -208,8 +210,10 @@ def test_order_needing_more_fills_than_a_batch_holds_is_refused_whole() -> None:
     (r,) = s.place("t", "buy", 100, MAX_FILLS + 1)
     assert isinstance(r, Rejected) and r.reason == "too_many_fills"
     s.engine.state.last_cmd_seq -= 1
+    s.engine.state.event_count -= 1
     assert state_hash(s.engine.state) == before
     s.engine.state.last_cmd_seq += 1
+    s.engine.state.event_count += 1
     events = s.place("t", "buy", 100, MAX_FILLS, coid="just-fits")
     assert len(events) == MAX_FILLS + 1  # accepted + fills: exactly one full atomic batch
 
@@ -282,7 +286,9 @@ def test_a_bug_in_decide_is_an_internal_error_reject_not_a_halt(monkeypatch: pyt
         "bob",
     )
     s.engine.state.last_cmd_seq -= 1
+    s.engine.state.event_count -= 1
     assert state_hash(s.engine.state) == before
     s.engine.state.last_cmd_seq += 1
+    s.engine.state.event_count += 1
     monkeypatch.undo()
     assert isinstance(s.place("bob", "buy", 100, 1, coid="after")[0], OrderAccepted)
