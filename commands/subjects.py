@@ -35,6 +35,8 @@ EVT_SUBJECTS: Final = (f"{EVT_PREFIX}.>",)  # what JB_EVT stores and republishes
 # rejection goes to this reserved market token. Market ids starting with "_"
 # are reserved for the system and cannot be created.
 UNROUTABLE_MARKET: Final = "_invalid"
+# `cancel_all` on jb.cmd._all.<account> cancels the account's orders in every market.
+ALL_MARKETS: Final = "_all"
 
 HDR_MSG_ID: Final = "Nats-Msg-Id"
 HDR_EXPECTED_LAST_SEQ: Final = "Nats-Expected-Last-Sequence"

@@ -1,10 +1,15 @@
-"""One market's order book, and the matching loop.
+"""One order book (a pair market, or one runner of an odds market), and the matching loop.
 
-Levels live in a SortedDict keyed so that iteration starts at the best price
-(asks by price, bids by -price); each level is a dict of open orders in arrival
-order, which gives FIFO within a level and O(1) removal from the middle on
-cancel. Python dicts iterate in insertion order, so no iteration here depends
-on hashing.
+Levels live in a SortedDict keyed so that iteration starts at the best price:
+the selling side (`sell`, and `back` in odds markets) by price, the buying side
+(`buy`, `lay`) by -price. Each level is a dict of open orders in arrival order,
+which gives FIFO within a level and O(1) removal from the middle on cancel.
+Python dicts iterate in insertion order, so no iteration here depends on
+hashing.
+
+Odds map onto the same two sides. A back at odds o takes resting lays at odds
+>= o, highest first, and a lay takes backs at <= o, lowest first: a back is a
+seller of the outcome's price and a lay a buyer.
 
 `match` only reads: it says which resting orders an incoming order would take
 and how much. The state changes happen when the resulting events are folded in
@@ -14,8 +19,12 @@ by `evolve`, the same code path that replay uses.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from sortedcontainers import SortedDict
+
+BUYING: Final = frozenset(("buy", "lay"))  # sides whose levels are keyed by -price
+OPPOSITE: Final = {"buy": "sell", "sell": "buy", "back": "lay", "lay": "back"}
 
 
 @dataclass(slots=True)
@@ -23,79 +32,107 @@ class Order:
     order_id: int
     account_id: str
     client_order_id: str
-    side: str  # "buy" | "sell"
+    side: str  # "buy" | "sell" | "back" | "lay"
     price: int
     qty: int  # open quantity
+    runner: str | None
+    tif: str
+    stp: str
+    persistence: str
 
 
-def _key(side: str, price: int) -> int:
-    return -price if side == "buy" else price
+def key(side: str, price: int) -> int:
+    return -price if side in BUYING else price
 
 
 class Book:
-    __slots__ = ("asks", "bids", "orders")
+    __slots__ = ("asks", "bids", "last_price", "orders")
 
     def __init__(self) -> None:
-        self.bids: SortedDict = SortedDict()  # -price -> {order_id: Order}
-        self.asks: SortedDict = SortedDict()  # price -> {order_id: Order}
-        self.orders: dict[int, Order] = {}  # every open order of this market
+        self.bids: SortedDict = SortedDict()  # -price -> {order_id: Order}   (buy / lay)
+        self.asks: SortedDict = SortedDict()  # price -> {order_id: Order}    (sell / back)
+        self.orders: dict[int, Order] = {}  # every open order of this book
+        self.last_price: int | None = None  # of the newest fill, for dynamic price bands
 
-    def _side(self, side: str) -> SortedDict:
-        return self.bids if side == "buy" else self.asks
+    def levels(self, side: str) -> SortedDict:
+        return self.bids if side in BUYING else self.asks
 
     def add(self, order: Order) -> None:
-        levels = self._side(order.side)
-        key = _key(order.side, order.price)
-        level = levels.get(key)
+        levels = self.levels(order.side)
+        k = key(order.side, order.price)
+        level = levels.get(k)
         if level is None:
-            level = levels[key] = {}
+            level = levels[k] = {}
         level[order.order_id] = order
         self.orders[order.order_id] = order
 
-    def reduce(self, order_id: int, qty: int) -> None:
+    def reduce(self, order_id: int, qty: int) -> Order:
         """Take qty off an open order; an order at zero leaves the book."""
         order = self.orders[order_id]
         order.qty -= qty
         if order.qty <= 0:
             self.remove(order_id)
+        return order
 
     def remove(self, order_id: int) -> Order:
         order = self.orders.pop(order_id)
-        levels = self._side(order.side)
-        key = _key(order.side, order.price)
-        level = levels[key]
+        levels = self.levels(order.side)
+        k = key(order.side, order.price)
+        level = levels[k]
         del level[order_id]
         if not level:
-            del levels[key]
+            del levels[k]
         return order
 
-    def match(self, side: str, price: int, qty: int, max_fills: int) -> list[tuple[Order, int]] | None:
+    def best(self, side: str) -> int | None:
+        """Best resting price on one side."""
+        levels = self.levels(side)
+        return abs(levels.peekitem(0)[0]) if levels else None
+
+    def crosses(self, side: str, price: int) -> bool:
+        """Would an incoming order at this price take anything resting (any account)?"""
+        levels = self.levels(OPPOSITE[side])
+        return bool(levels) and levels.peekitem(0)[0] <= key(OPPOSITE[side], price)
+
+    def match(
+        self, side: str, price: int | None, qty: int, account: str, stp: str, max_events: int
+    ) -> tuple[list[tuple[Order, int]], bool] | None:
         """Price-time priority: best opposite price first, FIFO within a level, at the maker's price.
 
-        Returns (maker, qty) pairs, or None when the order would need more than
-        max_fills fills (its events would not fit in one atomic batch).
+        Returns the plan and whether self-trade prevention stopped the taker.
+        The plan is (maker, qty) pairs in walk order; qty 0 means the maker is
+        cancelled by self-trade prevention instead. None when the plan would
+        need more than max_events entries (its events would not fit one
+        atomic batch). A price of None (a market order) takes any price.
         """
-        opposite = self.bids if side == "sell" else self.asks
-        limit = _key("sell" if side == "buy" else "buy", price)
-        fills: list[tuple[Order, int]] = []
+        opposite = self.levels(OPPOSITE[side])
+        limit = None if price is None else key(OPPOSITE[side], price)
+        plan: list[tuple[Order, int]] = []
         remaining = qty
-        for key in opposite:
-            if key > limit:
+        for k in opposite:
+            if limit is not None and k > limit:
                 break
-            for maker in opposite[key].values():
-                take = maker.qty if maker.qty < remaining else remaining
-                fills.append((maker, take))
-                if len(fills) > max_fills:
+            for maker in opposite[k].values():
+                if maker.account_id == account:
+                    if stp == "cancel_newest":
+                        return plan, True
+                    plan.append((maker, 0))
+                    if stp == "cancel_both":
+                        return (plan, True) if len(plan) <= max_events else None
+                else:
+                    take = maker.qty if maker.qty < remaining else remaining
+                    plan.append((maker, take))
+                    remaining -= take
+                if len(plan) > max_events:
                     return None
-                remaining -= take
                 if remaining == 0:
-                    return fills
-        return fills
+                    return plan, False
+        return plan, False
 
     def depth(self, side: str, levels: int) -> list[tuple[int, int]]:
         """Top `levels` price levels of one side as (price, total open qty), best first."""
-        book = self._side(side)
+        book = self.levels(side)
         out: list[tuple[int, int]] = []
-        for key in book.islice(0, levels):
-            out.append((abs(key), sum(o.qty for o in book[key].values())))
+        for k in book.islice(0, levels):
+            out.append((abs(k), sum(o.qty for o in book[k].values())))
         return out

@@ -2,63 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from jetbook.settings import DEFAULT_URL, Settings
+from jetbook.submit_cli import Market, Url, client_call, submit_app
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="jetbook: an event-sourced exchange on NATS JetStream."
 )
-submit_app = typer.Typer(no_args_is_help=True, help="Publish one command and print the events it caused.")
 app.add_typer(submit_app, name="submit")
 
-Url = Annotated[
-    str,
-    typer.Option(
-        "--nats-url",
-        envvar="JETBOOK_NATS_URL",
-        help="NATS server URL; several, comma-separated, for a cluster; user:password@ for auth.",
-    ),
-]
 MaybeUrl = Annotated[
     str | None,
     typer.Option("--nats-url", envvar="JETBOOK_NATS_URL", help="Use this server instead of starting one."),
 ]
 Replicas = Annotated[int, typer.Option(envvar="JETBOOK_REPLICAS", help="Stream replicas (3 on a cluster).")]
-Market = Annotated[str, typer.Option("--market", "-m", help="Market id.")]
-Account = Annotated[str, typer.Option("--account", "-a", help="Account id (the last subject token).")]
-
-
-def _client_call(url: str, body: Callable[[Any], Awaitable[int]]) -> None:
-    from nats.errors import NoServersError
-
-    from jetbook.wiring import connect
-
-    async def main() -> int:
-        nc = await connect(url, "jetbook-cli", reconnect=False)
-        try:
-            return await body(nc.jetstream())
-        finally:
-            await nc.close()
-
-    try:
-        code = asyncio.run(main())
-    except TimeoutError as err:
-        typer.echo(f"error: {err}. Is the engine running (`jetbook up` or `jetbook engine`)?", err=True)
-        raise typer.Exit(2) from err
-    except (OSError, NoServersError) as err:
-        typer.echo(f"error: cannot reach NATS at {url}: {err}", err=True)
-        raise typer.Exit(2) from err
-
-    raise typer.Exit(code)
+_client_call = client_call
 
 
 @app.command()
@@ -118,6 +83,11 @@ def project(
         raise typer.Exit(4) from err
 
 
+from jetbook.bench.cli import bench as bench_command  # noqa: E402  (its heavy imports load when it runs)
+
+app.command("bench")(bench_command)
+
+
 @app.command()
 def demo(nats_url: Url = DEFAULT_URL, market: Market = "ETH-USDC") -> None:
     """Run the order-book reference scenario against a running stack."""
@@ -128,112 +98,6 @@ def demo(nats_url: Url = DEFAULT_URL, market: Market = "ETH-USDC") -> None:
         return 0
 
     _client_call(nats_url, body)
-
-
-def _print_outcome(events: list[Any]) -> int:
-    from events.model import Rejected, to_wire
-
-    for event in events:
-        typer.echo(json.dumps(to_wire(event)))
-    return 1 if any(isinstance(e, Rejected) for e in events) else 0
-
-
-def _submit(url: str, market: str, send: Callable[[Any], Awaitable[int]], wait: bool) -> None:
-    from events.watch import EventWatcher
-
-    async def body(js: Any) -> int:
-        if not wait:
-            seq = await send(js)
-            typer.echo(f"cmd_seq {seq}")
-            return 0
-        async with EventWatcher(js, market) as watcher:
-            seq = await send(js)
-            typer.echo(f"cmd_seq {seq}", err=True)
-            return _print_outcome((await watcher.wait([seq], timeout=10))[seq])
-
-    _client_call(url, body)
-
-
-Wait = Annotated[bool, typer.Option(help="Wait for and print the events the command caused.")]
-
-
-def _check(model: Any, fields: dict[str, Any]) -> None:
-    """Refuse a command the engine would reject for its shape, before connecting to anything."""
-    from pydantic import ValidationError
-
-    try:
-        model.model_validate({k: v for k, v in fields.items() if v is not None})
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        typer.echo(f"error: invalid command: {problems}", err=True)
-        raise typer.Exit(2) from err
-
-
-@submit_app.command("create-market")
-def submit_create_market(
-    market: Market, base: str = "BASE", quote: str = "QUOTE", nats_url: Url = DEFAULT_URL, wait: Wait = True
-) -> None:
-    """Create a market (control subject jb.ctl.<market>)."""
-    from commands.client import CommandClient
-    from commands.model import CreateMarket
-
-    _check(CreateMarket, {"market_id": market, "base": base, "quote": quote})
-
-    _submit(nats_url, market, lambda js: CommandClient(js).create_market(market, base, quote), wait)
-
-
-@submit_app.command("place")
-def submit_place(
-    market: Market,
-    account: Account,
-    side: Annotated[str, typer.Option(help="buy or sell")],
-    price: Annotated[int, typer.Option(help="Limit price in ticks.")],
-    qty: Annotated[int, typer.Option(help="Quantity in lots.")],
-    client_order_id: Annotated[str | None, typer.Option(help="Your id for the order; generated if absent.")] = None,
-    tif: str = "gtc",
-    nats_url: Url = DEFAULT_URL,
-    wait: Wait = True,
-) -> None:
-    """Place a limit order."""
-    from nats.nuid import NUID
-
-    from commands.client import CommandClient
-    from commands.model import PlaceOrder
-
-    coid = client_order_id or f"cli-{NUID().next().decode()}"
-    _check(PlaceOrder, {"client_order_id": coid, "side": side, "price": price, "qty": qty, "tif": tif})
-    _submit(
-        nats_url,
-        market,
-        lambda js: CommandClient(js).place(market, account, coid, side, price, qty, tif),
-        wait,
-    )
-
-
-@submit_app.command("cancel")
-def submit_cancel(
-    market: Market,
-    account: Account,
-    order_id: Annotated[int | None, typer.Option(help="Engine-assigned order id.")] = None,
-    client_order_id: Annotated[str | None, typer.Option(help="Your id for the order.")] = None,
-    nats_url: Url = DEFAULT_URL,
-    wait: Wait = True,
-) -> None:
-    """Cancel an order by order_id or client_order_id."""
-    from commands.client import CommandClient
-    from commands.model import CancelOrder
-
-    _check(CancelOrder, {"order_id": order_id, "client_order_id": client_order_id})
-    if order_id is None and client_order_id is None:
-        typer.echo("error: give --order-id or --client-order-id", err=True)
-        raise typer.Exit(2)
-
-    _submit(
-        nats_url,
-        market,
-        lambda js: CommandClient(js).cancel(market, account, order_id, client_order_id),
-        wait,
-    )
 
 
 @app.command()

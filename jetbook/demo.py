@@ -78,7 +78,7 @@ async def run_demo(js: Any, market: str = "ETH-USDC", say: Callable[[str], None]
     engine = Engine()
     for event in result.events:
         engine.apply(event)
-    book = engine.state.markets[market_id].book
+    book = engine.state.markets[market_id].books[None]
     result.bids, result.asks = book.depth("buy", 10), book.depth("sell", 10)
     say("book:")
     say("  asks  " + (", ".join(f"{q} @ {p}" for p, q in result.asks) or "-"))

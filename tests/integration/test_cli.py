@@ -203,10 +203,14 @@ def test_invalid_commands_are_refused_before_connecting(tmp_path: Path) -> None:
     bad = run(
         "submit", "place", "-m", "X", "-a", "a", "--side", "long", "--price", "0", "--qty", "1", "--nats-url", nowhere
     )
-    assert bad.returncode == 2 and "invalid command: side" in bad.stderr and "price" in bad.stderr
+    assert bad.returncode == 2 and "invalid command: invalid_side (side: unknown)" in bad.stderr
     assert "cannot reach NATS" not in bad.stderr
     cancel = run("submit", "cancel", "-m", "X", "-a", "a", "--nats-url", nowhere)
-    assert cancel.returncode == 2 and "--order-id or --client-order-id" in cancel.stderr
+    assert cancel.returncode == 2 and "invalid command: missing_field (order_id: missing)" in cancel.stderr
+    zero = run(
+        "submit", "place", "-m", "X", "-a", "a", "--side", "buy", "--price", "0", "--qty", "1", "--nats-url", nowhere
+    )
+    assert zero.returncode == 2 and "invalid_price (price: out_of_range)" in zero.stderr
     book = run("book", "-m", "X", "--db", str(tmp_path / "missing.db"))
     assert book.returncode == 2 and "no read model" in book.stderr
 

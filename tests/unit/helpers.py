@@ -60,5 +60,11 @@ class Session:
         return self.send(f"jb.cmd.{market}.{account}", {"type": "cancel_order", **ref})
 
     def book(self, market: str = M) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-        b = self.engine.state.markets[market].book
+        b = self.engine.state.markets[market].books[None]
         return b.depth("buy", 100), b.depth("sell", 100)
+
+    def control(self, market: str, type_: str, **fields: Any) -> list[Event]:
+        return self.send(f"jb.ctl.{market}", {"type": type_, **fields})
+
+    def trade(self, account: str, type_: str, market: str = M, **fields: Any) -> list[Event]:
+        return self.send(f"jb.cmd.{market}.{account}", {"type": type_, **fields})

@@ -172,4 +172,4 @@ def test_snapshot_restores_an_equal_state() -> None:
     _script(s)
     restored = restore(snapshot(s.engine.state))
     assert snapshot(restored) == snapshot(s.engine.state)
-    assert restored.markets["ETH-USDC"].book.depth("buy", 10) == s.book()[0]
+    assert restored.markets["ETH-USDC"].books[None].depth("buy", 10) == s.book()[0]

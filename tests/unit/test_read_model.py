@@ -64,13 +64,13 @@ async def test_levels_equal_the_engines_book_and_statuses_add_up(tmp_path: Path)
                 f"SELECT price, qty FROM book_levels WHERE market_id=? AND side=? ORDER BY price {order}",
                 (market_id, side),
             ).fetchall()
-            assert rows == market.book.depth(side, 1000)
+            assert rows == market.books[None].depth(side, 1000)
         open_rows = con.execute(
             "SELECT order_id, open_qty FROM orders WHERE market_id=? AND status IN ('open','partially_filled')"
             " ORDER BY order_id",
             (market_id,),
         ).fetchall()
-        assert open_rows == sorted((o.order_id, o.qty) for o in market.book.orders.values())
+        assert open_rows == sorted((o.order_id, o.qty) for o in market.books[None].orders.values())
     bad = con.execute("SELECT COUNT(*) FROM orders WHERE filled_qty + cancelled_qty > qty OR open_qty < 0").fetchone()
     assert bad == (0,)
     statuses = dict(con.execute("SELECT status, COUNT(*) FROM orders GROUP BY status").fetchall())

@@ -65,7 +65,7 @@ CASES: list[tuple[str, str, Any]] = [
     ("invalid_qty", P, raw(place(qty=-1))),
     ("invalid_qty", P, raw(place(qty=None) | {"qty": "lots"})),
     ("invalid_side", P, raw(place(side="long"))),
-    ("unsupported_tif", P, raw(place(tif="ioc"))),
+    ("invalid_tif", P, raw(place(tif="day"))),
     ("unknown_field", P, raw(place(leverage=100))),
     ("invalid_field", P, raw(place(client_order_id=5))),
     ("invalid_field", P, raw(place(client_order_id="has space"))),
@@ -220,7 +220,7 @@ def test_order_needing_more_fills_than_a_batch_holds_is_refused_whole() -> None:
 
 def test_extra_fields_on_create_market_are_ignored() -> None:
     s = Session(market=None)
-    (e,) = s.create("X", tick_size=5, runners=["H", "D", "A"])
+    (e,) = s.create("X", colour="blue", venue={"any": "thing"})
     assert e.TYPE == "market_created"
 
 
