@@ -332,7 +332,21 @@ SPECS: Final[dict[str, Spec]] = {
 }  # fmt: skip
 
 
+_SUBJECTS: dict[str, tuple[str, str | None, str | None] | Invalid] = {}
+_SUBJECTS_MAX: Final = 65_536
+
+
 def _split_subject(subject: str) -> tuple[str, str | None, str | None] | Invalid:
+    """(family, market, account), remembered: a handful of market x account subjects carry most orders."""
+    where = _SUBJECTS.get(subject)
+    if where is None:
+        if len(_SUBJECTS) >= _SUBJECTS_MAX:
+            _SUBJECTS.clear()
+        where = _SUBJECTS[subject] = _split_subject_once(subject)
+    return where
+
+
+def _split_subject_once(subject: str) -> tuple[str, str | None, str | None] | Invalid:
     """(family, market, account) from a JB_CMD subject, or why it is unusable."""
     tokens = subject.split(".")
     market = tokens[2] if len(tokens) > 2 and is_id(tokens[2]) else None
@@ -384,6 +398,42 @@ def _order_rules(kw: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+_FAST_PLACE: Final = frozenset(("type", "v", "client_order_id", "side", "price", "qty", "tif"))
+_FAST_CANCEL: Final = frozenset(("type", "v", "client_order_id", "order_id"))
+_SIDES: Final = frozenset(SIDES)
+_TIFS: Final = frozenset(TIFS)
+
+
+def _fast(ctype: str, body: dict[str, Any], coid: str | None) -> Command | None:
+    """The command, if it has the everyday shape and every field is good; None sends it the long way.
+
+    This only ever accepts what the table accepts, and builds the same command,
+    so it cannot change an outcome; anything unusual (a bad field, an optional
+    one) is left to the table, which also names the reason.
+    """
+    if ctype == "place_order":
+        if not body.keys() <= _FAST_PLACE or coid is None:
+            return None
+        side, price, qty, tif = body.get("side"), body.get("price"), body.get("qty"), body.get("tif", "gtc")
+        if (
+            type(side) is str and side in _SIDES
+            and type(price) is int and 1 <= price <= MAX_PRICE
+            and type(qty) is int and 1 <= qty <= MAX_QTY
+            and type(tif) is str and tif in _TIFS
+        ):  # fmt: skip
+            return PlaceOrder(coid, side, qty, price, "limit", None, tif)
+        return None
+    if ctype == "cancel_order":
+        if not body.keys() <= _FAST_CANCEL:
+            return None
+        order_id = body.get("order_id")
+        if order_id is None:
+            return CancelOrder(None, coid) if coid is not None else None
+        if type(order_id) is int and 1 <= order_id < 2**63 and ("client_order_id" not in body or coid is not None):
+            return CancelOrder(order_id, coid)
+    return None
+
+
 def parse(subject: str, data: bytes) -> Parsed | Invalid:
     where = _split_subject(subject)
     if isinstance(where, Invalid):
@@ -410,6 +460,10 @@ def parse(subject: str, data: bytes) -> Parsed | Invalid:
     version = body.get("v", SCHEMA_VERSION)
     if type(version) is not int or version != SCHEMA_VERSION:
         return Invalid(market, account, "unsupported_version", f"v: {str(version)[:16]}", ctype, coid)
+    if family == "cmd" and market != ALL_MARKETS:
+        fast = _fast(ctype, body, coid)
+        if fast is not None:
+            return Parsed(market, account, fast)
     kw = _fields(spec, body)
     if type(kw) is tuple:
         return Invalid(market, account, kw[0], kw[1], ctype, coid)
