@@ -21,7 +21,7 @@ import msgpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.core import Engine  # noqa: E402
+from engine.core import Engine
 
 
 def workload(n: int, seed: int, markets: int, accounts: int) -> list[tuple[str, bytes]]:
