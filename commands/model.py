@@ -400,8 +400,10 @@ def _order_rules(kw: dict[str, Any]) -> tuple[str, str] | None:
 
 _FAST_PLACE: Final = frozenset(("type", "v", "client_order_id", "side", "price", "qty", "tif"))
 _FAST_CANCEL: Final = frozenset(("type", "v", "client_order_id", "order_id"))
-_SIDES: Final = frozenset(SIDES)
-_TIFS: Final = frozenset(TIFS)
+# Canonical side strings: msgpack makes a new str per message, and every resting order keeps its side.
+_SIDES: Final = {s: s for s in SIDES}
+_TIFS: Final = {t: t for t in TIFS}
+_CANON: Final = {c: c for c in (*SIDES, *TIFS, *STP_MODES, *PERSISTENCE, "limit", "market")}
 
 
 def _fast(ctype: str, body: dict[str, Any], coid: str | None) -> Command | None:
@@ -416,10 +418,10 @@ def _fast(ctype: str, body: dict[str, Any], coid: str | None) -> Command | None:
             return None
         side, price, qty, tif = body.get("side"), body.get("price"), body.get("qty"), body.get("tif", "gtc")
         if (
-            type(side) is str and side in _SIDES
+            type(side) is str and (side := _SIDES.get(side)) is not None
             and type(price) is int and 1 <= price <= MAX_PRICE
             and type(qty) is int and 1 <= qty <= MAX_QTY
-            and type(tif) is str and tif in _TIFS
+            and type(tif) is str and (tif := _TIFS.get(tif)) is not None
         ):  # fmt: skip
             return PlaceOrder(coid, side, qty, price, "limit", None, tif)
         return None
@@ -469,6 +471,9 @@ def parse(subject: str, data: bytes) -> Parsed | Invalid:
         return Invalid(market, account, kw[0], kw[1], ctype, coid)
     assert isinstance(kw, dict)
     if spec.cls is PlaceOrder:
+        for name in ("side", "tif", "stp", "persistence", "order_type"):
+            if name in kw:
+                kw[name] = _CANON[kw[name]]
         broken = _order_rules(kw)
         if broken:
             return Invalid(market, account, broken[0], broken[1], ctype, coid)

@@ -84,6 +84,7 @@ ODDS_LADDER: Final = (
 ODDS_MIN: Final = 101
 ODDS_MAX: Final = 100_000
 TERMINAL: Final = ("closed", "settled", "voided")
+_EMPTY: Final[dict[str, int]] = {}
 
 
 def on_ladder(price: int) -> bool:
@@ -127,7 +128,8 @@ class Market:
     next_trade_id: int = 1
     # (account, client_order_id) -> order_id, kept for the market's life so a
     # repeated client_order_id is refused long after the broker's dedupe window.
-    client_orders: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Nested by account rather than keyed by (account, coid): a tuple per order is 60 bytes of RAM.
+    client_orders: dict[str, dict[str, int]] = field(default_factory=dict)
     risk: dict[str, Risk] = field(default_factory=dict)
     # pair: account -> [net_qty, cash]; odds: account -> {runner: [pnl if it wins, pnl if it loses]}
     positions: dict[str, Any] = field(default_factory=dict)
@@ -410,7 +412,7 @@ def _decide_place(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
     _check_qty(market, qty)
     account = p.account_id
     coid = cmd.client_order_id
-    if (account, coid) in market.client_orders:
+    if coid in market.client_orders.get(account, _EMPTY):
         raise _Refuse("duplicate_client_order_id", "client_order_id already used")
     risk = market.risk.get(account)
     if risk is not None and risk.max_order_qty is not None and qty > risk.max_order_qty:
@@ -466,7 +468,7 @@ def _order_of(state: State, p: Parsed, cmd: CancelOrder | AmendOrder, market: Ma
     order_id = cmd.order_id
     if order_id is None:
         assert cmd.client_order_id is not None
-        order_id = market.client_orders.get((p.account_id, cmd.client_order_id))
+        order_id = market.client_orders.get(p.account_id, _EMPTY).get(cmd.client_order_id)
         if order_id is None:
             raise _Refuse("unknown_order", "no such client_order_id for this account")
     found = market.find(order_id)
@@ -690,7 +692,10 @@ def _on_accepted(state: State, e: Event) -> None:
         risk = _risk(market, e.account_id)
         risk.open_orders += 1
         risk.open_exposure += market.exposure(e.side, e.price, e.resting_qty)
-    market.client_orders[(e.account_id, e.client_order_id)] = e.order_id
+    mine = market.client_orders.get(e.account_id)
+    if mine is None:
+        mine = market.client_orders[e.account_id] = {}
+    mine[e.client_order_id] = e.order_id
     market.next_order_id = e.order_id + 1
 
 
@@ -872,7 +877,7 @@ def _state_tree(state: State) -> list[Any]:
                     ]
                 )  # fmt: skip
             books.append([runner, book.last_price, sides])
-        clients = sorted([a, c, oid] for (a, c), oid in m.client_orders.items())
+        clients = sorted([a, c, oid] for a, mine in m.client_orders.items() for c, oid in mine.items())
         risk = [
             [a, r.open_orders, r.open_exposure, r.max_order_qty, r.max_open_orders, r.max_open_exposure]
             for a, r in sorted(m.risk.items())
@@ -910,7 +915,8 @@ def restore(data: bytes) -> State:
                 for price, orders in levels:
                     for oid, account, coid, qty, tif, stp, persistence in orders:
                         book.add(Order(oid, account, coid, side, price, qty, runner, tif, stp, persistence))
-        m.client_orders = {(a, c): oid for a, c, oid in clients}
+        for a, c, oid in clients:
+            m.client_orders.setdefault(a, {})[c] = oid
         m.risk = {a: Risk(*rest) for a, *rest in risk}
         if kind == "pair":
             m.positions = {a: pos for a, pos in positions}
