@@ -4,7 +4,8 @@
 
 For batch sizes 1000, 100 and 10 it publishes --messages messages to a scratch
 stream (file storage, allow_atomic) the way engine/service.py does: nc.publish
-for messages 1..n-1 with Nats-Batch-Id / Nats-Batch-Sequence, then nc.request
+for messages 1..n-1 with the engine's batch headers (jetbook/bench/floor.py
+batch_headers, Nats-Expected-Last-Sequence on the first), then nc.request
 for the commit message, waiting for its PubAck before the next batch. Reported
 per batch size: messages/s, the time in the publish calls and the commit wait
 per batch. The last row is plain core-NATS publishing (no JetStream ack) of the
@@ -29,7 +30,7 @@ import nats
 from nats.js.api import StorageType, StreamConfig
 from nats.nuid import NUID
 
-from commands.subjects import HDR_BATCH_COMMIT, HDR_BATCH_ID, HDR_BATCH_SEQ
+from jetbook.bench.floor import batch_headers
 from jetbook.server import EmbeddedServer
 
 
@@ -41,6 +42,7 @@ async def run(url: str, messages: int, payload_size: int) -> None:
     )
     payload = b"x" * payload_size
     nuid = NUID()
+    expected = 0  # the stream's last seq: every batch carries Nats-Expected-Last-Sequence, as the engine's do
     print(f"{'batch':>6}{'batches':>9}{'msg/s':>10}{'publish ms/batch':>18}{'commit ms/batch':>17}{'us/msg wait':>13}")
     for size in (1000, 100, 10):
         batches = max(1, messages // size)
@@ -50,10 +52,11 @@ async def run(url: str, messages: int, payload_size: int) -> None:
             bid = nuid.next().decode()
             ta = time.perf_counter()
             for i in range(1, size):
-                await nc.publish("bench.atomic.x", payload, headers={HDR_BATCH_ID: bid, HDR_BATCH_SEQ: str(i)})
+                await nc.publish("bench.atomic.x", payload, headers=batch_headers(bid, i, size, expected))
             tb = time.perf_counter()
-            headers = {HDR_BATCH_ID: bid, HDR_BATCH_SEQ: str(size), HDR_BATCH_COMMIT: "1"}
+            headers = batch_headers(bid, size, size, expected)
             reply = await nc.request("bench.atomic.x", payload, timeout=10, headers=headers)
+            expected += size
             if b'"error"' in reply.data:
                 raise RuntimeError(reply.data.decode())
             t_pub += tb - ta
@@ -78,10 +81,13 @@ async def run(url: str, messages: int, payload_size: int) -> None:
 
     async def batch(n: int) -> None:
         bid = nuid.next().decode()
+        nonlocal expected
         for i in range(1, n):
-            await nc.publish("bench.atomic.x", payload, headers={HDR_BATCH_ID: bid, HDR_BATCH_SEQ: str(i)})
-        headers = {HDR_BATCH_ID: bid, HDR_BATCH_SEQ: str(n), HDR_BATCH_COMMIT: "1"}
-        await nc.request("bench.atomic.x", payload, timeout=10, headers=headers)
+            await nc.publish("bench.atomic.x", payload, headers=batch_headers(bid, i, n, expected))
+        reply = await nc.request("bench.atomic.x", payload, timeout=10, headers=batch_headers(bid, n, n, expected))
+        if b'"error"' in reply.data:
+            raise RuntimeError(reply.data.decode())
+        expected += n
 
     cases = [
         ("js.publish, 1 message", acked),

@@ -1,9 +1,9 @@
 """Where the engine's wall clock goes: the real EngineService, in this process, on a full JB_CMD backlog.
 
-    python bench/engine_phases.py [--orders 100000] [--seed 1] [--with-projection]
+    python bench/engine_phases.py [--orders 100000] [--seed 1] [--markets 4] [--with-projection]
                                                  [--max-batch 1000] [--json PATH]
 
-Starts an embedded nats-server, publishes the workload of bench/workload.py
+Starts an embedded nats-server, publishes the flow of jetbook/bench/workload.py
 into JB_CMD with no engine running, then runs engine.service.EngineService
 (unmodified; only timing wrappers are put around its calls from outside) until
 every command is applied, and splits its wall time into:
@@ -34,16 +34,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import nats
-from pipeline import Children, check_acks, cpu_delta, cpu_snapshot, publish_all, role_argv
-from workload import generate
 
 import events.reader
-from commands.subjects import CMD_STREAM
 from engine.service import EngineService
 from events.streams import ensure_streams
+from jetbook.bench.procs import Children, cpu_delta, cpu_snapshot, role_argv
+from jetbook.bench.run import Clients, publish_closed_loop
+from jetbook.bench.workload import Flow
 from jetbook.server import EmbeddedServer
 
 
@@ -126,14 +124,14 @@ def instrument(service: EngineService, timer: Timer) -> None:
 
 
 async def run(args: argparse.Namespace, url: str, tmp: Path, children: Children, server_pid: int) -> dict[str, Any]:
-    wl = generate(args.orders, args.seed)
+    flow = Flow(args.seed, args.markets)
+    orders = flow.take(args.orders)
     nc = await nats.connect(url, name="bench-publisher", allow_reconnect=False)
-    js = nc.jetstream(publish_async_max_pending=1000)
-    await ensure_streams(js)
-    items = [(s, d, wl.headers(i)) for i, (s, d) in enumerate(wl.commands)]
-    _, acks = await publish_all(js, items)
-    check_acks(acks, 1, CMD_STREAM)
+    await ensure_streams(nc.jetstream())
     await nc.close()
+    clients = await Clients.open(url, 1, 1000)
+    await publish_closed_loop(clients, flow.setup + orders)
+    await clients.close()
     pids = {"nats-server": server_pid}
     if args.with_projection:
         pids["projection"] = children.spawn("projection", role_argv("project", url, tmp / "rm.db")).proc.pid
@@ -143,7 +141,7 @@ async def run(args: argparse.Namespace, url: str, tmp: Path, children: Children,
     timer = Timer()
     instrument(service, timer)
     stop = asyncio.Event()
-    last = wl.last_cmd_seq
+    last = flow.last_cmd_seq
 
     async def watch() -> None:
         while service.engine.state.last_cmd_seq < last:
@@ -171,7 +169,7 @@ async def run(args: argparse.Namespace, url: str, tmp: Path, children: Children,
         "commit wait": t.get("commit wait", 0.0),
     }
     phases["other"] = wall - sum(phases.values())
-    n = len(wl.orders)
+    n = len(orders)
     return {
         "orders": n,
         "events": service.events_written,
@@ -183,7 +181,7 @@ async def run(args: argparse.Namespace, url: str, tmp: Path, children: Children,
         "cpu_s": cpu | {"engine (this process)": cpu.get("bench client", 0.0)},
         "last_cmd_seq": service.engine.state.last_cmd_seq,
         "expected_last_cmd_seq": last,
-        "expected_events": wl.counts["events"],
+        "expected_events": flow.events,
     }
 
 
@@ -191,6 +189,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--orders", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--markets", type=int, default=4)
     ap.add_argument("--max-batch", type=int, default=1000, help="EngineService max_batch (default 1000)")
     ap.add_argument("--with-projection", action="store_true")
     ap.add_argument("--json", type=Path)

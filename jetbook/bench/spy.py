@@ -1,6 +1,6 @@
-"""Summarise a py-spy raw (collapsed stacks) file: the functions with the most samples.
+"""Summarise a py-spy raw (collapsed stacks) profile: the functions with the most samples.
 
-    python bench/spy_top.py SPY_DIR/engine.txt [--top 30] [--grep engine/]
+    python -m jetbook.bench.spy SPY_DIR/engine.txt [--top 30] [--grep engine/]
 
 "self" is samples where the function was the innermost frame, "total" is samples
 where it was anywhere on the stack (counted once per sample). Line numbers are
@@ -30,17 +30,12 @@ def frame_key(frame: str) -> str:
     return f"{m.group('func')} ({path})"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("file", type=Path)
-    ap.add_argument("--top", type=int, default=30)
-    ap.add_argument("--grep", default="", help="only list functions whose key contains this")
-    args = ap.parse_args()
-
+def summarise(text: str) -> tuple[int, Counter[str], Counter[str]]:
+    """(samples, self counts, inclusive counts) of a py-spy raw file."""
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
     n = 0
-    for line in args.file.read_text().splitlines():
+    for line in text.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
@@ -53,6 +48,16 @@ def main() -> None:
         own[frames[-1]] += c
         for f in set(frames):
             total[f] += c
+    return n, own, total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("file", type=Path)
+    ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--grep", default="", help="only list functions whose key contains this")
+    args = ap.parse_args()
+    n, own, total = summarise(args.file.read_text())
     print(f"{n} samples in {args.file}")
     for title, counter in (("self", own), ("total (inclusive)", total)):
         print(f"\n-- by {title} --")
@@ -60,7 +65,7 @@ def main() -> None:
         for key, c in counter.most_common():
             if args.grep and args.grep not in key:
                 continue
-            print(f"{c:>7} {c / n:6.1%}  {key}")
+            print(f"{c:>7} {c / max(n, 1):6.1%}  {key}")
             shown += 1
             if shown >= args.top:
                 break

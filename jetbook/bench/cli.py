@@ -1,0 +1,103 @@
+"""`jetbook bench`: the command's options. Everything heavy is imported when it runs, not when `jetbook` starts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+QUICK_RESTING = 100_000
+QUICK_LATENCY_S = 1.0
+
+
+def bench(
+    nats_url: Annotated[
+        str | None,
+        typer.Option(
+            "--nats-url", help="Use this (scratch) server instead of starting one; its JB_* streams are deleted."
+        ),
+    ] = None,
+    orders: Annotated[
+        int, typer.Option(help="Commands in the measured flow (after one create_market per market).")
+    ] = 100_000,
+    markets: Annotated[int, typer.Option(help="Markets; one publishing client each (see --clients).")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the flow: the same seed gives the same commands.")] = 1,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write every figure here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG: throughput over time, latency percentiles.")] = None,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            help=f"Short latency runs ({QUICK_LATENCY_S:g} s), one core run, {QUICK_RESTING:,} resting orders."
+        ),
+    ] = False,
+    resting: Annotated[
+        int | None, typer.Option(help="Resting orders for the memory figure [default: 1,000,000].")
+    ] = None,
+    clients: Annotated[int, typer.Option(help="Concurrent publishing clients (0: one per market).")] = 0,
+    window: Annotated[int, typer.Option(help="Un-acked publishes in flight per client.")] = 500,
+    latency_seconds: Annotated[float | None, typer.Option(help="Length of each latency run [default: 5].")] = None,
+    core_repeat: Annotated[
+        int | None, typer.Option(help="Runs of each core loop; the best counts [default: 3].")
+    ] = None,
+    floor_inflight: Annotated[
+        int, typer.Option(help="Atomic-batch commits in flight in the floor (the engine: 1).")
+    ] = 1,
+    py_spy: Annotated[Path | None, typer.Option(help="Record the engine and projection with py-spy into DIR.")] = None,
+    keep: Annotated[bool, typer.Option(help="Keep the temporary directory (server store, logs, read models).")] = False,
+) -> None:
+    """Measure the pipeline against the transport floor: throughput, latency, core, projection, memory."""
+    from jetbook.bench.procs import BenchError
+    from jetbook.bench.report import print_report
+    from jetbook.bench.run import Options, run
+
+    opts = Options(
+        nats_url=nats_url,
+        orders=orders,
+        markets=markets,
+        seed=seed,
+        clients=clients,
+        window=window,
+        resting=resting if resting is not None else (QUICK_RESTING if quick else 1_000_000),
+        quick=quick,
+        latency_seconds=latency_seconds if latency_seconds is not None else (QUICK_LATENCY_S if quick else 5.0),
+        core_repeat=core_repeat if core_repeat is not None else (1 if quick else 3),
+        floor_inflight=floor_inflight,
+        json_path=json_path,
+        plot_path=plot,
+        py_spy=py_spy,
+        keep=keep,
+        command=["jetbook", *sys.argv[1:]],
+    )
+    if min(opts.orders, opts.markets, opts.resting, opts.window) < 1:
+        typer.echo("error: --orders, --markets, --resting and --window must be at least 1", err=True)
+        raise typer.Exit(2)
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")  # unwinds through the finally blocks that stop our children
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        doc = run(opts)
+    except BenchError as err:
+        typer.echo(f"benchmark failed: {err}", err=True)
+        raise typer.Exit(1) from err
+    except KeyboardInterrupt as err:
+        typer.echo(f"interrupted ({err}); the benchmark's processes were stopped", err=True)
+        raise typer.Exit(130) from err
+    print_report(doc)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(doc, indent=1) + "\n")
+        typer.echo(f"wrote {json_path}")
+    if plot is not None:
+        from jetbook.bench.plot import plot as write_plot
+
+        write_plot(doc, plot)
+        typer.echo(f"wrote {plot}")
+    if py_spy is not None:
+        typer.echo(f"py-spy profiles in {py_spy}; summarise with: python -m jetbook.bench.spy {py_spy}/engine.txt")
+    raise typer.Exit(1 if doc["problems"] else 0)

@@ -1,0 +1,135 @@
+"""The pure core's loops: the same raw commands through msgpack alone, parse, Engine.handle, handle + encode.
+
+Each loop runs over pre-encoded commands in this process, with no I/O, a fresh
+`Engine` per run and the setup commands folded in untimed. The figure is the
+best of `repeat` runs (the least disturbed by whatever else the machine did);
+the median is kept too. The only checks: every handle run made the events the
+flow generator expects, and all runs end in the same state hash.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from commands.model import parse
+from engine.core import Engine, state_hash
+from events.model import encode
+from jetbook.bench.workload import BASE_TS, Cmd
+
+
+@dataclass(frozen=True)
+class Loop:
+    key: str
+    title: str
+    run: Callable[[Sequence[Cmd], Sequence[Cmd]], tuple[float, int, str]]  # (seconds, events, state hash)
+
+
+def _fresh(setup: Sequence[Cmd]) -> Engine:
+    engine = Engine()
+    for seq, c in enumerate(setup, 1):
+        engine.handle(seq, BASE_TS + seq * 1000, c.subject, c.data)
+    return engine
+
+
+def run_decode(setup: Sequence[Cmd], orders: Sequence[Cmd]) -> tuple[float, int, str]:
+    unpackb = msgpack.unpackb
+    payloads = [c.data for c in orders]
+    t0 = time.perf_counter()
+    for data in payloads:
+        unpackb(data, raw=False)
+    return time.perf_counter() - t0, 0, ""
+
+
+def run_parse(setup: Sequence[Cmd], orders: Sequence[Cmd]) -> tuple[float, int, str]:
+    items = [(c.subject, c.data) for c in orders]
+    t0 = time.perf_counter()
+    for subject, data in items:
+        parse(subject, data)
+    return time.perf_counter() - t0, 0, ""
+
+
+def run_handle(setup: Sequence[Cmd], orders: Sequence[Cmd]) -> tuple[float, int, str]:
+    engine = _fresh(setup)
+    handle = engine.handle
+    seq = len(setup)
+    items = [(c.subject, c.data) for c in orders]
+    events = 0
+    t0 = time.perf_counter()
+    for subject, data in items:
+        seq += 1
+        events += len(handle(seq, BASE_TS + seq * 1000, subject, data))
+    elapsed = time.perf_counter() - t0
+    return elapsed, events, state_hash(engine.state)
+
+
+def run_handle_encode(setup: Sequence[Cmd], orders: Sequence[Cmd]) -> tuple[float, int, str]:
+    engine = _fresh(setup)
+    handle = engine.handle
+    seq = len(setup)
+    items = [(c.subject, c.data) for c in orders]
+    events = 0
+    t0 = time.perf_counter()
+    for subject, data in items:
+        seq += 1
+        for e in handle(seq, BASE_TS + seq * 1000, subject, data):
+            encode(e)
+            events += 1
+    elapsed = time.perf_counter() - t0
+    return elapsed, events, state_hash(engine.state)
+
+
+LOOPS = {
+    loop.key: loop
+    for loop in (
+        Loop("decode", "msgpack decode only", run_decode),
+        Loop("parse", "parse (decode + validate)", run_parse),
+        Loop("handle", "Engine.handle (the core)", run_handle),
+        Loop("handle_encode", "handle + encode events", run_handle_encode),
+    )
+}
+
+
+def measure(
+    setup: Sequence[Cmd], orders: Sequence[Cmd], keys: Sequence[str], repeat: int, expected_events: int | None
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """{key: figures} for each loop, and the problems found (wrong event count, differing state hashes)."""
+    n = len(orders)
+    out: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    hashes: set[str] = set()
+    for key in keys:
+        loop = LOOPS[key]
+        times: list[float] = []
+        events = 0
+        for _ in range(max(1, repeat)):
+            gc.collect()
+            elapsed, events, digest = loop.run(setup, orders)
+            times.append(elapsed)
+            if digest:
+                hashes.add(digest)
+                if expected_events is not None and events != expected_events:
+                    problems.append(f"{loop.title}: {events} events, the flow expects {expected_events}")
+        best, med = min(times), statistics.median(times)
+        row: dict[str, Any] = {
+            "title": loop.title,
+            "runs": len(times),
+            "best_s": round(best, 4),
+            "median_s": round(med, 4),
+            "orders_per_s": round(n / best),
+            "orders_per_s_median": round(n / med),
+            "us_per_order": round(best / n * 1e6, 2),
+        }
+        if events:
+            row["events"] = events
+            row["events_per_s"] = round(events / best)
+        out[key] = row
+    if len(hashes) > 1:
+        problems.append(f"the state hash differs between runs: {sorted(hashes)}")
+    return out, problems

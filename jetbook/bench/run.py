@@ -1,0 +1,715 @@
+"""The whole `jetbook bench` run: six measurements of one seeded flow, a table, and the JSON.
+
+Order of the run, each network phase on fresh streams (JB_EVT denies purge, so
+the streams are deleted and created again between phases):
+
+1. transport floor   the null engine and null reader of floor.py as subprocesses;
+                     the flow's commands published by the same concurrent clients as in (2)
+2. end to end        `jetbook engine` and `jetbook project` as subprocesses; the same
+                     commands, the same clients; orders/s until the last event is in JB_EVT
+3. latency           on the same running system, open-loop rate-limited publishing at
+                     10%, 50% and 90% of (2), each command timed from its intended send
+                     time to the first event of it seen on jb.evt.> (HDR histogram)
+5. projection        live during (2); then a rebuild from 0 into a new file
+4. core              in this process, with every other process stopped
+6. memory            a subprocess holding --resting orders
+
+The clock of (1) and (2) runs from the first publish to the sample at which
+JB_EVT holds every event the flow must produce (the generator knows the count),
+so both figures include the publishing and are directly comparable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from commands.subjects import CMD_STREAM, EVT_STREAM, HDR_MSG_ID
+from jetbook.bench.procs import (
+    BenchError,
+    Children,
+    Probe,
+    attach_py_spy,
+    cpu_delta,
+    cpu_snapshot,
+    role_argv,
+    tail,
+    wait_for,
+)
+from jetbook.bench.workload import Cmd, Flow, avg_size
+
+LOADS = (0.1, 0.5, 0.9)
+HDR_MAX_US = 120_000_000  # the slowest latency the histogram can hold: 2 minutes
+
+
+@dataclass
+class Options:
+    nats_url: str | None = None
+    orders: int = 100_000
+    markets: int = 4
+    seed: int = 1
+    accounts: int = 100
+    clients: int = 0  # 0: one per market
+    window: int = 500  # un-acked publishes per client
+    resting: int = 1_000_000
+    quick: bool = False
+    latency_seconds: float = 5.0
+    core_repeat: int = 3
+    floor_inflight: int = 1
+    poll: float = 0.02
+    stall: float = 60.0
+    json_path: Path | None = None
+    plot_path: Path | None = None
+    py_spy: Path | None = None
+    keep: bool = False
+    command: list[str] = field(default_factory=list)
+
+    def effective_clients(self) -> int:
+        return max(1, min(self.clients or self.markets, self.markets))
+
+
+# --- publishing -----------------------------------------------------------------------------------
+
+
+class Clients:
+    """Concurrent clients, each its own NATS connection; client i sends the commands of markets i, i+C, ..."""
+
+    def __init__(self, conns: list[Any], window: int) -> None:
+        self.conns = conns
+        self.js = [nc.jetstream(publish_async_max_pending=window) for nc in conns]
+
+    @classmethod
+    async def open(cls, url: str, n: int, window: int) -> Clients:
+        from jetbook.wiring import connect
+
+        return cls([await connect(url, f"jetbook-bench-client-{i}", reconnect=False) for i in range(n)], window)
+
+    def of(self, cmd: Cmd) -> Any:
+        return self.js[cmd.market % len(self.js)]
+
+    async def close(self) -> None:
+        for nc in self.conns:
+            await nc.close()
+
+
+async def publish_in_order(js: Any, cmds: list[Cmd]) -> list[int]:
+    """One acked publish after another (the setup): their JB_CMD sequences."""
+    return [int((await js.publish(c.subject, c.data, headers={HDR_MSG_ID: c.msg_id})).seq) for c in cmds]
+
+
+def check_acks(acks: list[Any], want: int) -> list[int]:
+    seqs = []
+    for ack in acks:
+        if ack.stream != CMD_STREAM or ack.duplicate:
+            raise BenchError(f"unexpected PubAck {ack}: the flow's commands must each be stored once in JB_CMD")
+        seqs.append(int(ack.seq))
+    if len(set(seqs)) != want:
+        raise BenchError(f"{len(set(seqs))} commands stored, {want} sent")
+    return seqs
+
+
+async def publish_closed_loop(clients: Clients, cmds: list[Cmd]) -> float:
+    """Every client sends its markets' commands as fast as its window of un-acked publishes allows; seconds."""
+    shares: list[list[Cmd]] = [[] for _ in clients.js]
+    for c in cmds:
+        shares[c.market % len(shares)].append(c)
+
+    async def one(js: Any, items: list[Cmd]) -> list[Any]:
+        futures = [await js.publish_async(c.subject, c.data, headers={HDR_MSG_ID: c.msg_id}) for c in items]
+        if futures:
+            await js.publish_async_completed()
+        return [f.result() for f in futures]
+
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(one(js, share) for js, share in zip(clients.js, shares, strict=True)))
+    elapsed = time.perf_counter() - t0
+    check_acks([a for r in results for a in r], len(cmds))
+    return elapsed
+
+
+# --- sampling -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    t: float  # seconds since the clock started
+    cmd_last: int
+    evt_last: int
+    evt_cmd: int  # cmd_seq of the newest event
+    proj: int
+
+
+class Sampler:
+    """Polls the stream heads and the read model every `poll` seconds from `t0` on."""
+
+    def __init__(self, probe: Probe, children: Children, poll: float) -> None:
+        self.probe = probe
+        self.children = children
+        self.poll = poll
+        self.t0 = time.perf_counter()
+        self.samples: list[Sample] = []
+
+    async def sample(self) -> Sample:
+        self.children.check_alive()
+        cmd_last = await self.probe.cmd_last()
+        evt_last, evt_cmd = await self.probe.evt()
+        s = Sample(time.perf_counter() - self.t0, cmd_last, evt_last, evt_cmd, self.probe.projection())
+        self.samples.append(s)
+        return s
+
+    async def until(self, what: str, done: Any, stall: float) -> Sample:
+        """Sample until done(sample); BenchError after `stall` seconds without any progress."""
+        last_change, prev = time.perf_counter(), None
+        while True:
+            s = await self.sample()
+            if done(s):
+                return s
+            state = (s.cmd_last, s.evt_last, s.proj)
+            if state != prev:
+                prev, last_change = state, time.perf_counter()
+            elif time.perf_counter() - last_change > stall:
+                raise BenchError(f"no progress for {stall:.0f}s waiting for {what}: {s}")
+            await asyncio.sleep(self.poll)
+
+    def timeline(self, points: int = 400) -> list[list[float]]:
+        step = max(1, len(self.samples) // points)
+        chosen = [*self.samples[::step], self.samples[-1]] if self.samples else []
+        return [[round(s.t, 3), s.cmd_last, s.evt_last, s.evt_cmd, s.proj] for s in chosen]
+
+
+# --- the phases -----------------------------------------------------------------------------------
+
+
+async def fresh_streams(js: Any) -> None:
+    from nats.js.errors import NotFoundError
+
+    from events.streams import ensure_streams
+
+    for name in (CMD_STREAM, EVT_STREAM):
+        try:
+            await js.delete_stream(name)
+        except NotFoundError:
+            pass
+    await ensure_streams(js)
+
+
+async def refuse_foreign_streams(js: Any) -> None:
+    """With --nats-url: the bench deletes JB_CMD and JB_EVT, so it refuses a server whose streams hold anything."""
+    from nats.js.errors import NotFoundError
+
+    for name in (CMD_STREAM, EVT_STREAM):
+        try:
+            info = await js.stream_info(name)
+        except NotFoundError:
+            continue
+        if int(info.state.messages or 0) > 0:
+            raise BenchError(
+                f"{name} on this server holds {info.state.messages} messages; the benchmark deletes and recreates"
+                " JB_CMD and JB_EVT, so point it at a scratch server (or run it without --nats-url)"
+            )
+
+
+def _rate(n: int, seconds: float) -> int:
+    return round(n / seconds) if seconds > 0 else 0
+
+
+async def phase_floor(
+    opts: Options, url: str, js: Any, flow: Flow, setup_events: int, events_total: int, orders: list[Cmd],
+    tmp: Path, children: Children, server_pid: int | None,
+) -> dict[str, Any]:  # fmt: skip
+    from jetbook.bench.floor import write_events_file
+
+    await fresh_streams(js)
+    events_file = tmp / "floor-events.msgpack"
+    write_events_file(events_file, flow.events_by_msg_id)
+    base = [sys.executable, "-m", "jetbook.bench.floor"]
+    engine = children.spawn(
+        "null-engine", [*base, "engine", "--nats-url", url, "--events", str(events_file),
+                        "--inflight", str(opts.floor_inflight)],
+    )  # fmt: skip
+    reader = children.spawn("null-reader", [*base, "reader", "--nats-url", url])
+    probe = Probe(js)
+    clients = await Clients.open(url, opts.effective_clients(), opts.window)
+    try:
+        await publish_in_order(js, flow.setup)
+
+        async def setup_done() -> bool:
+            return (await probe.evt())[0] >= setup_events
+
+        await wait_for("the null engine to write the setup events", setup_done, children, 60)
+        pids = {"null engine": engine.proc.pid, "null reader": reader.proc.pid}
+        if server_pid:
+            pids["nats-server"] = server_pid
+        sampler = Sampler(probe, children, opts.poll)
+        cpu0 = cpu_snapshot(pids)
+        sampler.t0 = time.perf_counter()
+        publish = asyncio.create_task(publish_closed_loop(clients, orders))
+        done = await sampler.until("the floor's events", lambda s: s.evt_last >= events_total, opts.stall)
+        pub_s = await publish
+        cpu = cpu_delta(cpu0, cpu_snapshot(pids))
+    finally:
+        await clients.close()
+        children.stop(engine)
+        children.stop(reader)
+    n, events = len(orders), events_total - setup_events
+    return {
+        "what": "publish -> JB_CMD -> null engine (no matching: pre-encoded events) -> atomic batches -> JB_EVT"
+        " -> null reader",
+        "inflight_commits": opts.floor_inflight,
+        "seconds": round(done.t, 3),
+        "orders_per_s": _rate(n, done.t),
+        "events_per_s": _rate(events, done.t),
+        "publish_seconds": round(pub_s, 3),
+        "publish_per_s": _rate(n, pub_s),
+        "events": events,
+        "cpu_s": cpu,
+        "timeline": sampler.timeline(),
+        "jb_evt_last_seq": done.evt_last,
+    }
+
+
+async def phase_end_to_end(
+    opts: Options, url: str, js: Any, flow: Flow, setup_events: int, events_total: int, orders: list[Cmd],
+    db: Path, children: Children, server_pid: int | None,
+) -> tuple[dict[str, Any], dict[str, Any], Probe]:  # fmt: skip
+    await fresh_streams(js)
+    engine = children.spawn("engine", role_argv("engine", url))
+    projection = children.spawn("projection", role_argv("project", url, db))
+    probe = Probe(js, db)
+    clients = await Clients.open(url, opts.effective_clients(), opts.window)
+    try:
+        await publish_in_order(js, flow.setup)
+
+        async def setup_done() -> bool:
+            return (await probe.evt())[0] >= setup_events and probe.projection() >= setup_events
+
+        await wait_for("the engine and the projection to fold the setup", setup_done, children, 60)
+        if opts.py_spy:
+            attach_py_spy(children, engine, opts.py_spy)
+            attach_py_spy(children, projection, opts.py_spy)
+            await asyncio.sleep(1.0)  # py-spy needs a moment to attach; not a wait for an outcome
+        pids = {"engine": engine.proc.pid, "projection": projection.proc.pid}
+        if server_pid:
+            pids["nats-server"] = server_pid
+        sampler = Sampler(probe, children, opts.poll)
+        cpu0 = cpu_snapshot(pids)
+        sampler.t0 = time.perf_counter()
+        publish = asyncio.create_task(publish_closed_loop(clients, orders))
+        done = await sampler.until("the engine's events", lambda s: s.evt_last >= events_total, opts.stall)
+        pub_s = await publish
+        cpu_engine_done = cpu_delta(cpu0, cpu_snapshot(pids))
+        proj_done = await sampler.until("the projection", lambda s: s.proj >= events_total, opts.stall)
+        cpu_proj_done = cpu_delta(cpu0, cpu_snapshot(pids))
+    finally:
+        await clients.close()
+    n, events = len(orders), events_total - setup_events
+    e2e = {
+        "what": "publish -> JB_CMD -> `jetbook engine` -> JB_EVT, with `jetbook project` running",
+        "seconds": round(done.t, 3),
+        "orders_per_s": _rate(n, done.t),
+        "events_per_s": _rate(events, done.t),
+        "publish_seconds": round(pub_s, 3),
+        "publish_per_s": _rate(n, pub_s),
+        "events": events,
+        "last_event_cmd_seq": done.evt_cmd,
+        "cpu_s": cpu_engine_done,
+        "timeline": sampler.timeline(),
+        "pids": pids,
+    }
+    projection_live = {
+        "seconds": round(proj_done.t, 3),
+        "events_per_s": _rate(events, proj_done.t),
+        "lag_events_at_end": done.evt_last - done.proj,
+        "lag_seconds_at_end": round(proj_done.t - done.t, 3),
+        "cpu_s": cpu_proj_done,
+    }
+    return e2e, projection_live, probe
+
+
+# The kinds that can be a command's first event for this flow (places and cancels): its order_accepted,
+# order_cancelled or rejected. Fills always follow their order_accepted in the same atomic batch, so not
+# decoding them takes a third of the work off the measuring process without changing any figure.
+FIRST_EVENT_KINDS = ("order_accepted", "order_cancelled", "rejected")
+
+
+class FirstEvents:
+    """The arrival time of the first event of each command seen on jb.evt.> (committed, republished events)."""
+
+    def __init__(self) -> None:
+        self.first: dict[int, float] = {}
+        self.subs: list[Any] = []
+
+    async def start(self, nc: Any) -> None:
+        unpackb, first, clock = msgpack.unpackb, self.first, time.perf_counter
+
+        async def on_event(msg: Any) -> None:
+            t = clock()
+            seq = unpackb(msg.data, raw=False)["cmd_seq"]
+            if seq not in first:
+                first[seq] = t
+
+        for kind in FIRST_EVENT_KINDS:
+            sub = await nc.subscribe(f"jb.evt.*.{kind}", cb=on_event, pending_msgs_limit=-1, pending_bytes_limit=-1)
+            self.subs.append(sub)
+
+    async def stop(self) -> None:
+        for sub in self.subs:
+            await sub.unsubscribe()
+
+
+async def open_loop(clients: Clients, cmds: list[Cmd], rate: float) -> tuple[list[float], list[float], list[Any]]:
+    """Send cmds at `rate` per second on a fixed schedule, whatever the acks do.
+
+    Returns the intended send times, the actual ones and the PubAck futures.
+    Latency is counted from the intended time, so a publisher that falls behind
+    its schedule shows up in the figures instead of hiding the queue
+    (coordinated omission).
+    """
+    interval = 1.0 / rate
+    start = time.perf_counter() + 0.01
+    intended = [start + i * interval for i in range(len(cmds))]
+    actual: list[float] = []
+    futures: list[Any] = []
+    i, n = 0, len(cmds)
+    clock = time.perf_counter
+    while i < n:
+        burst = 0
+        while i < n and intended[i] <= clock() and burst < 200:
+            c = cmds[i]
+            actual.append(clock())
+            futures.append(await clients.of(c).publish_async(c.subject, c.data, headers={HDR_MSG_ID: c.msg_id}))
+            i += 1
+            burst += 1
+        if i < n:
+            # yield even when late, so that the event subscriber's callbacks stamp arrivals as they come
+            await asyncio.sleep(max(0.0, intended[i] - clock()))
+    for js in clients.js:
+        await js.publish_async_completed()
+    return intended, actual, futures
+
+
+def histogram() -> Any:
+    try:
+        from hdrh.histogram import HdrHistogram
+    except ImportError as err:
+        raise BenchError("the latency histogram needs the bench extra: pip install 'jetbook[bench]'") from err
+    return HdrHistogram(1, HDR_MAX_US, 3)
+
+
+PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99, 100.0)
+
+
+async def phase_latency(
+    opts: Options, url: str, flow: Flow, max_rate: int, probe: Probe, children: Children, pids: dict[str, int]
+) -> dict[str, Any]:
+    from jetbook.wiring import connect
+
+    watcher_nc = await connect(url, "jetbook-bench-latency", reconnect=False)
+    watcher = FirstEvents()
+    await watcher.start(watcher_nc)
+    clients = await Clients.open(url, opts.effective_clients(), opts.window)
+    levels = []
+    try:
+        for load in LOADS:
+            rate = max(load * max_rate, 1.0)
+            cmds = flow.take(max(200, int(rate * opts.latency_seconds)))
+            want_events = flow.events
+            cpu0 = cpu_snapshot(pids)
+            intended, actual, futures = await open_loop(clients, cmds, rate)
+            sent_s = actual[-1] - actual[0] if len(actual) > 1 else 0.0
+            seqs = check_acks([f.result() for f in futures], len(cmds))
+
+            async def all_seen(seqs: list[int] = seqs, want: int = want_events) -> bool:
+                return (await probe.evt())[0] >= want and all(s in watcher.first for s in seqs)
+
+            await wait_for(f"the events of the {load:.0%} load run", all_seen, children, opts.stall)
+            cpu = cpu_delta(cpu0, cpu_snapshot(pids))
+            hist, lag, from_send = histogram(), histogram(), histogram()
+            for seq, t, a in zip(seqs, intended, actual, strict=True):
+                seen = watcher.first[seq]
+                hist.record_value(max(1, round((seen - t) * 1e6)))
+                lag.record_value(max(1, round((a - t) * 1e6)))
+                from_send.record_value(max(1, round((seen - a) * 1e6)))
+            pct = {p: hist.get_value_at_percentile(p) / 1000 for p in PERCENTILES}
+            levels.append({
+                "load": load,
+                "target_per_s": round(rate),
+                "achieved_per_s": _rate(len(cmds) - 1, sent_s),
+                "commands": len(cmds),
+                "p50_ms": pct[50.0],
+                "p90_ms": pct[90.0],
+                "p99_ms": pct[99.0],
+                "p99_9_ms": pct[99.9],
+                "max_ms": hist.get_max_value() / 1000,
+                "mean_ms": round(hist.get_mean_value() / 1000, 3),
+                # how late the publisher itself sent (actual - intended): part of the latency above
+                "send_lag_p99_ms": lag.get_value_at_percentile(99.0) / 1000,
+                "send_lag_max_ms": lag.get_max_value() / 1000,
+                # the same latency counted from the actual send: what the system took once the command was out
+                "from_send_p50_ms": from_send.get_value_at_percentile(50.0) / 1000,
+                "from_send_p99_ms": from_send.get_value_at_percentile(99.0) / 1000,
+                "from_send_p99_9_ms": from_send.get_value_at_percentile(99.9) / 1000,
+                "cpu_s": cpu,
+                # the whole distribution, for the plot: [percentile, ms]
+                "distribution": [
+                    [round(it.percentile_level_iterated_to, 4), it.value_iterated_to / 1000]
+                    for it in hist.get_percentile_iterator(5)
+                ],
+                "hdr": hist.encode().decode(),  # HdrHistogram's own compressed form, in microseconds
+            })  # fmt: skip
+    finally:
+        await clients.close()
+        await watcher.stop()
+        await watcher_nc.close()
+    return {
+        "what": "intended send time (open loop) -> the command's first event (order_accepted, order_cancelled or"
+        " rejected) seen by a subscriber on jb.evt.>",
+        "unit": "ms",
+        "max_rate_from_end_to_end": max_rate,
+        "levels": levels,
+    }
+
+
+def read_model_checks(probe: Probe, flow: Flow) -> dict[str, list[Any]]:
+    """The read model against the flow generator's own fold: every command arrived and was applied once."""
+    c = flow.counts
+
+    def one(sql: str) -> Any:
+        return probe.query(sql)[0][0]
+
+    levels = {(m, side, price): (qty, n) for m, side, price, qty, n in probe.query(
+        "SELECT market_id, side, price, qty, orders FROM book_levels WHERE orders > 0")}  # fmt: skip
+    want = flow.book_levels()
+    differing = sum(1 for k in levels.keys() | want.keys() if levels.get(k) != want.get(k))
+    return {
+        "projection_position": [probe.projection(), flow.events],
+        "read_model_orders": [one("SELECT COUNT(*) FROM orders"), c["accepted"]],
+        "read_model_trades": [one("SELECT COUNT(*) FROM trades"), c["fills"]],
+        "read_model_cancelled": [one("SELECT COUNT(*) FROM orders WHERE status = 'cancelled'"), c["cancelled"]],
+        "read_model_rejections": [one("SELECT COUNT(*) FROM rejections"), c["rejected"]],
+        "read_model_book_levels_differing": [differing, 0],
+    }  # fmt: skip
+
+
+async def phase_rebuild(opts: Options, url: str, js: Any, tmp: Path, children: Children, total: int) -> dict[str, Any]:
+    db = tmp / "rebuild.db"
+    probe = Probe(js, db)
+    t0 = time.perf_counter()
+    child = children.spawn("projection-rebuild", role_argv("project", url, db))
+    cpu0 = cpu_snapshot({"projection": child.proc.pid})
+    first: tuple[float, int] | None = None
+    last_change, prev = time.perf_counter(), -1
+    try:
+        while True:
+            children.check_alive()
+            pos = probe.projection()
+            now = time.perf_counter()
+            if first is None and pos > 0:
+                first = (now - t0, pos)
+            if pos >= total:
+                break
+            if pos != prev:
+                prev, last_change = pos, now
+            elif now - last_change > opts.stall:
+                raise BenchError(f"projection rebuild stuck at {pos} of {total}")
+            await asyncio.sleep(opts.poll)
+        cpu = cpu_delta(cpu0, cpu_snapshot({"projection": child.proc.pid}))
+    finally:
+        probe.close()
+        children.stop(child)
+    elapsed = now - t0
+    assert first is not None
+    span = elapsed - first[0]
+    return {
+        "events": total,
+        "seconds_from_spawn": round(elapsed, 3),
+        "events_per_s_from_spawn": _rate(total, elapsed),
+        "events_per_s": _rate(total - first[1], span),
+        "cpu_s": cpu,
+    }
+
+
+async def network_phases(
+    opts: Options, url: str, flow: Flow, orders: list[Cmd], tmp: Path, children: Children, server_pid: int | None
+) -> dict[str, Any]:
+    from jetbook.wiring import connect
+
+    nc = await connect(url, "jetbook-bench", reconnect=False)
+    js = nc.jetstream()
+    v = nc.connected_server_version
+    out: dict[str, Any] = {"nats_server": f"{v.major}.{v.minor}.{v.patch}"}
+    setup_events = len(flow.setup)  # one market_created each
+    events_total = flow.events
+    probe: Probe | None = None
+    try:
+        if opts.nats_url:
+            await refuse_foreign_streams(js)
+        say(f"1/6 transport floor: {len(orders):,} commands, {events_total - setup_events:,} events ...")
+        out["floor"] = await phase_floor(
+            opts, url, js, flow, setup_events, events_total, orders, tmp, children, server_pid
+        )
+        say(f"    {out['floor']['orders_per_s']:,} orders/s")
+        say("2/6 end to end (engine and projection as subprocesses) ...")
+        e2e, live, probe = await phase_end_to_end(
+            opts, url, js, flow, setup_events, events_total, orders, tmp / "rm.db", children, server_pid
+        )
+        e2e["ratio_to_floor"] = round(e2e["orders_per_s"] / out["floor"]["orders_per_s"], 3)
+        out["end_to_end"], out["projection"] = e2e, {"live": live}
+        say(f"    {e2e['orders_per_s']:,} orders/s, {e2e['ratio_to_floor']}x the floor")
+        say("3/6 latency at 10%, 50%, 90% of that ...")
+        pids = e2e.pop("pids")
+        out["latency"] = await phase_latency(opts, url, flow, e2e["orders_per_s"], probe, children, pids)
+
+        async def projection_done() -> bool:
+            assert probe is not None
+            return probe.projection() >= flow.events
+
+        await wait_for("the projection to fold everything", projection_done, children, opts.stall)
+        evt_last, evt_cmd = await probe.evt()
+        out["checks"] = {
+            "jb_cmd_last_seq": [await probe.cmd_last(), flow.last_cmd_seq],
+            "jb_evt_last_seq": [evt_last, flow.events],
+            "last_event_cmd_seq": [evt_cmd, flow.last_cmd_seq],
+            **read_model_checks(probe, flow),
+        }
+        children.stop_all()  # the engine, the live projection (and py-spy): the rebuild gets the machine
+        say("5/6 projection rebuild from 0 into a new file ...")
+        out["projection"]["rebuild"] = await phase_rebuild(opts, url, js, tmp, children, flow.events)
+        if opts.nats_url:  # leave a borrowed server without the benchmark's streams
+            for name in (CMD_STREAM, EVT_STREAM):
+                await js.delete_stream(name)
+    finally:
+        if probe is not None:
+            probe.close()
+        await nc.close()
+    return out
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_memory(resting: int, markets: int) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "jetbook.bench.memory", "--resting", str(resting), "--markets", str(markets)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BenchError(f"memory run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def machine(nats_server: str) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        nats_py = version("nats-py")
+    except PackageNotFoundError:
+        nats_py = "?"
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "nats_server": nats_server,
+        "nats_py": nats_py,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def run(opts: Options) -> dict[str, Any]:
+    """The whole benchmark; the result document (also written to --json)."""
+    from jetbook.server import EmbeddedServer
+
+    started = datetime.datetime.now(datetime.UTC)
+    mach = machine("?")
+    histogram()  # fail now, not after minutes of measuring, when the bench extra is missing
+    if opts.plot_path:
+        from jetbook.bench.plot import require_matplotlib
+
+        require_matplotlib()
+    say(f"generating the flow: {opts.orders:,} commands over {opts.markets} markets, seed {opts.seed} ...")
+    flow = Flow(opts.seed, opts.markets, opts.accounts, keep_events=True)
+    orders = flow.take(opts.orders)
+    flow.keep_events = False
+    workload = flow.summary() | {
+        "command_bytes_avg": round(avg_size(orders), 1),
+        "event_bytes_avg": round(
+            sum(len(d) for evs in flow.events_by_msg_id.values() for _, d in evs) / max(flow.events, 1), 1
+        ),
+        "clients": opts.effective_clients(),
+        "window_per_client": opts.window,
+        "generated_in_s": round(flow.gen_seconds, 2),
+    }
+    events_run = flow.events
+    tmp = Path(tempfile.mkdtemp(prefix="jetbook-bench-"))
+    children = Children(tmp)
+    server = None if opts.nats_url else EmbeddedServer(tmp / "nats", port=0, host="127.0.0.1")
+    try:
+        url = opts.nats_url or server.start()  # type: ignore[union-attr]
+        pid = server.proc.pid if server is not None and server.proc is not None else None
+        net = asyncio.run(network_phases(opts, url, flow, orders, tmp, children, pid))
+    except BenchError:
+        for ch in children.items:
+            say(f"--- {ch.name} log ---\n{tail(ch.log)}")
+        raise
+    finally:
+        children.stop_all()
+        if server is not None:
+            server.stop()
+        if opts.keep:
+            say(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    mach["nats_server"] = net.pop("nats_server")
+
+    say("4/6 engine core, no I/O ...")
+    core, core_problems = _core(flow, orders, opts.core_repeat, events_run - len(flow.setup))
+    say(f"6/6 memory: {opts.resting:,} resting orders in a fresh process ...")
+    memory = run_memory(opts.resting, opts.markets)
+
+    checks = net.pop("checks")
+    checks["memory_resting_orders"] = [memory["resting_orders"], opts.resting]
+    problems = [f"{k}: got {got}, expected {want}" for k, (got, want) in checks.items() if got != want]
+    problems += core_problems
+    doc: dict[str, Any] = {
+        "bench": "jetbook bench",
+        "format": 1,
+        "date": started.isoformat(timespec="seconds"),
+        "command": shlex.join(opts.command),
+        "machine": mach,
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items() if k != "command"},
+        "workload": workload,
+        **net,
+        "core": core,
+        "memory": memory,
+        "checks": checks,
+        "problems": problems,
+        "seconds": round((datetime.datetime.now(datetime.UTC) - started).total_seconds(), 1),
+    }
+    return doc
+
+
+def _core(flow: Flow, orders: list[Cmd], repeat: int, expected: int) -> tuple[dict[str, Any], list[str]]:
+    from jetbook.bench.core import measure
+
+    rows, problems = measure(flow.setup, orders, ("decode", "handle"), repeat, expected)
+    rows["handle"]["x_decode"] = round(rows["handle"]["us_per_order"] / rows["decode"]["us_per_order"], 1)
+    return rows, problems

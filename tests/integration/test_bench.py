@@ -1,0 +1,92 @@
+"""`jetbook bench` once, at a tiny size, on a real nats-server it starts itself: it runs, and its figures are sane.
+
+A benchmark is not a test of speed: nothing here looks at how fast anything
+was, only that every figure is there, is positive, hangs together (p50 <=
+p99 <= p99.9, the ratio is end-to-end over floor) and that the run checked
+every command and event it sent.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ORDERS = 2000
+RESTING = 20_000
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, str]:
+    out = tmp_path_factory.mktemp("bench")
+    json_path, png = out / "bench.json", out / "bench.png"
+    argv = [sys.executable, "-m", "jetbook", "bench", "--orders", str(ORDERS), "--resting", str(RESTING), "--quick",
+            "--json", str(json_path), "--plot", str(png)]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, f"jetbook bench failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(json_path.read_text()), png, proc.stdout
+
+
+def positive(*values: Any) -> None:
+    for v in values:
+        assert isinstance(v, int | float) and v > 0, values
+
+
+def test_every_figure_is_there_and_sane(bench_run: tuple[dict[str, Any], Path, str]) -> None:
+    doc, _, stdout = bench_run
+    assert doc["problems"] == []
+    assert all(got == want for got, want in doc["checks"].values()), doc["checks"]
+
+    # the record of the run: when, where, how
+    assert doc["date"] and doc["command"].startswith("jetbook bench --orders 2000")
+    m = doc["machine"]
+    positive(m["cpus"])
+    assert m["python"].count(".") == 2 and m["nats_server"].count(".") == 2
+
+    floor, e2e = doc["floor"], doc["end_to_end"]
+    positive(floor["orders_per_s"], floor["events_per_s"], e2e["orders_per_s"], e2e["events_per_s"])
+    assert floor["events"] == e2e["events"] > ORDERS  # the same messages through both
+    assert e2e["ratio_to_floor"] == pytest.approx(e2e["orders_per_s"] / floor["orders_per_s"], abs=0.001)
+
+    levels = doc["latency"]["levels"]
+    assert [lv["load"] for lv in levels] == [0.1, 0.5, 0.9]
+    for lv in levels:
+        positive(lv["p50_ms"], lv["commands"], lv["target_per_s"])
+        assert lv["p50_ms"] <= lv["p99_ms"] <= lv["p99_9_ms"] <= lv["max_ms"]
+        assert lv["from_send_p50_ms"] <= lv["from_send_p99_ms"] <= lv["from_send_p99_9_ms"]
+    assert levels[0]["target_per_s"] < levels[1]["target_per_s"] < levels[2]["target_per_s"]
+
+    core = doc["core"]
+    positive(core["handle"]["orders_per_s"], core["decode"]["orders_per_s"], core["handle"]["events_per_s"])
+
+    live, rebuild = doc["projection"]["live"], doc["projection"]["rebuild"]
+    positive(live["events_per_s"], rebuild["events_per_s"])
+    assert live["lag_events_at_end"] >= 0 and live["lag_seconds_at_end"] >= 0
+
+    mem = doc["memory"]
+    assert mem["resting_orders"] == RESTING
+    positive(mem["bytes_per_order"])
+    assert mem["rss_after_bytes"] > mem["rss_before_bytes"]
+
+    for title in ("transport floor", "end to end", "latency at 50%", "engine core", "projection", "memory"):
+        assert title in stdout
+
+
+def test_plot_is_a_png(bench_run: tuple[dict[str, Any], Path, str]) -> None:
+    _, png, _ = bench_run
+    assert png.read_bytes()[:8] == PNG_MAGIC
+
+
+async def test_refuses_a_server_whose_streams_hold_data(nats_server: Any, js: Any) -> None:
+    """With --nats-url it would delete JB_CMD and JB_EVT: never on a server that has anything in them."""
+    await js.publish("jb.ctl.BTC-USD", b"not even a command")
+    argv = [sys.executable, "-m", "jetbook", "bench", "--nats-url", nats_server.url, "--orders", "10", "--quick"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "JB_CMD on this server holds 1 messages" in proc.stderr
+    assert (await js.stream_info("JB_CMD")).state.messages == 1  # untouched
