@@ -378,7 +378,7 @@ def _taker_events(
             out.append(
                 OrderCancelled(
                     m, seq, ts, maker.order_id, maker.account_id, maker.client_order_id, maker.side, maker.price,
-                    maker.qty, "self_trade", runner,
+                    maker.qty, "self_trade", runner, True,
                 )
             )  # fmt: skip
     return out
@@ -458,7 +458,7 @@ def _decide_place(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
         out += _taker_events(market, seq, ts, plan, order_id, account, coid, side, qty, runner)
     if taker_cancel:
         reason = "self_trade" if stopped else "unfilled"
-        out.append(OrderCancelled(m, seq, ts, order_id, account, coid, side, price, remainder, reason, runner))
+        out.append(OrderCancelled(m, seq, ts, order_id, account, coid, side, price, remainder, reason, runner, False))
     return out
 
 
@@ -498,7 +498,18 @@ def _decide_cancel(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
     _, o = _order_of(state, p, cmd, market)
     return [
         OrderCancelled(
-            p.market_id, seq, ts, o.order_id, o.account_id, o.client_order_id, o.side, o.price, o.qty, "user", o.runner
+            p.market_id,
+            seq,
+            ts,
+            o.order_id,
+            o.account_id,
+            o.client_order_id,
+            o.side,
+            o.price,
+            o.qty,
+            "user",
+            o.runner,
+            True,
         )
     ]
 
@@ -556,7 +567,7 @@ def _decide_amend(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
     if plan:
         out += _taker_events(market, seq, ts, plan, oid, a, c, side, qty, runner)
     if taker_cancel:
-        out.append(OrderCancelled(m, seq, ts, oid, a, c, side, price, remainder, "self_trade", runner))
+        out.append(OrderCancelled(m, seq, ts, oid, a, c, side, price, remainder, "self_trade", runner, False))
     return out
 
 

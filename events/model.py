@@ -129,6 +129,7 @@ class OrderCancelled(Event):
     cancelled_qty: int  # the open qty that left the book (or never reached it)
     reason: str  # "user" | "self_trade" | "unfilled"
     runner: str | None
+    was_resting: bool  # False for the unfilled rest of a taker, which never reached the book
 
 
 @dataclass(slots=True)
