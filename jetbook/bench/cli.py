@@ -43,6 +43,9 @@ def bench(
     core_repeat: Annotated[
         int | None, typer.Option(help="Runs of each core loop; the best counts [default: 3].")
     ] = None,
+    runs: Annotated[
+        int | None, typer.Option(help="Floor and end-to-end runs, alternated; the best of each counts [default: 3].")
+    ] = None,
     floor_inflight: Annotated[
         int, typer.Option(help="Atomic-batch commits in flight in the floor (the engine: 1).")
     ] = 1,
@@ -65,6 +68,7 @@ def bench(
         quick=quick,
         latency_seconds=latency_seconds if latency_seconds is not None else (QUICK_LATENCY_S if quick else 5.0),
         core_repeat=core_repeat if core_repeat is not None else (1 if quick else 3),
+        runs=runs if runs is not None else (1 if quick else 3),
         floor_inflight=floor_inflight,
         json_path=json_path,
         plot_path=plot,
@@ -72,8 +76,8 @@ def bench(
         keep=keep,
         command=["jetbook", *sys.argv[1:]],
     )
-    if min(opts.orders, opts.markets, opts.resting, opts.window) < 1:
-        typer.echo("error: --orders, --markets, --resting and --window must be at least 1", err=True)
+    if min(opts.orders, opts.markets, opts.resting, opts.window, opts.runs) < 1:
+        typer.echo("error: --orders, --markets, --resting, --window and --runs must be at least 1", err=True)
         raise typer.Exit(2)
 
     def interrupted(signum: int, frame: Any) -> None:

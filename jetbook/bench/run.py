@@ -69,6 +69,7 @@ class Options:
     quick: bool = False
     latency_seconds: float = 5.0
     core_repeat: int = 3
+    runs: int = 3  # floor and end-to-end runs, alternated; the best of each is reported
     floor_inflight: int = 1
     poll: float = 0.02
     stall: float = 60.0
@@ -284,7 +285,7 @@ async def phase_floor(
 
 async def phase_end_to_end(
     opts: Options, url: str, js: Any, flow: Flow, setup_events: int, events_total: int, orders: list[Cmd],
-    db: Path, children: Children, server_pid: int | None,
+    db: Path, children: Children, server_pid: int | None, *, profile: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any], Probe]:  # fmt: skip
     await fresh_streams(js)
     engine = children.spawn("engine", role_argv("engine", url))
@@ -298,7 +299,7 @@ async def phase_end_to_end(
             return (await probe.evt())[0] >= setup_events and probe.projection() >= setup_events
 
         await wait_for("the engine and the projection to fold the setup", setup_done, children, 60)
-        if opts.py_spy:
+        if opts.py_spy and profile:
             attach_py_spy(children, engine, opts.py_spy)
             attach_py_spy(children, projection, opts.py_spy)
             await asyncio.sleep(1.0)  # py-spy needs a moment to attach; not a wait for an outcome
@@ -558,20 +559,42 @@ async def network_phases(
     try:
         if opts.nats_url:
             await refuse_foreign_streams(js)
-        say(f"1/6 transport floor: {len(orders):,} commands, {events_total - setup_events:,} events ...")
-        out["floor"] = await phase_floor(
-            opts, url, js, flow, setup_events, events_total, orders, tmp, children, server_pid
-        )
-        say(f"    {out['floor']['orders_per_s']:,} orders/s")
-        say("2/6 end to end (engine and projection as subprocesses) ...")
-        e2e, live, probe = await phase_end_to_end(
-            opts, url, js, flow, setup_events, events_total, orders, tmp / "rm.db", children, server_pid
-        )
+        floors: list[dict[str, Any]] = []
+        e2es: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for k in range(opts.runs):
+            last = k == opts.runs - 1
+            run_no = f" (run {k + 1} of {opts.runs})" if opts.runs > 1 else ""
+            say(f"1/6 transport floor{run_no}: {len(orders):,} commands, {events_total - setup_events:,} events ...")
+            floors.append(
+                await phase_floor(opts, url, js, flow, setup_events, events_total, orders, tmp, children, server_pid)
+            )
+            say(f"    {floors[-1]['orders_per_s']:,} orders/s")
+            say(f"2/6 end to end{run_no}: engine and projection as subprocesses ...")
+            e2e, live, probe = await phase_end_to_end(
+                opts, url, js, flow, setup_events, events_total, orders, tmp / f"rm-{k}.db", children, server_pid,
+                profile=last,
+            )  # fmt: skip
+            e2es.append((e2e, live))
+            say(f"    {e2e['orders_per_s']:,} orders/s")
+            if not last:  # the last run's engine and projection go on into the latency runs
+                children.stop_all()
+                probe.close()
+        # the best run of each: noise (other processes on the machine) only ever slows a run down
+        out["floor"] = max(floors, key=lambda r: int(r["orders_per_s"]))
+        e2e, live = max(e2es, key=lambda r: int(r[0]["orders_per_s"]))
         e2e["ratio_to_floor"] = round(e2e["orders_per_s"] / out["floor"]["orders_per_s"], 3)
+        out["runs"] = [
+            {"floor_orders_per_s": f["orders_per_s"], "end_to_end_orders_per_s": e["orders_per_s"],
+             "floor_others_cpu_s": f["cpu_s"].get("others"), "end_to_end_others_cpu_s": e["cpu_s"].get("others")}
+            for f, (e, _) in zip(floors, e2es, strict=True)
+        ]  # fmt: skip
+        assert probe is not None  # the last run's, still open
         out["end_to_end"], out["projection"] = e2e, {"live": live}
-        say(f"    {e2e['orders_per_s']:,} orders/s, {e2e['ratio_to_floor']}x the floor")
+        say(f"    best of {opts.runs}: floor {out['floor']['orders_per_s']:,}, end to end {e2e['orders_per_s']:,}"
+            f" orders/s: {e2e['ratio_to_floor']}x the floor")  # fmt: skip
         say("3/6 latency at 10%, 50%, 90% of that ...")
-        pids = e2e.pop("pids")
+        for e, _ in e2es:
+            pids = e.pop("pids")  # the last run's processes are the ones still running
         out["latency"] = await phase_latency(opts, url, flow, e2e["orders_per_s"], probe, children, pids)
 
         async def projection_done() -> bool:
