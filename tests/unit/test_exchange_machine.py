@@ -1,0 +1,441 @@
+"""The core against the naive reference exchange, driven by a hypothesis state machine.
+
+Every rule sends one command (as msgpack, on its wire subject) to the core and
+the same decoded map to `ReferenceExchange`, and after every step the checks
+the issue names run against the core: the events equal the reference's (field
+for field, key order included, reject `detail` aside), no book is crossed,
+filled + open + cancelled is each order's quantity, fills are at the maker's
+price, best price first and FIFO within a level, no fill is a self-trade, the
+risk counters are the sums over the open orders, and folding the events into a
+fresh engine gives the live state's hash.
+"""
+
+from __future__ import annotations
+
+import difflib
+import pprint
+from typing import Any
+
+import msgpack
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
+
+from engine.core import Engine, state_hash
+from events.model import to_wire
+from tests.unit.reference_exchange import BID_LIKE, ReferenceExchange, comparable, exposure, ladder
+
+ACCOUNTS = ["a", "b", "c", "d"]
+RUNNER_POOL = ["H", "D", "A", "X", "Y", "F", "Z"]
+
+MARKETS: dict[str, dict[str, Any]] = {
+    "P1": {"base": "B", "quote": "Q"},
+    "P2": {
+        "base": "B", "quote": "Q", "tick_size": 5, "lot_size": 2, "min_qty": 2, "max_qty": 40,
+        "min_price": 900, "max_price": 1100, "band_bps": 300,
+    },
+    "O1": {
+        "kind": "odds", "quote": "GBP",
+        "runners": [{"runner_id": "H", "label": "Home"}, {"runner_id": "D", "label": "Draw"},
+                    {"runner_id": "A", "label": "Away"}],
+    },
+    "O2": {
+        "kind": "odds", "quote": "GBP", "max_qty": 30, "band_bps": 1500, "min_price": 110, "max_price": 1000,
+        "runners": [{"runner_id": "X", "label": "Yes"}, {"runner_id": "Y", "label": "No"}],
+    },
+}  # fmt: skip
+MARKET_IDS = [*MARKETS, "NOPE"]
+ODDS_PRICES = [p for p in ladder() if 195 <= p <= 206]
+PAIR_PRICES = {"P1": list(range(98, 103)), "P2": list(range(985, 1016, 5))}
+
+
+def weighted(*pairs: tuple[Any, int]) -> st.SearchStrategy[Any]:
+    return st.sampled_from([value for value, weight in pairs for _ in range(weight)])
+
+
+STEPS = weighted(
+    ("place", 50), ("amend", 12), ("cancel", 8), ("cancel_all", 4), ("lifecycle", 5), ("reopen", 8),
+    ("set_risk_limits", 4), ("add_runner", 2), ("create_market", 3),
+)  # fmt: skip
+PLACE_SHAPE = st.fixed_dictionaries(
+    {
+        "account": st.sampled_from(ACCOUNTS),
+        "side": st.integers(0, 40).map(lambda i: i % 2 if i < 40 else 2),  # 2: the other kind's side
+        "reuse_coid": st.integers(0, 19).map(lambda i: i == 0),  # a client_order_id this account used
+        "pick": st.integers(0, 1000),
+        "runner": st.integers(0, 29).map(bool),  # odds: give a runner; pair: give none
+        "qty": st.integers(1, 8),
+        "even": st.integers(0, 9).map(bool),
+        "market": st.integers(0, 6).map(lambda i: i == 0),
+        "protect": st.booleans(),
+        "market_tif": weighted((None, 4), ("ioc", 2), ("fok", 2)),
+        "say_limit": st.integers(0, 9).map(lambda i: i == 0),
+        "tif": weighted((None, 6), ("gtc", 2), ("ioc", 3), ("fok", 2), ("post_only", 3)),
+        "stp": weighted((None, 6), ("cancel_resting", 1), ("cancel_newest", 2), ("cancel_both", 2)),
+        "persistence": weighted((None, 3), ("lapse", 1), ("persist", 2)),
+        "mutate": st.integers(0, 119),
+    }
+)
+
+
+class ExchangeMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.core = Engine()
+        self.shadow = Engine()  # folds the core's events only
+        self.ref = ReferenceExchange()
+        self.seq = 0
+        self.coid_n = 0
+        self.coids: dict[tuple[str, str], list[str]] = {}
+        # (market, order_id) -> [original qty (+ amended up), filled, cancelled (+ amended down)]
+        self.tally: dict[tuple[str, int], list[int]] = {}
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def send(self, subject: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        self.seq += 1
+        ts = 1_000_000 + self.seq
+        data = msgpack.packb(body, use_bin_type=True)
+        before = {
+            (m.market_id, o.order_id): (o.price, o.arrival, o.side)
+            for m in self.ref.markets.values()
+            for o in m.open_orders
+        }
+        events = self.core.handle(self.seq, ts, subject, data)
+        got = [to_wire(e) for e in events]
+        want = self.ref.handle(self.seq, ts, subject, msgpack.unpackb(data, raw=False))
+        g, w = [comparable(e) for e in got], [comparable(e) for e in want]
+        if g != w:
+            ref_lines = pprint.pformat(w, width=150).splitlines()
+            core_lines = pprint.pformat(g, width=150).splitlines()
+            diff = "\n".join(difflib.unified_diff(ref_lines, core_lines, "reference", "core", lineterm=""))
+            raise AssertionError(f"core and reference disagree on {subject} {body}\n{diff}")
+        for e in events:
+            self.shadow.apply(e)
+        assert state_hash(self.shadow.state) == state_hash(self.core.state), "fold of the events != live state"
+        self.check_fills(got, before)
+        self.tally_events(got)
+        self.check_books()
+        return got
+
+    def market_for(self, data: st.DataObject) -> str:
+        existing = sorted(self.ref.markets)
+        if existing and data.draw(st.integers(0, 19)) > 0:
+            return str(data.draw(st.sampled_from(existing)))
+        return str(data.draw(st.sampled_from(MARKET_IDS)))
+
+    def kind_of(self, market: str) -> str:
+        return str(MARKETS.get(market, {}).get("kind", "pair"))
+
+    def price_for(self, data: st.DataObject, market: str) -> int:
+        if self.kind_of(market) == "odds":
+            if data.draw(st.integers(0, 19)) == 0:
+                return int(data.draw(st.integers(190, 212)))  # sometimes off the ladder
+            return int(data.draw(st.sampled_from(ODDS_PRICES)))
+        prices = PAIR_PRICES.get(market, PAIR_PRICES["P1"])
+        if market == "P2" and data.draw(st.integers(0, 9)) == 0:
+            return int(data.draw(st.integers(960, 1040)))  # sometimes off the tick or the band
+        return int(data.draw(st.sampled_from(prices)))
+
+    def order_price(self, data: st.DataObject, market: str, side: str, runner: str | None) -> int:
+        """A price; half the time one where the other side rests, so orders meet and queue at a level."""
+        m = self.ref.markets.get(market)
+        if m is not None and data.draw(st.booleans()):
+            levels = sorted({o.price for o in m.book(runner) if o.side != side and o.price is not None})
+            if levels:
+                return int(data.draw(st.sampled_from(levels)))
+        return self.price_for(data, market)
+
+    def runner_for(self, data: st.DataObject, market: str) -> str:
+        m = self.ref.markets.get(market)
+        if m is not None and m.runners and data.draw(st.integers(0, 19)) > 0:
+            ids = m.runner_ids()
+            return str(data.draw(st.sampled_from(ids[:2] * 3 + ids)))  # busy books: mostly the first two
+        return str(data.draw(st.sampled_from(RUNNER_POOL)))
+
+    def pick_order(self, data: st.DataObject, market: str) -> tuple[int, str, str] | None:
+        """(order_id, owner, client_order_id) of an order of the market, open ones more often."""
+        m = self.ref.markets.get(market)
+        if m is None or not m.every_order:
+            return None
+        pool = m.open_orders if m.open_orders and data.draw(st.integers(0, 4)) > 0 else list(m.every_order.values())
+        o = data.draw(st.sampled_from(sorted(pool, key=lambda o: o.order_id)))
+        return o.order_id, o.account, o.coid
+
+    # --- checks -------------------------------------------------------------------------------
+
+    def check_fills(self, events: list[dict[str, Any]], before: dict[tuple[str, int], tuple[Any, int, str]]) -> None:
+        last_arrival: dict[tuple[str, Any, int], int] = {}
+        last_price: int | None = None
+        for e in events:
+            if e["type"] != "fill":
+                continue
+            assert e["maker_account"] != e["taker_account"], f"self-trade {e}"
+            price, arrival, maker_side = before[(e["market_id"], e["maker_order_id"])]
+            assert e["price"] == price, f"fill away from the maker's price {e}"
+            assert maker_side != e["taker_side"]
+            if last_price is not None:  # best price first
+                assert price >= last_price if e["taker_side"] in BID_LIKE else price <= last_price, e
+            last_price = price
+            level = (e["market_id"], e["runner"], price)
+            assert arrival > last_arrival.get(level, 0), f"not FIFO within the level {e}"
+            last_arrival[level] = arrival
+
+    def tally_events(self, events: list[dict[str, Any]]) -> None:
+        t = self.tally
+        for e in events:
+            m = e["market_id"]
+            if e["type"] == "order_accepted":
+                t[(m, e["order_id"])] = [e["qty"], 0, 0]
+            elif e["type"] == "fill":
+                t[(m, e["maker_order_id"])][1] += e["qty"]
+                t[(m, e["taker_order_id"])][1] += e["qty"]
+            elif e["type"] == "order_cancelled":
+                t[(m, e["order_id"])][2] += e["cancelled_qty"]
+            elif e["type"] == "orders_cancelled":
+                for entry in e["orders"]:
+                    t[(m, entry[0])][2] += entry[5]
+            elif e["type"] == "order_amended":
+                delta = e["qty"] - e["old_qty"]
+                if delta > 0:
+                    t[(m, e["order_id"])][0] += delta
+                else:
+                    t[(m, e["order_id"])][2] -= delta
+
+    def check_books(self) -> None:
+        for market_id, m in self.core.state.markets.items():
+            ref = self.ref.markets[market_id]
+            bid, ask = ("buy", "sell") if m.kind == "pair" else ("lay", "back")
+            open_qty: dict[int, int] = {}
+            risk: dict[str, list[int]] = {}
+            for runner, book in m.books.items():
+                bids, asks = book.depth(bid, 1), book.depth(ask, 1)
+                if bids and asks:
+                    assert bids[0][0] < asks[0][0], f"crossed book {market_id}/{runner}: {bids} {asks}"
+                for oid, o in book.orders.items():
+                    assert oid == o.order_id and o.runner == runner and o.qty > 0
+                    open_qty[oid] = o.qty
+                    r = risk.setdefault(o.account_id, [0, 0])
+                    r[0] += 1
+                    r[1] += exposure(m.kind, o.side, o.price, o.qty)
+            core_open = {
+                o.order_id: (o.account_id, o.client_order_id, o.side, o.price, o.qty, o.runner)
+                for b in m.books.values()
+                for o in b.orders.values()
+            }
+            ref_open = {o.order_id: (o.account, o.coid, o.side, o.price, o.qty, o.runner) for o in ref.open_orders}
+            assert core_open == ref_open, f"open orders of {market_id} differ"
+            for account in set(risk) | set(m.risk):
+                want = risk.get(account, [0, 0])
+                have = m.risk.get(account)
+                got = [have.open_orders, have.open_exposure] if have is not None else [0, 0]
+                assert got == want, f"risk of {account} in {market_id}: {got} != sums over open orders {want}"
+            for (mk, oid), (original, filled, cancelled) in self.tally.items():
+                if mk == market_id:
+                    assert filled + open_qty.get(oid, 0) + cancelled == original, (
+                        f"order {oid} of {mk}: filled {filled} + open {open_qty.get(oid, 0)} + cancelled "
+                        f"{cancelled} != {original}"
+                    )
+
+    # --- rules --------------------------------------------------------------------------------
+
+    @initialize(which=st.sets(st.sampled_from(sorted(MARKETS)), min_size=1, max_size=2))
+    def start(self, which: set[str]) -> None:
+        for market in sorted(which):
+            self.send(f"jb.ctl.{market}", {"type": "create_market", "market_id": market, **MARKETS[market]})
+
+    @rule(data=st.data())
+    def step(self, data: st.DataObject) -> None:
+        """One command, drawn from a fixed mix: orders are most of the traffic, control commands are rare so
+        markets live a while (one rule rather than one per command, so that hypothesis's swarm testing cannot
+        switch the orders off for a whole example)."""
+        getattr(self, data.draw(STEPS))(data)
+
+    def create_market(self, data: st.DataObject) -> None:
+        market = data.draw(st.sampled_from(sorted(MARKETS)))
+        broken = data.draw(st.integers(0, 9))
+        body: dict[str, Any] = {"type": "create_market", "market_id": market, **MARKETS[market]}
+        # Bad fields only on new markets: whether a field error or market_exists wins is left open by the spec.
+        if market in self.ref.markets:
+            pass
+        elif broken == 0:
+            body["tick_size"] = 2  # invalid for odds; for pairs: min_price 1 is off the tick
+        elif broken == 1:
+            body["min_qty"] = 50  # above max_qty for P2/O2
+        self.send(f"jb.ctl.{market}", body)
+
+    def add_runner(self, data: st.DataObject) -> None:
+        market = self.market_for(data)
+        runner = data.draw(st.sampled_from(RUNNER_POOL))
+        self.send(f"jb.ctl.{market}", {"type": "add_runner", "runner_id": runner, "label": f"L{runner}"})
+
+    def place(self, data: st.DataObject) -> None:
+        market = self.market_for(data)
+        shape = data.draw(PLACE_SHAPE)  # one draw for the order's shape: far cheaper than a draw per field
+        account = shape["account"]
+        odds = self.kind_of(market) == "odds"
+        side = (
+            (["back", "lay"] if odds else ["buy", "sell"])[shape["side"]]
+            if shape["side"] < 2
+            else "buy"
+            if odds
+            else "back"
+        )
+        prev = self.coids.get((market, account), [])
+        if prev and shape["reuse_coid"]:
+            coid = prev[shape["pick"] % len(prev)]
+        else:
+            self.coid_n += 1
+            coid = f"k{self.coid_n}"
+        runner: str | None = None
+        if odds and shape["runner"]:
+            runner = self.runner_for(data, market)
+        elif not odds and not shape["runner"]:
+            runner = "H"
+        body: dict[str, Any] = {"type": "place_order", "client_order_id": coid, "side": side}
+        body["qty"] = shape["qty"] * (2 if market == "P2" and shape["even"] else 1)
+        if shape["market"]:
+            body["order_type"] = "market"
+            if shape["protect"]:
+                body["protection_price"] = self.order_price(data, market, side, runner)
+            tif = shape["market_tif"]
+        else:
+            if shape["say_limit"]:
+                body["order_type"] = "limit"
+            body["price"] = self.order_price(data, market, side, runner)
+            tif = shape["tif"]
+        for name, value in (("tif", tif), ("stp", shape["stp"]), ("persistence", shape["persistence"])):
+            if value is not None:
+                body[name] = value
+        if runner is not None:
+            body["runner"] = runner
+        self.mutate(shape["mutate"], body)
+        events = self.send(f"jb.cmd.{market}.{account}", body)
+        if events[0]["type"] == "order_accepted":
+            self.coids.setdefault((market, account), []).append(coid)
+
+    @staticmethod
+    def mutate(what: int, body: dict[str, Any]) -> None:
+        """Now and then one thing wrong, so the parse-level rejects are exercised too."""
+        if what == 0:
+            body["qty"] = 0
+        elif what == 1:
+            body["price"] = 0
+        elif what == 2:
+            body.pop("price", None)
+        elif what == 3:
+            body["tif"] = "day"
+        elif what == 4:
+            body["stp"] = "cancel_everything"
+        elif what == 5:
+            body["persistence"] = "forever"
+        elif what == 6:
+            body["leverage"] = 10
+        elif what == 7:
+            body["protection_price"] = 100
+        elif what == 8:
+            body["order_type"] = "market"
+            body["tif"] = "gtc"
+        elif what == 9:
+            body["market_id"] = "ELSEWHERE"
+
+    def amend(self, data: st.DataObject) -> None:
+        market = self.market_for(data)
+        picked = self.pick_order(data, market)
+        oid, owner, coid = picked if picked is not None else (1, "a", "k0")
+        account = owner if data.draw(st.integers(0, 9)) else data.draw(st.sampled_from(ACCOUNTS))
+        body: dict[str, Any] = {"type": "amend_order"}
+        how = data.draw(st.integers(0, 9))
+        if how < 6:
+            body["order_id"] = oid if data.draw(st.integers(0, 19)) else oid + 100
+        if how >= 4:
+            body["client_order_id"] = coid if data.draw(st.integers(0, 9)) else "k0"
+        if data.draw(st.integers(0, 2)):
+            body["qty"] = data.draw(st.integers(1, 10))
+        if data.draw(st.integers(0, 2)):
+            body["price"] = self.price_for(data, market)
+        if data.draw(st.integers(0, 3)) == 0 and market in self.ref.markets:
+            m = self.ref.markets[market]
+            o = m.every_order.get(oid)
+            if o is not None and o.price is not None:  # amend to the same price (and maybe qty): no_change
+                body["price"] = o.price
+        self.send(f"jb.cmd.{market}.{account}", body)
+
+    def cancel(self, data: st.DataObject) -> None:
+        market = self.market_for(data)
+        picked = self.pick_order(data, market)
+        oid, owner, coid = picked if picked is not None else (1, "a", "k0")
+        account = owner if data.draw(st.integers(0, 9)) else data.draw(st.sampled_from(ACCOUNTS))
+        body: dict[str, Any] = {"type": "cancel_order"}
+        how = data.draw(st.integers(0, 9))
+        if how < 6:
+            body["order_id"] = oid if data.draw(st.integers(0, 19)) else oid + 100
+        if how >= 4:
+            body["client_order_id"] = coid if data.draw(st.integers(0, 9)) else "k0"
+        self.send(f"jb.cmd.{market}.{account}", body)
+
+    def cancel_all(self, data: st.DataObject) -> None:
+        market = "_all" if data.draw(st.integers(0, 3)) == 0 else self.market_for(data)
+        account = data.draw(st.sampled_from(ACCOUNTS))
+        body: dict[str, Any] = {"type": "cancel_all"}
+        if data.draw(st.integers(0, 2)) == 0:
+            body["side"] = data.draw(st.sampled_from(["buy", "sell", "back", "lay"]))
+        if data.draw(st.integers(0, 2)) == 0:
+            body["runner"] = self.runner_for(data, market)
+        self.send(f"jb.cmd.{market}.{account}", body)
+
+    def lifecycle(self, data: st.DataObject) -> None:
+        """One rule for every control command, so orders stay most of the traffic and markets live a while."""
+        market = self.market_for(data)
+        ctype = data.draw(
+            weighted(
+                ("set_market_state", 8), ("await_live", 2), ("go_live", 3), ("close_market", 1),
+                ("settle_market", 2), ("void_market", 1),
+            )
+        )  # fmt: skip
+        m = self.ref.markets.get(market)
+        if m is not None and m.state == "closed" and data.draw(st.integers(0, 2)):
+            ctype = "settle_market"  # a closed market is there to be settled
+        body: dict[str, Any] = {"type": ctype}
+        if ctype == "set_market_state":
+            body["state"] = data.draw(weighted(("open", 4), ("suspended", 2), ("halted", 1)))
+        elif ctype == "settle_market":
+            odds = self.kind_of(market) == "odds"
+            how = data.draw(st.integers(0, 9))
+            if odds:
+                if how > 0:
+                    body["winner"] = self.runner_for(data, market)
+                if how == 1:
+                    body["price"] = 100
+            else:
+                if how > 0:
+                    body["price"] = data.draw(st.sampled_from([1, 90, 100, 110, 1000]))
+                if how == 1:
+                    body["winner"] = "H"
+        self.send(f"jb.ctl.{market}", body)
+
+    def reopen(self, data: st.DataObject) -> None:
+        """Suspended and halted markets come back, so orders meet open books."""
+        paused = [m for m, v in sorted(self.ref.markets.items()) if v.state in ("suspended", "halted")]
+        if paused:
+            self.send(f"jb.ctl.{data.draw(st.sampled_from(paused))}", {"type": "set_market_state", "state": "open"})
+
+    def set_risk_limits(self, data: st.DataObject) -> None:
+        market = self.market_for(data)
+        body: dict[str, Any] = {"type": "set_risk_limits", "account_id": data.draw(st.sampled_from(ACCOUNTS))}
+        if data.draw(st.booleans()):
+            body["max_order_qty"] = data.draw(st.integers(0, 12))
+        if data.draw(st.booleans()):
+            body["max_open_orders"] = data.draw(st.integers(0, 8))
+        if data.draw(st.booleans()):
+            body["max_open_exposure"] = data.draw(st.integers(0, 3000 if self.kind_of(market) == "odds" else 20000))
+        self.send(f"jb.ctl.{market}", body)
+
+
+ExchangeMachine.TestCase.settings = settings(
+    max_examples=200,
+    stateful_step_count=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+)
+TestExchangeMachine = ExchangeMachine.TestCase
