@@ -55,10 +55,11 @@ async def main() -> None:
     js = nc.jetstream()
 
     # 1. Start reading JB_EVT *before* publishing, at the current end of the log,
-    #    so no event of our commands can be missed. Filter on our market.
+    #    so no event of our commands can be missed. Unfiltered: the message that
+    #    closes the engine's atomic batch (step 3) may be another market's event.
     start = (await js.stream_info(EVT_STREAM)).state.last_seq + 1
     sub = await js.subscribe(
-        f"jb.evt.{market}.>",
+        "jb.evt.>",
         stream=EVT_STREAM,
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
@@ -86,8 +87,10 @@ async def main() -> None:
         print(f"published cmd_seq {seq:<6} {what}")
 
     # 3. Collect events until every command is complete. A command's events are
-    #    contiguous and committed atomically, so it is complete once an event of a
-    #    later command arrives, or once one of its own arrives with nothing pending.
+    #    contiguous and inside one atomic batch, so it is complete once an event of
+    #    a later command arrives, or once the batch's last message (the one with the
+    #    Nats-Batch-Commit header) has. Not "num_pending == 0": a consumer can get the
+    #    first events of a batch before the rest are stored.
     events: dict[int, list[tuple[int, dict[str, Any]]]] = {s: [] for s in cmds}
     done_upto = 0
     loop = asyncio.get_running_loop()
@@ -99,10 +102,11 @@ async def main() -> None:
             raise SystemExit(f"no complete events within {args.timeout}s: is the engine running?") from None
         event = msgpack.unpackb(msg.data, raw=False)
         cmd_seq = event["cmd_seq"]
-        events.setdefault(cmd_seq, []).append((msg.metadata.sequence.stream, event))
+        if event["market_id"] == market:
+            events.setdefault(cmd_seq, []).append((msg.metadata.sequence.stream, event))
         done_upto = max(done_upto, cmd_seq - 1)
-        if msg.metadata.num_pending == 0:
-            done_upto = cmd_seq
+        if (msg.headers or {}).get("Nats-Batch-Commit"):
+            done_upto = max(done_upto, cmd_seq)
     await sub.unsubscribe()
     await nc.close()
 
