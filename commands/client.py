@@ -33,12 +33,14 @@ class CommandClient:
     def __init__(self, js: Any) -> None:
         self.js = js
         self._nuid = NUID()
+        self.last_was_duplicate = False  # the broker had this msg id already: the seq is the original's
 
     async def send(self, subject: str, payload: bytes | dict[str, Any], msg_id: str | None = None) -> int:
         """Publish raw; returns the command's JB_CMD sequence (the `cmd_seq` its events will carry)."""
         data = payload if isinstance(payload, bytes) else msgpack.packb(payload, use_bin_type=True)
         headers = {HDR_MSG_ID: msg_id or self._nuid.next().decode()}
         ack = await self.js.publish(subject, data, headers=headers)
+        self.last_was_duplicate = bool(ack.duplicate)
         return int(ack.seq)
 
     async def _send_command(self, subject: str, command: Command, msg_id: str | None = None) -> int:

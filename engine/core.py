@@ -180,9 +180,19 @@ def _market(state: State, p: Parsed) -> Market:
     return market
 
 
-def _chunks(items: list[Any]) -> Iterable[list[Any]]:
-    for i in range(0, len(items), CHUNK):
-        yield items[i : i + CHUNK]
+def _chunks(items: list[Any], size: int = CHUNK) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _chunk_size(total: int, lists: int, budget: int) -> int:
+    """Entries per event so that `lists` lists of `total` entries in all take at most `budget` events.
+
+    CHUNK normally; larger only for huge lists (sum of ceil(n_i / c) <= total / c + lists <= budget).
+    """
+    if lists > budget:
+        raise _Refuse("too_many_events", f"would need more than {MAX_COMMAND_EVENTS} events; narrow it")
+    return max(CHUNK, -(-total // max(1, budget - lists)))
 
 
 def _check_price(market: Market, book: Book, price: int) -> None:
@@ -219,8 +229,8 @@ def _decide_create_market(state: State, seq: int, ts: int, p: Parsed) -> list[Ev
             raise _Refuse("missing_field", "base: missing")
         if cmd.runners is not None:
             raise _Refuse("invalid_field", "runners: not_allowed")
-        min_price = 1 if cmd.min_price is None else cmd.min_price
-        max_price = MAX_PRICE if cmd.max_price is None else cmd.max_price
+        min_price = cmd.tick_size if cmd.min_price is None else cmd.min_price
+        max_price = MAX_PRICE - MAX_PRICE % cmd.tick_size if cmd.max_price is None else cmd.max_price
         if min_price % cmd.tick_size or max_price % cmd.tick_size:
             raise _Refuse("invalid_field", "min_price: off_tick")
     else:
@@ -271,10 +281,12 @@ def _changed(market: Market, seq: int, ts: int, ctype: str, state: str, phase: s
 
 
 def _mass_cancel(
-    market: Market, seq: int, ts: int, reason: str, orders: list[Order], account: str | None
+    market: Market, seq: int, ts: int, reason: str, orders: list[Order], account: str | None, size: int = 0
 ) -> list[Event]:
+    """orders_cancelled events; by default sized so they leave room for one more event of the command."""
+    size = size or _chunk_size(len(orders), 1, MAX_COMMAND_EVENTS - 1)
     rows = [[o.order_id, o.account_id, o.client_order_id, o.side, o.price, o.qty, o.runner] for o in orders]
-    return [OrdersCancelled(market.market_id, seq, ts, reason, account, chunk) for chunk in _chunks(rows)]
+    return [OrdersCancelled(market.market_id, seq, ts, reason, account, chunk) for chunk in _chunks(rows, size)]
 
 
 def _decide_lifecycle(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
@@ -336,7 +348,8 @@ def _decide_lifecycle(state: State, seq: int, ts: int, p: Parsed) -> list[Event]
         else:
             pnl.append([account, sum(wl[0] if r == cmd.winner else wl[1] for r, wl in pos.items())])
     out: list[Event] = [_changed(market, seq, ts, ctype, "settled")]
-    out += [MarketSettled(p.market_id, seq, ts, cmd.winner, cmd.price, chunk) for chunk in _chunks(pnl)] or [
+    size = _chunk_size(len(pnl), 1, MAX_COMMAND_EVENTS - 1)
+    out += [MarketSettled(p.market_id, seq, ts, cmd.winner, cmd.price, chunk) for chunk in _chunks(pnl, size)] or [
         MarketSettled(p.market_id, seq, ts, cmd.winner, cmd.price, [])
     ]
     return out
@@ -591,9 +604,11 @@ def _decide_cancel_all(state: State, seq: int, ts: int, p: Parsed) -> list[Event
             and (cmd.runner is None or o.runner == cmd.runner)
         )
 
+    found = [(market, orders) for market in markets if (orders := market.open_orders(keep))]
+    size = _chunk_size(sum(len(o) for _, o in found), len(found), MAX_COMMAND_EVENTS)
     out: list[Event] = []
-    for market in markets:
-        out += _mass_cancel(market, seq, ts, "cancel_all", market.open_orders(keep), account)
+    for market, orders in found:
+        out += _mass_cancel(market, seq, ts, "cancel_all", orders, account, size)
     return out or [OrdersCancelled(p.market_id, seq, ts, "cancel_all", account, [])]
 
 
@@ -847,6 +862,10 @@ class Engine:
         parsed = parse(subject, data)
         try:
             events = decide(self.state, cmd_seq, ts, parsed)
+            if len(events) > MAX_COMMAND_EVENTS:
+                # A decider's own limits should make this impossible; if one is missed, a command
+                # whose events cannot be committed atomically must become a reject, not a crash loop.
+                raise OverflowError(f"{len(events)} events")
         except Exception as err:
             # A bug must not turn one command into a poison pill that halts every market on every
             # restart. decide does not mutate, so nothing is half-applied, and the same input

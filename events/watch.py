@@ -1,8 +1,12 @@
 """Wait for the events a command caused, for clients that want an answer (submit, demo, tests).
 
-A command's events are stored in one atomic batch, contiguously, before any of
-them is delivered. So once one of them arrives with nothing pending after it,
-or an event of a later command arrives, all of them are in hand.
+A command's events are stored in one atomic batch, contiguously, and the
+engine never splits a command across batches. So a command is complete once
+an event of a later command arrives, or the message that committed its batch
+(the one with `Nats-Batch-Commit`). The watcher reads every event, not one
+market's: the commit message of a batch can belong to any market. (Waiting for
+`num_pending` to reach 0 is not enough: the server can report 0 while a batch
+is still being delivered.)
 """
 
 from __future__ import annotations
@@ -10,15 +14,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from commands.subjects import EVT_STREAM, evt_filter
+from commands.subjects import EVT_STREAM, HDR_BATCH_COMMIT
 from events.model import Event, decode
 from events.reader import StreamReader, last_seq
 
 
 class EventWatcher:
-    def __init__(self, js: Any, market_id: str | None = None) -> None:
+    def __init__(self, js: Any) -> None:
         self.js = js
-        self.filter = evt_filter(market_id) if market_id else ""
         self.by_cmd: dict[int, list[tuple[int, Event]]] = {}
         self._done_upto = 0  # every command <= this is complete
         self._reader: StreamReader | None = None
@@ -26,7 +29,7 @@ class EventWatcher:
     async def start(self) -> EventWatcher:
         """Start watching at the current end of JB_EVT: call before publishing the commands."""
         start = await last_seq(self.js, EVT_STREAM) + 1
-        self._reader = await StreamReader(self.js, EVT_STREAM, start, self.filter).start()
+        self._reader = await StreamReader(self.js, EVT_STREAM, start).start()
         return self
 
     async def stop(self) -> None:
@@ -56,6 +59,34 @@ class EventWatcher:
                 event = decode(m.data)
                 self.by_cmd.setdefault(event.cmd_seq, []).append((m.seq, event))
                 self._done_upto = max(self._done_upto, event.cmd_seq - 1)
-                if m.pending == 0:
+                if m.headers and HDR_BATCH_COMMIT in m.headers:
                     self._done_upto = event.cmd_seq
         return {s: [e for _, e in self.by_cmd.get(s, [])] for s in cmd_seqs}
+
+
+async def past_events(js: Any, cmd_seq: int) -> list[Event]:
+    """The events of a command that was decided before anyone watched (a duplicate publish's original).
+
+    `cmd_seq` never decreases along JB_EVT, so a binary search over direct gets
+    finds the command's first event in about log2(N) reads.
+    """
+    hi = await last_seq(js, EVT_STREAM)
+    lo, first = 1, hi + 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if decode((await js.get_msg(EVT_STREAM, mid)).data).cmd_seq >= cmd_seq:
+            first, hi = mid, mid - 1
+        else:
+            lo = mid + 1
+    out: list[Event] = []
+    seq = first
+    while True:
+        try:
+            event = decode((await js.get_msg(EVT_STREAM, seq)).data)
+        except Exception:  # past the end of the stream
+            break
+        if event.cmd_seq != cmd_seq:
+            break
+        out.append(event)
+        seq += 1
+    return out

@@ -72,7 +72,7 @@ def _send(url: str, market: str, account: str | None, command: Any, wait: bool) 
     from commands.client import CommandClient
     from commands.model import Invalid, encode, parse
     from commands.subjects import cmd_subject, ctl_subject
-    from events.watch import EventWatcher
+    from events.watch import EventWatcher, past_events
 
     subject = ctl_subject(market) if account is None else cmd_subject(market, account)
     parsed = parse(subject, encode(command))
@@ -80,19 +80,26 @@ def _send(url: str, market: str, account: str | None, command: Any, wait: bool) 
         typer.echo(f"error: invalid command: {parsed.reason} ({parsed.detail})", err=True)
         raise typer.Exit(2)
 
-    async def send(js: Any) -> int:
-        client = CommandClient(js)
-        if account is None:
-            return await client.control(market, command)
-        return await client.trade(market, account, command)
-
     async def body(js: Any) -> int:
+        client = CommandClient(js)
+
+        async def send() -> int:
+            if account is None:
+                return await client.control(market, command)
+            return await client.trade(market, account, command)
+
         if not wait:
-            typer.echo(f"cmd_seq {await send(js)}")
+            typer.echo(f"cmd_seq {await send()}")
             return 0
-        async with EventWatcher(js, None if account is not None and market.startswith("_") else market) as watcher:
-            seq = await send(js)
+        async with EventWatcher(js) as watcher:
+            seq = await send()
             typer.echo(f"cmd_seq {seq}", err=True)
+            if client.last_was_duplicate:
+                # The broker kept the first copy (same msg id within 120 s); its events may be long out.
+                typer.echo(f"duplicate of cmd_seq {seq}: showing the original's events", err=True)
+                past = await past_events(js, seq)
+                if past:
+                    return _print_outcome(past)
             return _print_outcome((await watcher.wait([seq], timeout=10))[seq])
 
     client_call(url, body)
