@@ -111,7 +111,7 @@ def main() -> int:
     ap.add_argument("--payload", type=int, default=180, help="bytes per message (default 180)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="jetbook-bench-"))
-    server = EmbeddedServer(tmp, port=0, host="127.0.0.1")
+    server = EmbeddedServer(tmp, port=0, host="127.0.0.1", die_with_parent=True)
     try:
         asyncio.run(run(server.start(), args.messages, args.payload))
     finally:

@@ -196,7 +196,7 @@ def main() -> int:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="jetbook-bench-"))
-    server = EmbeddedServer(tmp / "nats", port=0, host="127.0.0.1")
+    server = EmbeddedServer(tmp / "nats", port=0, host="127.0.0.1", die_with_parent=True)
     children = Children(tmp)
     try:
         url = server.start()

@@ -21,6 +21,7 @@ from typing import Any
 
 from commands.subjects import CMD_STREAM, EVT_STREAM
 from events.model import decode
+from jetbook.server import DIE_WITH_PARENT
 
 
 class BenchError(RuntimeError):
@@ -50,6 +51,7 @@ class Children:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=DIE_WITH_PARENT,  # a benchmark killed with SIGKILL leaves nothing running
                 env={**os.environ, "JETBOOK_LOG_LEVEL": "INFO", **(env or {})},
             )
         child = Child(name, proc, log)

@@ -684,7 +684,7 @@ def run(opts: Options) -> dict[str, Any]:
     events_run = flow.events
     tmp = Path(tempfile.mkdtemp(prefix="jetbook-bench-"))
     children = Children(tmp)
-    server = None if opts.nats_url else EmbeddedServer(tmp / "nats", port=0, host="127.0.0.1")
+    server = None if opts.nats_url else EmbeddedServer(tmp / "nats", port=0, host="127.0.0.1", die_with_parent=True)
     try:
         url = opts.nats_url or server.start()  # type: ignore[union-attr]
         pid = server.proc.pid if server is not None and server.proc is not None else None
