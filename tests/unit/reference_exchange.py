@@ -419,17 +419,23 @@ class ReferenceExchange:
             "max_price": max_price, "band_bps": band, "runners": runners,
         }  # fmt: skip
 
+    # Reading: unknown fields are refused on every command but create_market (the spec names the rule for the
+    # trading commands and the create_market exception; the new control commands follow the trading rule).
+
     def _parse_add_runner(self, b: dict[str, Any]) -> dict[str, Any]:
-        for name in ("runner_id", "label"):
-            if name not in b:
-                raise Reject("missing_field")
+        self._unknown(b, ("type", "runner_id", "label"))
+        if "runner_id" not in b:
+            raise Reject("missing_field")
         if not is_id(b["runner_id"]):
             raise Reject("invalid_field")
+        if "label" not in b:
+            raise Reject("missing_field")
         if not isinstance(b["label"], str) or not 1 <= len(b["label"]) <= 64:
             raise Reject("invalid_field")
         return {"runner_id": b["runner_id"], "label": b["label"]}
 
     def _parse_set_market_state(self, b: dict[str, Any]) -> dict[str, Any]:
+        self._unknown(b, ("type", "state"))
         if "state" not in b:
             raise Reject("missing_field")
         if b["state"] not in ("open", "suspended", "halted"):
@@ -437,6 +443,7 @@ class ReferenceExchange:
         return {"state": b["state"]}
 
     def _parse_await_live(self, b: dict[str, Any]) -> dict[str, Any]:
+        self._unknown(b, ("type",))
         return {}
 
     _parse_go_live = _parse_await_live
@@ -444,15 +451,21 @@ class ReferenceExchange:
     _parse_void_market = _parse_await_live
 
     def _parse_settle_market(self, b: dict[str, Any]) -> dict[str, Any]:
+        """Malformed values are refused before the market is looked up; which of price/winner the market's kind
+        needs is checked after (spec §2, order of checks)."""
+        self._unknown(b, ("type", "price", "winner"))
         price = b.get("price")
+        # Reading: §2 names only missing_field / invalid_field / unknown_runner for settle_market, so a bad
+        # settlement price is invalid_field (not place's invalid_price).
         if price is not None and (not is_int(price) or not 1 <= price <= MAX_PRICE):
-            raise Reject("invalid_price")
+            raise Reject("invalid_field")
         winner = b.get("winner")
         if winner is not None and not is_id(winner):
             raise Reject("invalid_field")
         return {"price": price, "winner": winner}
 
     def _parse_set_risk_limits(self, b: dict[str, Any]) -> dict[str, Any]:
+        self._unknown(b, ("type", "account_id", "max_order_qty", "max_open_orders", "max_open_exposure"))
         if "account_id" not in b:
             raise Reject("missing_field")
         if not is_id(b["account_id"]):
@@ -534,17 +547,21 @@ class ReferenceExchange:
             raise Reject("invalid_field")
         out["order_id"], out["client_order_id"] = oid, coid
 
+    # Reading: unknown fields first on every command, as spec §3 orders them for place_order (v1 checked them
+    # last; the spec does not say which order amend/cancel/cancel_all follow).
+
     def _parse_cancel_order(self, b: dict[str, Any]) -> dict[str, Any]:
+        self._unknown(b, ("type", "order_id", "client_order_id", "market_id", "account_id"))
         out: dict[str, Any] = {}
         self._parse_ref(b, out)
         self._echo_ids(b, out)
-        self._unknown(b, ("type", "order_id", "client_order_id", "market_id", "account_id"))
         self._check_echo(out)
         if out["order_id"] is None and out["client_order_id"] is None:
             raise Reject("missing_field")
         return out
 
     def _parse_amend_order(self, b: dict[str, Any]) -> dict[str, Any]:
+        self._unknown(b, ("type", "order_id", "client_order_id", "qty", "price", "market_id", "account_id"))
         out: dict[str, Any] = {}
         self._parse_ref(b, out)
         qty, price = b.get("qty"), b.get("price")
@@ -553,7 +570,6 @@ class ReferenceExchange:
         if price is not None and (not is_int(price) or not 1 <= price <= MAX_PRICE):
             raise Reject("invalid_price")
         out["qty"], out["price"] = qty, price
-        self._unknown(b, ("type", "order_id", "client_order_id", "qty", "price", "market_id", "account_id"))
         self._echo_ids(b, out)
         self._check_echo(out)
         if out["order_id"] is None and out["client_order_id"] is None:
