@@ -47,15 +47,36 @@ def up(
 
 
 @app.command()
-def engine(nats_url: Url = DEFAULT_URL, replicas: Replicas = 1) -> None:
-    """Run the matching engine: JB_CMD in, JB_EVT out."""
+def engine(
+    nats_url: Url = DEFAULT_URL,
+    replicas: Replicas = 1,
+    snapshot_every: Annotated[
+        int, typer.Option(help="Write a snapshot to the JB_SNAP object store every N events (0: never).")
+    ] = 100_000,
+    checkpoint_every: Annotated[
+        int,
+        typer.Option(
+            help="A checkpoint event every N events. Part of the log's bytes: keep it for the log's life, "
+            "and give `replay verify` the same value."
+        ),
+    ] = 100_000,
+    lease_ttl: Annotated[
+        float, typer.Option(help="Writer lease TTL, s: a standby takes over about this long after the active dies.")
+    ] = 1.0,
+) -> None:
+    """Run the matching engine: JB_CMD in, JB_EVT out. Started twice, the second one is a hot standby."""
+    from functools import partial
+
     from jetbook.errors import Fenced, JetbookError
     from jetbook.roles import engine_role
     from jetbook.wiring import run_until_signal, setup_logging
 
     setup_logging(Settings().log_level)
     try:
-        run_until_signal(lambda stop: engine_role(nats_url, stop, replicas))
+        role = partial(
+            engine_role, snapshot_every=snapshot_every, checkpoint_every=checkpoint_every, lease_ttl=lease_ttl
+        )
+        run_until_signal(lambda stop: role(nats_url, stop, replicas))
     except Fenced as err:
         typer.echo(f"engine fenced off: {err}", err=True)
         raise typer.Exit(3) from err

@@ -9,7 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from commands.subjects import EVT_STREAM
-from engine.service import EngineService
+from engine.core import CHECKPOINT_EVERY
+from engine.lease import DEFAULT_TTL_S, Lease
+from engine.service import DEFAULT_SNAPSHOT_EVERY, EngineService
 from events.streams import wait_for_stream
 from jetbook.wiring import close_quietly, connect
 from projections.runner import ProjectionRunner
@@ -28,9 +30,21 @@ async def _report(what: str, count: Callable[[], int], stop: asyncio.Event, ever
             last = now
 
 
-async def engine_role(url: str, stop: asyncio.Event, replicas: int = 1) -> None:
+async def engine_role(
+    url: str,
+    stop: asyncio.Event,
+    replicas: int = 1,
+    *,
+    snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    lease_ttl: float = DEFAULT_TTL_S,
+) -> None:
+    """Active or hot standby, whichever the lease makes it; a second `jetbook engine` is a standby."""
     nc = await connect(url, "jetbook-engine")
-    service = EngineService(nc, replicas=replicas)
+    lease = Lease(lambda: connect(url, "jetbook-engine-lease"), ttl=lease_ttl, replicas=replicas)
+    service = EngineService(
+        nc, replicas=replicas, snapshot_every=snapshot_every, checkpoint_every=checkpoint_every, lease=lease
+    )
     reporter = asyncio.create_task(_report("commands applied", lambda: service.commands_done, stop))
     try:
         await service.run(stop)

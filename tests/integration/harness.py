@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import nats.errors
+
 from commands.subjects import CMD_STREAM, EVT_STREAM
-from engine.core import Engine
+from engine.core import CHECKPOINT_EVERY, Engine, state_hash
 from engine.service import EngineService
 from events.model import encode
 from events.reader import RawMsg, StreamReader, last_seq, read_to_end
@@ -18,8 +23,8 @@ from tests.conftest import wait_until
 
 
 @contextlib.asynccontextmanager
-async def running_engine(nc: Any) -> AsyncIterator[EngineService]:
-    service = EngineService(nc)
+async def running_engine(nc: Any, **options: Any) -> AsyncIterator[EngineService]:
+    service = EngineService(nc, **options)
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))
     try:
@@ -53,29 +58,76 @@ async def wait_for_command(js: Any, cmd_seq: int, timeout: float = 20.0) -> None
     from events.model import decode
 
     async def done() -> bool:
-        seq = await last_seq(js, EVT_STREAM)
-        if not seq:
+        try:
+            seq = await last_seq(js, EVT_STREAM)
+            if not seq:
+                return False
+            msg = await js.get_msg(EVT_STREAM, seq)
+        except (nats.errors.Error, TimeoutError):  # the server may be restarting: ask again
             return False
-        msg = await js.get_msg(EVT_STREAM, seq)
         return decode(msg.data).cmd_seq >= cmd_seq
 
     await wait_until(done, timeout, f"events of command {cmd_seq}")
 
 
-async def redecide(js: Any) -> list[bytes]:
-    """Every command of JB_CMD through a fresh core: the event bytes JB_EVT must hold."""
-    engine = Engine()
+async def crash_free(js: Any, checkpoint_every: int = CHECKPOINT_EVERY) -> tuple[list[bytes], str]:
+    """What a run without any crash makes of the same JB_CMD: every event's bytes, and the final state hash."""
+    engine = Engine(checkpoint_every=checkpoint_every)
     out: list[bytes] = []
     for m in await read_all(js, CMD_STREAM):
         out += [encode(e) for e in engine.handle(m.seq, m.ts, m.subject, m.data)]
-    return out
+    return out, state_hash(engine.state)
 
 
-async def assert_log_is_exact(js: Any) -> list[RawMsg]:
+async def redecide(js: Any, checkpoint_every: int = CHECKPOINT_EVERY) -> list[bytes]:
+    """Every command of JB_CMD through a fresh core: the event bytes JB_EVT must hold."""
+    return (await crash_free(js, checkpoint_every))[0]
+
+
+async def assert_log_is_exact(js: Any, checkpoint_every: int = CHECKPOINT_EVERY) -> list[RawMsg]:
     """JB_EVT equals the re-decided command log byte for byte: nothing missing, nothing twice."""
     events = await read_all(js, EVT_STREAM)
-    assert [m.data for m in events] == await redecide(js)
+    assert [m.data for m in events] == await redecide(js, checkpoint_every)
     return events
+
+
+async def read_model_of(events: list[bytes], db: Path) -> str:
+    """The content hash of a read model built from these events (JB_EVT sequences 1..n), in batches."""
+    from events.model import decode
+    from projections.read_model import ReadModel
+    from replay.hashing import db_content_hash
+
+    model = await ReadModel.open(db)
+    try:
+        for i in range(0, len(events), 5000):
+            await model.apply([(seq, decode(b)) for seq, b in enumerate(events[i : i + 5000], i + 1)])
+    finally:
+        await model.close()
+    return db_content_hash(db)
+
+
+async def assert_matches_crash_free(
+    js: Any, nc: Any, *, live_db: Path | None = None, checkpoint_every: int = CHECKPOINT_EVERY
+) -> list[bytes]:
+    """The fault tests' verdict: the same events, state and read model as a run of the same JB_CMD without crashes.
+
+    - JB_EVT holds exactly the bytes a fresh core gives for JB_CMD (nothing lost, nothing twice, no fork);
+    - an engine recovering now (newest snapshot + tail, checkpoints verified) has the crash-free state hash;
+    - the live projection's file has the content of a read model built from the crash-free events.
+    """
+    from replay.hashing import db_content_hash
+
+    expected, expected_hash = await crash_free(js, checkpoint_every)
+    stored = [m.data for m in await read_all(js, EVT_STREAM)]
+    assert len(stored) == len(expected), f"JB_EVT has {len(stored)} events, a crash-free run {len(expected)}"
+    assert stored == expected
+    fresh = EngineService(nc, checkpoint_every=checkpoint_every, snapshot_every=0)
+    await fresh.recover()
+    assert state_hash(fresh.engine.state) == expected_hash
+    if live_db is not None:
+        reference = live_db.with_name(live_db.stem + "-crash-free.db")
+        assert db_content_hash(live_db) == await read_model_of(expected, reference)
+    return expected
 
 
 def workload(n: int, seed: int = 1, markets: tuple[str, ...] = ("M1", "M2")) -> list[tuple[str, bytes]]:
@@ -107,3 +159,40 @@ async def publish_all(js: Any, commands: list[tuple[str, bytes]]) -> int:
         await js.publish_async(subject, data)
     await js.publish_async_completed()
     return await last_seq(js, CMD_STREAM)
+
+
+def jetbook_proc(log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`python -m jetbook <args>` with its log in a file (read it when a test fails; a full pipe would block it)."""
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "jetbook", *args], stdout=out, stderr=subprocess.STDOUT)
+
+
+def log_has(log: Path, text: str) -> bool:
+    return log.exists() and text in log.read_text(errors="replace")
+
+
+def stop_proc(proc: subprocess.Popen[bytes], timeout: float = 15) -> int:
+    """SIGTERM, then SIGKILL if it does not stop in time; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
+def projection_position(db: Path) -> int:
+    """The position a projection's SQLite file has committed (0 before its first commit)."""
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        row = con.execute("SELECT last_seq FROM projection_position").fetchone()
+    except sqlite3.OperationalError:  # schema not created yet
+        return 0
+    finally:
+        con.close()
+    return int(row[0]) if row else 0

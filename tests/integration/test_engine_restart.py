@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
 from commands.subjects import EVT_STREAM
 from engine.service import EngineService
-from events.reader import last_seq
 from events.streams import ensure_streams
 from jetbook.errors import Fenced
-from jetbook.server import EmbeddedServer
 from tests.conftest import wait_until
 from tests.integration.harness import (
     assert_log_is_exact,
@@ -47,37 +42,7 @@ async def test_graceful_stop_mid_stream_then_restart(nc: Any, js: Any) -> None:
     await assert_log_is_exact(js)
 
 
-def _engine_proc(url: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "jetbook", "engine", "--nats-url", url],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-async def test_kill_9_under_load_then_restart(nats_server: EmbeddedServer, nc: Any, js: Any) -> None:
-    commands = workload(6000, seed=9)
-    publisher = asyncio.create_task(publish_all(js, commands))
-    kills = 0
-    for threshold in (500, 1500, 3000):
-        proc = _engine_proc(nats_server.url)
-
-        async def past(t: int = threshold) -> bool:
-            return await last_seq(js, EVT_STREAM) >= t
-
-        await wait_until(past, 60, f"JB_EVT past {threshold}")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
-    last = await publisher
-    proc = _engine_proc(nats_server.url)
-    try:
-        await wait_for_command(js, last, timeout=60)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
-    assert kills == 3
-    events = await assert_log_is_exact(js)
-    assert len({m.seq for m in events}) == len(events)
+# kill -9 of `jetbook engine` under load, with restarts from snapshots: tests/integration/test_faults.py.
 
 
 async def test_a_second_writer_is_fenced_by_the_broker(nc: Any, js: Any) -> None:

@@ -1,0 +1,310 @@
+"""The right to write JB_EVT: a lease in the JetStream KV bucket JB_LEASE, renewed by compare-and-set.
+
+One record per shard (key `engine` today). Whoever holds it writes JB_EVT;
+every other engine is a hot standby. The record names its holder and its TTL.
+Every write of it is a compare-and-set on the key's revision (KV `update` with
+`last=`, i.e. `Nats-Expected-Last-Subject-Sequence`), so of two engines racing
+for it exactly one wins.
+
+Expiry is judged on monotonic clocks, never by comparing wall clocks between
+machines (the Kubernetes leader-election rule):
+
+- the holder counts its validity from the moment it *sent* its last
+  successful renewal, and stops trusting it `margin` before the TTL is up;
+- a standby counts from the moment it first *saw* the current revision, which
+  is later than the write, and takes over only after a whole TTL without a
+  new revision.
+
+So the holder always gives up before a standby may take over. Server-side TTL
+is not needed for safety; the bucket's `max_age` only lets a record of an
+engine that died long ago disappear, so a later start does not wait one TTL
+for it. The broker's fence (`Nats-Expected-Last-Sequence` on every JB_EVT
+batch) stays the final guard: a holder that is paused at the wrong moment can
+at worst have its batch refused.
+
+The lease runs in its own thread with its own event loop and NATS connection.
+The engine's loop can be busy for a long time in one synchronous call
+(folding a big tail, a checkpoint hash over a large state); renewing from that
+loop would lose the lease to every such pause. A watchdog keeps the thread
+honest: it renews only while the engine's loop has beaten within
+`watchdog` seconds, so an engine whose loop is wedged lets the lease lapse.
+SIGSTOP and kill -9 stop the thread with the process, as they should.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import KeyValueConfig, StorageType
+from nats.nuid import NUID
+
+from jetbook.errors import JetbookError
+
+log = logging.getLogger("jetbook.lease")
+
+LEASE_BUCKET: Final = "JB_LEASE"
+LEASE_KEY: Final = "engine"  # one key per shard; today one engine decides every market
+DEFAULT_TTL_S: Final = 1.0  # a standby takes over about this long after the holder's last renewal
+WATCHDOG_S: Final = 10.0  # renew only while the engine's loop has beaten this recently
+RECORD_MAX_AGE_S: Final = 30.0  # the server forgets a record nobody renewed for this long
+
+Connect = Callable[[], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    holder: str
+    ttl_ms: int
+    host: str
+    pid: int
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {"holder": self.holder, "ttl_ms": self.ttl_ms, "host": self.host, "pid": self.pid}, sort_keys=True
+        ).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> LeaseRecord | None:
+        try:
+            body = json.loads(raw)
+            return cls(str(body["holder"]), int(body["ttl_ms"]), str(body.get("host", "")), int(body.get("pid", 0)))
+        except (ValueError, KeyError, TypeError):
+            return None  # not ours: treat like a holder with the default TTL
+
+
+_TRANSIENT: Final = (
+    asyncio.TimeoutError,
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.js.errors.ServiceUnavailableError,
+)
+
+
+async def lease_bucket(js: Any, replicas: int = 1) -> Any:
+    """Bind to JB_LEASE, creating it if needed (two engines creating it at once is harmless)."""
+    try:
+        return await js.key_value(LEASE_BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(
+                bucket=LEASE_BUCKET,
+                description="jetbook: which engine may write JB_EVT",
+                history=1,
+                ttl=RECORD_MAX_AGE_S,
+                storage=StorageType.FILE,
+                replicas=replicas,
+            )
+        )
+
+
+class Lease:
+    """Acquire, renew and release the writer lease from a background thread.
+
+    The engine's thread only reads plain attributes (`held()`, `lost`) and sets
+    `want`; nothing crosses threads but those, so no lock is needed.
+    """
+
+    def __init__(
+        self,
+        connect: Connect,
+        *,
+        ttl: float = DEFAULT_TTL_S,
+        key: str = LEASE_KEY,
+        replicas: int = 1,
+        watchdog: float = WATCHDOG_S,
+        poll: float = 0.1,
+    ) -> None:
+        if ttl < 0.2:
+            raise ValueError("lease TTL must be at least 0.2 s")
+        self._connect = connect
+        self.ttl = ttl
+        self.key = key
+        self.replicas = replicas
+        self.watchdog = watchdog
+        self.poll = poll
+        self.renew_every = ttl / 4
+        self.margin = max(ttl / 4, 0.05)  # the holder stops trusting its lease this long before a standby may act
+        self.holder = NUID().next().decode()
+        self.record = LeaseRecord(self.holder, int(ttl * 1000), socket.gethostname(), os.getpid())
+        # Shared with the engine's thread (single assignments only).
+        self.want = False  # set by the engine when it is caught up and could lead
+        self.lost = False  # set here when a held lease was taken or could not be kept; cleared by want_lease()
+        self.acquisitions = 0
+        self.renewals = 0
+        self.current_holder = ""  # who holds it, as last seen
+        self._valid_until = 0.0  # monotonic; only meaningful while holding
+        self._holding = False
+        self._rev = 0  # revision of our record while holding
+        self._beat = time.monotonic()
+        self._closing = False
+        self._release_on_close = True
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- the engine's side ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="jetbook-lease", daemon=True)
+        self._thread.start()
+        self._ready.wait(15)
+        if self._error is not None:
+            raise JetbookError(f"cannot use the lease bucket {LEASE_BUCKET}: {self._error!r}") from self._error
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the lease thread stopped by itself (None while it runs, or after close)."""
+        thread = self._thread
+        if thread is None or thread.is_alive() or self._closing:
+            return None
+        return self._error or RuntimeError("the lease thread stopped")
+
+    def held(self) -> bool:
+        """True while this engine may write: it holds the lease and its last renewal is recent enough."""
+        return self._holding and not self.lost and time.monotonic() < self._valid_until
+
+    def want_lease(self) -> None:
+        """The engine is caught up: take the lease when it is free (again, after a loss)."""
+        self.lost = False
+        self.want = True
+
+    def beat(self) -> None:
+        """The engine's loop is alive (called from a task on that loop)."""
+        self._beat = time.monotonic()
+
+    async def close(self, release: bool = True) -> None:
+        """Stop the thread; with `release`, hand the lease back so a standby takes over at once."""
+        self._release_on_close = release
+        self._closing = True
+        thread = self._thread
+        if thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, thread.join, 10)
+
+    # --- the lease thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as err:  # reported to start(), or logged if it happens later
+            self._error = err
+            self._ready.set()
+            if not isinstance(err, asyncio.CancelledError):
+                log.error("lease thread failed: %s", err)
+            self._holding = False
+            self.lost = True
+
+    async def _main(self) -> None:
+        nc = await self._connect()
+        try:
+            kv = await lease_bucket(nc.jetstream(), self.replicas)
+            self._ready.set()
+            seen_rev, seen_at, seen_ttl = -1, 0.0, self.ttl
+            while not self._closing:
+                if self._holding:
+                    await self._renew(kv)
+                    await self._sleep(self.renew_every)
+                    continue
+                if self.want:
+                    try:
+                        rev, record, free = await self._observe(kv)
+                    except _TRANSIENT as err:
+                        log.debug("lease record not readable (%s)", err)
+                        await self._sleep(self.poll)
+                        continue
+                    now = time.monotonic()
+                    if rev != seen_rev:
+                        seen_rev, seen_at = rev, now
+                        seen_ttl = record.ttl_ms / 1000 if record else self.ttl
+                        self.current_holder = record.holder if record and not free else ""
+                    if free or now - seen_at >= seen_ttl:
+                        await self._acquire(kv, rev, free)
+                        continue
+                await self._sleep(self.poll)
+            if self._holding and self._release_on_close:
+                await self._release(kv)
+        finally:
+            self._holding = False
+            try:
+                await nc.close()
+            except Exception:
+                pass
+
+    async def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self._closing and (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, 0.05))
+
+    async def _observe(self, kv: Any) -> tuple[int, LeaseRecord | None, bool]:
+        """(revision, record, free): the key's newest revision, deleted/absent counting as free."""
+        try:
+            entry = await kv.get(self.key)
+        except nats.js.errors.KeyNotFoundError as err:
+            entry = getattr(err, "entry", None)
+            return (int(entry.revision) if entry is not None else 0), None, True
+        return int(entry.revision), LeaseRecord.decode(entry.value or b""), False
+
+    async def _acquire(self, kv: Any, last_rev: int, free: bool) -> None:
+        sent = time.monotonic()
+        try:
+            rev = await kv.update(self.key, self.record.encode(), last=last_rev)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return  # another engine won the race; keep watching its record
+        except _TRANSIENT as err:
+            log.debug("lease acquisition not answered (%s)", err)
+            return
+        self._rev = int(rev)
+        self._valid_until = sent + self.ttl - self.margin
+        self._holding = True
+        self.acquisitions += 1
+        self.current_holder = self.holder
+        log.info(
+            "lease %s/%s acquired (%s; revision %d, TTL %.2fs)",
+            LEASE_BUCKET, self.key, "it was free" if free else "the previous holder stopped renewing", rev, self.ttl,
+        )  # fmt: skip
+
+    async def _renew(self, kv: Any) -> None:
+        now = time.monotonic()
+        if now - self._beat > self.watchdog:
+            log.error("engine loop unresponsive for %.1fs: letting the lease lapse", now - self._beat)
+            self._lose()
+            return
+        try:
+            rev = await kv.update(self.key, self.record.encode(), last=self._rev)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            log.warning("lease %s/%s was taken by another engine: stepping down", LEASE_BUCKET, self.key)
+            self._lose()
+            return
+        except _TRANSIENT as err:
+            # Not renewed: our validity runs out by itself; the next renewal may still succeed, since a CAS
+            # on our revision can only succeed if nobody took the lease in between.
+            log.debug("lease renewal not answered (%s)", err)
+            return
+        self._rev = int(rev)
+        self._valid_until = now + self.ttl - self.margin
+        self.renewals += 1
+
+    def _lose(self) -> None:
+        self._holding = False
+        self.lost = True
+        self.want = False  # the engine must resync before it may lead again
+
+    async def _release(self, kv: Any) -> None:
+        try:
+            await kv.delete(self.key, last=self._rev)
+            log.info("lease %s/%s released", LEASE_BUCKET, self.key)
+        except Exception as err:  # a standby then waits one TTL instead
+            log.warning("lease not released (%s); a standby takes over after its TTL", err)
+        self._holding = False
