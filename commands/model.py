@@ -360,42 +360,63 @@ def _split_subject_once(subject: str) -> tuple[str, str | None, str | None] | In
 
 
 def _fields(spec: Spec, body: dict[str, Any]) -> dict[str, Any] | tuple[str, str]:
-    """The validated keyword arguments, or (reason, detail) for the first bad field."""
+    """The validated keyword arguments, or (reason, detail) for the first bad field.
+
+    Fields are checked in table order; a rule about how a field relates to the
+    ones before it (a market order has no price) runs at that field's place.
+    """
     if spec.strict:
         for key in body:
             if key not in spec.names:
                 return "unknown_field", f"{str(key)[:64]}: unknown"
     out: dict[str, Any] = {}
+    rules = _RULES.get(spec.cls)
     for f in spec.fields:
-        v = body.get(f.name)
-        if v is None:
-            if f.required:
-                return "missing_field", f"{f.name}: missing"
-            if f.name in body and not f.nullable:
-                return f.reason, f"{f.name}: not_allowed"
-            continue
-        code = f.check(v)
-        if code is not None:
-            return f.reason, f"{f.name}: {code}"
-        out[f.name] = v
+        if f.name in body:
+            v = body[f.name]
+            if v is None:
+                if not f.nullable:
+                    return f.reason, f"{f.name}: not_allowed"
+            else:
+                code = f.check(v)
+                if code is not None:
+                    return f.reason, f"{f.name}: {code}"
+                out[f.name] = v
+        elif f.required:
+            return "missing_field", f"{f.name}: missing"
+        if rules is not None:
+            rule = rules.get(f.name)
+            if rule is not None:
+                broken = rule(out)
+                if broken is not None:
+                    return broken
     return out
 
 
-def _order_rules(kw: dict[str, Any]) -> tuple[str, str] | None:
-    """What a place_order's fields must say about each other (market-independent)."""
+def _price_rule(kw: dict[str, Any]) -> tuple[str, str] | None:
     if kw.get("order_type", "limit") == "market":
-        if "price" in kw:
-            return "invalid_price", "price: not_allowed"
-        tif = kw.setdefault("tif", "ioc")
-        if tif not in ("ioc", "fok"):
+        return ("invalid_price", "price: not_allowed") if "price" in kw else None
+    return None if "price" in kw else ("missing_field", "price: missing")
+
+
+def _protection_rule(kw: dict[str, Any]) -> tuple[str, str] | None:
+    if "protection_price" in kw and kw.get("order_type", "limit") != "market":
+        return "invalid_field", "protection_price: not_allowed"
+    return None
+
+
+def _tif_rule(kw: dict[str, Any]) -> tuple[str, str] | None:
+    if kw.get("order_type", "limit") == "market":
+        if kw.setdefault("tif", "ioc") not in ("ioc", "fok"):
             return "invalid_tif", "tif: not_allowed"
     else:
-        if "price" not in kw:
-            return "missing_field", "price: missing"
-        if "protection_price" in kw:
-            return "invalid_field", "protection_price: not_allowed"
         kw.setdefault("tif", "gtc")
     return None
+
+
+_RULES: Final[dict[type[Any], dict[str, Callable[[dict[str, Any]], tuple[str, str] | None]]]] = {
+    PlaceOrder: {"price": _price_rule, "protection_price": _protection_rule, "tif": _tif_rule},
+}
 
 
 _FAST_PLACE: Final = frozenset(("type", "v", "client_order_id", "side", "price", "qty", "tif"))
@@ -474,9 +495,6 @@ def parse(subject: str, data: bytes) -> Parsed | Invalid:
         for name in ("side", "tif", "stp", "persistence", "order_type"):
             if name in kw:
                 kw[name] = _CANON[kw[name]]
-        broken = _order_rules(kw)
-        if broken:
-            return Invalid(market, account, broken[0], broken[1], ctype, coid)
     elif spec.cls in (CancelOrder, AmendOrder) and "order_id" not in kw and "client_order_id" not in kw:
         return Invalid(market, account, "missing_field", "order_id: missing", ctype, coid)
     if spec.cls is AmendOrder and "qty" not in kw and "price" not in kw:

@@ -96,38 +96,44 @@ class Book:
 
     def match(
         self, side: str, price: int | None, qty: int, account: str, stp: str, max_events: int
-    ) -> tuple[list[tuple[Order, int]], bool] | None:
+    ) -> tuple[list[tuple[Order, int]], bool, int, bool]:
         """Price-time priority: best opposite price first, FIFO within a level, at the maker's price.
 
-        Returns the plan and whether self-trade prevention stopped the taker.
-        The plan is (maker, qty) pairs in walk order; qty 0 means the maker is
-        cancelled by self-trade prevention instead. None when the plan would
-        need more than max_events entries (its events would not fit one
-        atomic batch). A price of None (a market order) takes any price.
+        Returns (plan, stopped, filled, overflow). The plan is (maker, qty)
+        pairs in walk order; qty 0 means the maker is cancelled by self-trade
+        prevention instead. `stopped`: self-trade prevention ended the walk.
+        `filled`: what the taker would get. `overflow`: the plan needs more
+        than max_events entries (its events would not fit one atomic batch);
+        the walk then only goes on counting `filled`, so a fill-or-kill order
+        can still be told it would not fill. A price of None (a market order)
+        takes any price.
         """
         opposite = self.levels(OPPOSITE[side])
         limit = None if price is None else key(OPPOSITE[side], price)
         plan: list[tuple[Order, int]] = []
         remaining = qty
+        overflow = False
         for k in opposite:
             if limit is not None and k > limit:
                 break
             for maker in opposite[k].values():
                 if maker.account_id == account:
                     if stp == "cancel_newest":
-                        return plan, True
-                    plan.append((maker, 0))
+                        return plan, True, qty - remaining, overflow
+                    if not overflow:
+                        plan.append((maker, 0))
                     if stp == "cancel_both":
-                        return (plan, True) if len(plan) <= max_events else None
+                        return plan, True, qty - remaining, overflow or len(plan) > max_events
                 else:
                     take = maker.qty if maker.qty < remaining else remaining
-                    plan.append((maker, take))
+                    if not overflow:
+                        plan.append((maker, take))
                     remaining -= take
-                if len(plan) > max_events:
-                    return None
+                if not overflow and len(plan) > max_events:
+                    overflow = True
                 if remaining == 0:
-                    return plan, False
-        return plan, False
+                    return plan, False, qty, overflow
+        return plan, False, qty - remaining, overflow
 
     def depth(self, side: str, levels: int) -> list[tuple[int, int]]:
         """Top `levels` price levels of one side as (price, total open qty), best first."""

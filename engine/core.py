@@ -434,15 +434,11 @@ def _decide_place(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
     assert tif is not None  # parse resolved the default
     if tif == "post_only" and price is not None and book.crosses(side, price):
         raise _Refuse("post_only_would_take", "the order would take liquidity")
-    matched = book.match(side, price, qty, account, cmd.stp, MAX_FILLS)
-    if matched is None:
-        raise _Refuse("too_many_fills", f"would need more than {MAX_COMMAND_EVENTS} events")
-    plan, stopped = matched
-    filled = 0
-    for _, q in plan:
-        filled += q
+    plan, stopped, filled, overflow = book.match(side, price, qty, account, cmd.stp, MAX_FILLS)
     if tif == "fok" and filled < qty:
         raise _Refuse("fok_not_filled", f"only {filled} of {qty} available")
+    if overflow:
+        raise _Refuse("too_many_fills", f"would need more than {MAX_COMMAND_EVENTS} events")
     remainder = qty - filled
     resting = remainder if not stopped and (tif == "gtc" or tif == "post_only") else 0
     taker_cancel = remainder > 0 and not resting
@@ -553,11 +549,11 @@ def _decide_amend(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
         if not kept:
             if price != order.price and order.tif == "post_only" and book.crosses(order.side, price):
                 raise _Refuse("post_only_would_take", "the amended order would take liquidity")
-            matched = book.match(order.side, price, qty, order.account_id, order.stp, MAX_FILLS)
-            if matched is None:
+            plan, stopped, filled, overflow = book.match(order.side, price, qty, order.account_id, order.stp, MAX_FILLS)
+            if overflow:
                 raise _Refuse("too_many_fills", f"would need more than {MAX_COMMAND_EVENTS} events")
-            plan, stopped = matched
-        filled = sum(q for _, q in plan)
+        else:
+            filled = 0
         remainder = qty - filled
         resting = 0 if stopped else remainder
         taker_cancel = remainder > 0 and stopped

@@ -390,8 +390,8 @@ class ReferenceExchange:
         lot = opt_int("lot_size", 1, 1, MAX_QTY)
         min_qty = opt_int("min_qty", lot, 1, MAX_QTY)
         max_qty = opt_int("max_qty", MAX_QTY, 1, MAX_QTY)
-        min_price = opt_int("min_price", 101 if odds else 1, 1, MAX_PRICE)
-        max_price = opt_int("max_price", 100000 if odds else MAX_PRICE, 1, MAX_PRICE)
+        min_price = opt_int("min_price", 101 if odds else tick, 1, MAX_PRICE)
+        max_price = opt_int("max_price", 100000 if odds else MAX_PRICE - MAX_PRICE % tick, 1, MAX_PRICE)
         band = opt_int("band_bps", 0, 0, 10000)
         runners: list[list[str]] = []
         if odds:

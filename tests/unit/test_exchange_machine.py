@@ -463,10 +463,9 @@ GOOD: dict[str, tuple[str, dict[str, Any], dict[str, list[Any]]]] = {
         "jb.cmd.P1.a",
         {"type": "place_order", "client_order_id": "f1", "side": "buy", "qty": 3, "price": 101, "tif": "gtc"},
         {
-            # nil for these three: see test_rules.test_nil_for_a_required_place_field_is_an_invalid_value_as_in_v1
-            "client_order_id": ["MISSING", *BAD_ID[1:]],
-            "side": ["MISSING", "long", "BUY", 1],
-            "qty": ["MISSING", *BAD_INT[1:]],
+            "client_order_id": ["MISSING", *BAD_ID],
+            "side": ["MISSING", "long", "BUY", 1, None],
+            "qty": ["MISSING", *BAD_INT],
             "order_type": ["stop", 1, None],
             "price": ["MISSING", *BAD_INT],
             "protection_price": [100],
@@ -559,13 +558,6 @@ GOOD: dict[str, tuple[str, dict[str, Any], dict[str, list[Any]]]] = {
 }  # fmt: skip
 
 
-CROSS_FIELD = {
-    ("place_order", "price", "MISSING"),
-    ("place_order", "protection_price", 100),
-    ("market_order", "price", 100),
-}
-
-
 def _agree(subject: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     core, ref = Engine(), ReferenceExchange()
     for seq, (subj, setup) in enumerate([*SETUP, (subject, body)], start=1):
@@ -608,11 +600,6 @@ def test_several_bad_place_fields_are_rejected_like_the_reference(data: st.DataO
     """The spec fixes place_order's check order field by field, so any mix of faults has one right answer."""
     ctype = data.draw(st.sampled_from(["place_order", "market_order"]))
     subject, good, faults = GOOD[ctype]
-    # Without the cross-field faults (a limit order's missing price or protection price, a market order's price):
-    # the core checks those after the other fields, against the spec; test_rules.py pins that down
-    # (test_place_fields_are_checked_in_the_spec_order), and here it would hide everything else.
-    faults = {f: [v for v in vs if (ctype, f, v) not in CROSS_FIELD] for f, vs in faults.items()}
-    faults = {f: vs for f, vs in faults.items() if vs}
     fields = data.draw(st.lists(st.sampled_from(sorted(faults)), min_size=2, max_size=4, unique=True))
     _agree(subject, _with(good, [(f, data.draw(st.sampled_from(faults[f]))) for f in fields]))
 

@@ -1479,13 +1479,16 @@ def test_nil_for_a_required_place_field_is_an_invalid_value_as_in_v1(field: str,
     rejected(x, reason, "jb.cmd.S.a", body, then=then_place("a", "buy", 100, 1, coid="k"))
 
 
-def test_pair_min_price_defaults_to_1_so_a_coarser_tick_needs_one() -> None:
-    # spec §1: min_price "default: pair 1", and pair min_price must be a multiple of tick_size -> invalid_field.
-    # Core commit 7f3cd32 made the default tick_size instead; the spec (and docs/PROTOCOL.md, which still says
-    # "pair 1" and explains this refusal) were not changed. If the new default is meant, change the spec first.
+def test_pair_min_price_defaults_to_the_tick_size() -> None:
+    # Amended spec §1: with min_price absent a coarser tick just works (the first draft said 1, which made
+    # every tick_size > 1 market without an explicit min_price an invalid_field); max_price rounds down to a tick.
     x = X()
-    rejected(x, "invalid_field", "jb.ctl.N", {"type": "create_market", "market_id": "N", "base": "B", "quote": "Q",
-             "tick_size": 5}, then=lambda x: x.pair("N", tick_size=5, min_price=5))  # fmt: skip
+    (e,) = x.pair("N", tick_size=5)
+    assert (e["type"], e["min_price"], e["max_price"]) == ("market_created", 5, 10**9)
+    (e,) = x.pair("N7", tick_size=7)
+    assert (e["min_price"], e["max_price"]) == (7, 10**9 - 10**9 % 7)
+    rejected(x, "invalid_field", "jb.ctl.N2", {"type": "create_market", "market_id": "N2", "base": "B", "quote": "Q",
+             "tick_size": 5, "min_price": 3}, then=lambda x: x.pair("N2", tick_size=5, min_price=10))  # fmt: skip
 
 
 def test_fok_that_cannot_fill_is_fok_not_filled_even_past_the_event_limit() -> None:
