@@ -12,11 +12,13 @@ import typer
 
 from jetbook.settings import DEFAULT_URL, Settings
 from jetbook.submit_cli import Market, Url, client_call, submit_app
+from replay.cli import replay_app
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="jetbook: an event-sourced exchange on NATS JetStream."
 )
 app.add_typer(submit_app, name="submit")
+app.add_typer(replay_app, name="replay")
 
 MaybeUrl = Annotated[
     str | None,

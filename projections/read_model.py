@@ -10,17 +10,19 @@ content as the live model.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import sqlite3
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import aiosqlite
+from typing import Any, TypeVar
 
 from events.model import Checkpoint, Event, Fill, MarketCreated, OrderAccepted, OrderCancelled, Rejected
 
 Key = tuple[str, int]
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -98,90 +100,136 @@ def plan(batch: Iterable[tuple[int, Event]]) -> Writes:
 
 
 SCHEMA = resources.files("projections").joinpath("schema.sql").read_text()
+NAME = "read_model"
+
+
+def write(con: sqlite3.Connection, w: Writes, name: str = NAME) -> None:
+    """Run one batch's row changes and its new position on `con`, inside the caller's transaction.
+
+    Shared by the live worker (one transaction per batch) and `replay rebuild`
+    (a fresh file, large transactions), so both write exactly the same rows.
+    """
+    if w.markets:
+        con.executemany(
+            "INSERT INTO markets (market_id, base, quote, created_seq, created_ts) VALUES (?,?,?,?,?)", w.markets
+        )
+    if w.orders:
+        con.executemany(
+            "INSERT INTO orders (market_id, order_id, account_id, client_order_id, side, price, qty,"
+            " tif, created_seq, created_ts, updated_seq) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            w.orders,
+        )
+    if w.trades:
+        con.executemany("INSERT INTO trades VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", w.trades)
+    if w.filled:
+        con.executemany(
+            "UPDATE orders SET filled_qty = filled_qty + ?, updated_seq = ? WHERE market_id = ? AND order_id = ?",
+            [(q, s, m, o) for (m, o), (q, s) in w.filled.items()],
+        )
+    if w.cancels:
+        con.executemany(
+            "UPDATE orders SET cancelled_qty = cancelled_qty + ?, updated_seq = MAX(updated_seq, ?)"
+            " WHERE market_id = ? AND order_id = ?",
+            w.cancels,
+        )
+    if w.stats:
+        con.executemany(
+            "UPDATE markets SET last_trade_id = ?, last_price = ?, volume = volume + ? WHERE market_id = ?",
+            [(t, p, v, m) for m, (t, p, v) in w.stats.items()],
+        )
+    if w.levels:
+        rows = [(m, s, p, q, n) for (m, s, p), (q, n) in w.levels.items()]
+        con.executemany(
+            "INSERT INTO book_levels VALUES (?,?,?,?,?) ON CONFLICT DO UPDATE"
+            " SET qty = qty + excluded.qty, orders = orders + excluded.orders",
+            rows,
+        )
+        con.executemany(
+            "DELETE FROM book_levels WHERE market_id = ? AND side = ? AND price = ? AND qty <= 0",
+            [r[:3] for r in rows],
+        )
+    if w.rejections:
+        con.executemany("INSERT INTO rejections VALUES (?,?,?,?,?,?,?,?,?,?)", w.rejections)
+    set_position(con, w.last_seq, name)
+
+
+def set_position(con: sqlite3.Connection, seq: int, name: str = NAME) -> None:
+    con.execute(
+        "INSERT INTO projection_position VALUES (?, 'JB_EVT', ?)"
+        " ON CONFLICT DO UPDATE SET last_seq = excluded.last_seq",
+        (name, seq),
+    )
+
+
+def get_position(con: sqlite3.Connection, name: str = NAME) -> int:
+    row = con.execute("SELECT last_seq FROM projection_position WHERE name = ?", (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Used only from the model's own thread; check_same_thread is off because that thread is not this one.
+    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    con.executescript(SCHEMA)
+    # WAL + NORMAL: a crash can lose the newest transactions but never tears one,
+    # and the position is inside each transaction, so lost ones are simply re-read.
+    con.execute("PRAGMA synchronous = NORMAL")
+    return con
 
 
 class ReadModel:
-    NAME = "read_model"
+    """The live model: one SQLite connection on its own thread, one transaction per batch.
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
-        self.db = db
+    Plain sqlite3 on a dedicated thread rather than aiosqlite: a batch is one
+    hop to the thread (plan, then every statement of the batch there), not one
+    per statement, and sqlite3 releases the GIL while it steps, so the event
+    loop keeps reading JB_EVT meanwhile.
+    """
+
+    NAME = NAME
+    SCHEMA = SCHEMA
+    plan = staticmethod(plan)
+    write = staticmethod(write)
+
+    def __init__(self, con: sqlite3.Connection, path: Path, executor: ThreadPoolExecutor) -> None:
+        self.con = con
         self.path = path
+        self._executor = executor
 
     @classmethod
     async def open(cls, path: Path | str) -> ReadModel:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path, isolation_level=None)
-        await db.executescript(SCHEMA)
-        # WAL + NORMAL: a crash can lose the newest transactions but never tears one,
-        # and the position is inside each transaction, so lost ones are simply re-read.
-        await db.execute("PRAGMA synchronous = NORMAL")
-        return cls(db, path)
+        executor = ThreadPoolExecutor(1, thread_name_prefix="read-model")
+        try:
+            con = await asyncio.get_running_loop().run_in_executor(executor, _connect, path)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(con, path, executor)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def position(self) -> int:
-        async with self.db.execute("SELECT last_seq FROM projection_position WHERE name = ?", (self.NAME,)) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        return await self._run(get_position, self.con, self.NAME)
 
-    async def apply(self, batch: list[tuple[int, Event]]) -> int:
-        """Fold a batch into the database in one transaction; returns the new position."""
-        w = plan(batch)
-        db = self.db
-        await db.execute("BEGIN IMMEDIATE")
+    def _commit(self, w: Writes) -> int:
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
         try:
-            if w.markets:
-                await db.executemany(
-                    "INSERT INTO markets (market_id, base, quote, created_seq, created_ts) VALUES (?,?,?,?,?)",
-                    w.markets,
-                )
-            if w.orders:
-                await db.executemany(
-                    "INSERT INTO orders (market_id, order_id, account_id, client_order_id, side, price, qty,"
-                    " tif, created_seq, created_ts, updated_seq) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    w.orders,
-                )
-            if w.trades:
-                await db.executemany("INSERT INTO trades VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", w.trades)
-            if w.filled:
-                await db.executemany(
-                    "UPDATE orders SET filled_qty = filled_qty + ?, updated_seq = ?"
-                    " WHERE market_id = ? AND order_id = ?",
-                    [(q, s, m, o) for (m, o), (q, s) in w.filled.items()],
-                )
-            if w.cancels:
-                await db.executemany(
-                    "UPDATE orders SET cancelled_qty = cancelled_qty + ?, updated_seq = MAX(updated_seq, ?)"
-                    " WHERE market_id = ? AND order_id = ?",
-                    w.cancels,
-                )
-            if w.stats:
-                await db.executemany(
-                    "UPDATE markets SET last_trade_id = ?, last_price = ?, volume = volume + ? WHERE market_id = ?",
-                    [(t, p, v, m) for m, (t, p, v) in w.stats.items()],
-                )
-            if w.levels:
-                rows = [(m, s, p, q, n) for (m, s, p), (q, n) in w.levels.items()]
-                await db.executemany(
-                    "INSERT INTO book_levels VALUES (?,?,?,?,?) ON CONFLICT DO UPDATE"
-                    " SET qty = qty + excluded.qty, orders = orders + excluded.orders",
-                    rows,
-                )
-                await db.executemany(
-                    "DELETE FROM book_levels WHERE market_id = ? AND side = ? AND price = ? AND qty <= 0",
-                    [r[:3] for r in rows],
-                )
-            if w.rejections:
-                await db.executemany("INSERT INTO rejections VALUES (?,?,?,?,?,?,?,?,?,?)", w.rejections)
-            await db.execute(
-                "INSERT INTO projection_position VALUES (?, 'JB_EVT', ?)"
-                " ON CONFLICT DO UPDATE SET last_seq = excluded.last_seq",
-                (self.NAME, w.last_seq),
-            )
-            await db.execute("COMMIT")
+            write(con, w, self.NAME)
+            con.execute("COMMIT")
         except BaseException:
-            await db.execute("ROLLBACK")
+            con.execute("ROLLBACK")
             raise
         return w.last_seq
 
+    async def apply(self, batch: list[tuple[int, Event]]) -> int:
+        """Fold a batch into the database in one transaction; returns the new position."""
+        return await self._run(self._commit, plan(batch))
+
     async def close(self) -> None:
-        await self.db.close()
+        try:
+            await self._run(self.con.close)
+        finally:
+            self._executor.shutdown(wait=False)

@@ -1,0 +1,212 @@
+"""`jetbook replay`: rebuild a projection, verify the log, look at any past sequence."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from engine.core import CHECKPOINT_EVERY
+from jetbook.settings import DEFAULT_URL
+
+replay_app = typer.Typer(
+    no_args_is_help=True,
+    help="Rebuild read models from JB_EVT, re-decide JB_CMD to prove the log, and look at any past sequence.",
+)
+
+Url = Annotated[
+    str,
+    typer.Option(
+        "--nats-url",
+        envvar="JETBOOK_NATS_URL",
+        help="NATS server URL; several, comma-separated, for a cluster; user:password@ for auth.",
+    ),
+]
+
+
+def _run(url: str, body: Callable[[Any], Awaitable[int]]) -> None:
+    """Connect, run, close; one clear line and status 2 for what stops it from running at all."""
+    from nats.errors import NoServersError
+
+    from jetbook.errors import JetbookError
+    from jetbook.wiring import connect
+
+    async def main() -> int:
+        nc = await connect(url, "jetbook-replay", reconnect=False)
+        try:
+            return await body(nc.jetstream())
+        finally:
+            await nc.close()
+
+    try:
+        code = asyncio.run(main())
+    except (OSError, NoServersError) as err:
+        typer.echo(f"error: cannot reach NATS at {url}: {err}", err=True)
+        raise typer.Exit(2) from err
+    except JetbookError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)
+
+
+class _Reporter:
+    """A rich progress bar (events/s, ETA) on a terminal; a plain line every few seconds otherwise."""
+
+    def __init__(self, what: str, every_s: float = 2.0) -> None:
+        self.what = what
+        self.every_s = every_s
+        self.tty = sys.stderr.isatty()
+        self._started = time.perf_counter()
+        self._last_line = self._started
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Reporter:
+        if self.tty:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                ProgressColumn,
+                Task,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.text import Text
+
+            class Rate(ProgressColumn):
+                def render(self, task: Task) -> Text:
+                    speed = task.finished_speed or task.speed
+                    return Text(f"{speed:,.0f} events/s" if speed else "- events/s")
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                console=Console(stderr=True), transient=False,
+            )  # fmt: skip
+            self._progress.start()
+            self._task = self._progress.add_task(self.what, total=None)
+        return self
+
+    def update(self, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, total=total)
+            return
+        now = time.perf_counter()
+        if now - self._last_line >= self.every_s:
+            self._last_line = now
+            elapsed = now - self._started
+            rate = done / elapsed if elapsed > 0 else 0.0
+            eta = (total - done) / rate if rate > 0 else 0.0
+            typer.echo(f"{self.what}: {done}/{total} events, {rate:,.0f} events/s, ETA {eta:.0f}s", err=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+@replay_app.command("rebuild")
+def rebuild_cmd(
+    projection: Annotated[str, typer.Argument(help="Which projection (see `replay list`).")] = "read_model",
+    from_seq: Annotated[int, typer.Option(help="First JB_EVT sequence to fold.")] = 1,
+    to_seq: Annotated[int | None, typer.Option(help="Last JB_EVT sequence to fold (default: the tail).")] = None,
+    db: Annotated[Path, typer.Option(help="The projection's path; the new file is swapped in here.")] = Path(
+        ".jetbook/read_model.db"
+    ),
+    nats_url: Url = DEFAULT_URL,
+) -> None:
+    """Rebuild a projection into a new SQLite file beside --db, then swap it in atomically.
+
+    A projection worker running on --db picks the new file up by itself and
+    carries on from its position.
+    """
+    from replay.rebuild import PROJECTIONS, Progress, rebuild
+
+    if projection not in PROJECTIONS:
+        typer.echo(f"error: unknown projection {projection!r}; known: {', '.join(sorted(PROJECTIONS))}", err=True)
+        raise typer.Exit(2)
+
+    async def body(js: Any) -> int:
+        with _Reporter(f"rebuild {projection}") as reporter:
+
+            def progress(p: Progress) -> None:
+                reporter.update(p.done, p.total)
+
+            result = await rebuild(js, db, projection, from_seq=from_seq, to_seq=to_seq, on_progress=progress)
+        typer.echo(
+            f"rebuilt {projection}: JB_EVT {result.from_seq}..{result.position}, {result.events} events"
+            f" in {result.seconds:.2f}s ({result.rate:,.0f} events/s)"
+        )
+        typer.echo(f"swapped in: {result.target} -> {result.generation.name}")
+        return 0
+
+    _run(nats_url, body)
+
+
+@replay_app.command("verify")
+def verify_cmd(
+    from_seq: Annotated[
+        int, typer.Option(help="JB_CMD sequence to re-decide from; the state before it is folded from JB_EVT.")
+    ] = 1,
+    checkpoint_every: Annotated[
+        int, typer.Option(help="The engine's checkpoint interval (checkpoint events are part of the log).")
+    ] = CHECKPOINT_EVERY,
+    nats_url: Url = DEFAULT_URL,
+) -> None:
+    """Re-decide every command of JB_CMD through a fresh core and compare with JB_EVT, event by event.
+
+    Exit 0 and "identical" with a sha256 digest of the events, or exit 1 and
+    the first divergence with both payloads.
+    """
+    from replay.verify import describe, verify
+
+    async def body(js: Any) -> int:
+        with _Reporter("verify") as reporter:
+            result = await verify(js, from_seq, checkpoint_every=checkpoint_every, on_progress=reporter.update)
+        for line in describe(result):
+            typer.echo(line)
+        return 0 if result.identical else 1
+
+    _run(nats_url, body)
+
+
+@replay_app.command("at")
+def at_cmd(
+    seq: Annotated[int, typer.Option(help="JB_EVT sequence: the answer is as of right after this event.")],
+    market: Annotated[str | None, typer.Option("--market", "-m", help="One market; all if absent.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    nats_url: Url = DEFAULT_URL,
+) -> None:
+    """Top of book, open orders and positions as they were right after JB_EVT event --seq."""
+    from replay.at import render, state_at
+
+    async def body(js: Any) -> int:
+        view = await state_at(js, seq, market)
+        if as_json:
+            typer.echo(json.dumps(view.as_json()))
+        else:
+            for line in render(view):
+                typer.echo(line)
+        return 0
+
+    _run(nats_url, body)
+
+
+@replay_app.command("list")
+def list_cmd() -> None:
+    """The projections `replay rebuild` knows."""
+    from replay.rebuild import PROJECTIONS
+
+    for name in sorted(PROJECTIONS):
+        typer.echo(name)

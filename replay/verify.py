@@ -1,0 +1,211 @@
+"""The determinism check: re-decide every command of JB_CMD through a fresh core and compare with JB_EVT.
+
+JB_EVT must equal, byte for byte and in order, the events a fresh
+`engine.core.Engine` makes of JB_CMD (with the same checkpoint interval, since
+checkpoint events are part of the log). Both streams are read in bulk
+(events.reader.BulkReader) and compared one event at a time, so the first
+divergence is reported exactly where it is, with both payloads.
+
+With `from_seq` = N, the engine's state is first folded from JB_EVT up to just
+before the first event of command N (checking every checkpoint on the way, so
+a fold that disagrees with the log is reported too), and re-deciding starts at
+command N.
+
+Where the two may legitimately differ: at the end. The tails are read once, at
+the start, JB_EVT's first: a command whose events are not in JB_EVT yet, when
+nothing after it is either, has simply not been decided (the engine is behind
+or stopped); those commands are counted as pending, not reported as a
+divergence. Anything else is: an event that differs, an event JB_EVT has that
+re-deciding does not produce (past the last command, say), or a command's
+events that stop half-way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from commands.subjects import CMD_STREAM, EVT_STREAM
+from engine.core import CHECKPOINT_EVERY, Diverged, Engine
+from events.model import encode
+from events.reader import Chunk, read_range
+from events.reader import last_seq as stream_last_seq
+from replay.rebuild import decode_fast
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    kind: str  # "differs" | "extra" (only in JB_EVT) | "missing" (only re-decided) | "checkpoint" (while folding)
+    evt_seq: int  # the JB_EVT sequence where it shows (for "missing": where the event should be)
+    cmd_seq: int | None  # the command being re-decided, if any
+    logged: bytes | None  # JB_EVT's payload
+    redecided: bytes | None  # what re-deciding gives
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    divergence: Divergence | None
+    events: int  # events compared (and digested)
+    commands: int  # commands re-decided
+    first_seq: int  # JB_EVT sequence of the first event compared
+    folded: int  # events folded before comparing (with from_seq)
+    pending: int  # commands in JB_CMD not decided yet (no events in JB_EVT, nor any after them)
+    digest: str  # sha256 over the compared events, each as a 4-byte big-endian length and its bytes
+    checkpoint_every: int
+
+    @property
+    def identical(self) -> bool:
+        return self.divergence is None
+
+
+class _Cursor:
+    """One message at a time over a stream of chunks."""
+
+    def __init__(self, chunks: AsyncIterator[Chunk]) -> None:
+        self._chunks = chunks
+        self._chunk: Chunk | None = None
+        self._i = 0
+
+    async def peek(self) -> tuple[int, bytes] | None:
+        while self._chunk is None or self._i >= len(self._chunk):
+            try:
+                self._chunk = await anext(self._chunks)
+            except StopAsyncIteration:
+                return None
+            self._i = 0
+        return self._chunk.seqs[self._i], self._chunk.data[self._i]
+
+    async def take(self) -> tuple[int, bytes] | None:
+        item = await self.peek()
+        if item is not None:
+            self._i += 1
+        return item
+
+    async def close(self) -> None:
+        aclose = getattr(self._chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def verify(
+    js: Any,
+    from_seq: int = 1,
+    *,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> VerifyResult:
+    """Re-decide JB_CMD from command `from_seq` and compare with JB_EVT; see the module docstring."""
+    evt_tail = await stream_last_seq(js, EVT_STREAM)  # first: every event there is of a command in JB_CMD now
+    cmd_tail = await stream_last_seq(js, CMD_STREAM)
+    from_seq = max(from_seq, 1)
+    engine = Engine(checkpoint_every=checkpoint_every)
+    events = _Cursor(aiter(read_range(js, EVT_STREAM, 1, evt_tail)))
+    commands = _commands(js, from_seq, cmd_tail)
+    digest = hashlib.sha256()
+    compared = folded = decided = 0
+    first_seq = 0
+
+    def result(divergence: Divergence | None, pending: int = 0) -> VerifyResult:
+        return VerifyResult(
+            divergence, compared, decided, first_seq, folded, pending, digest.hexdigest(), checkpoint_every
+        )
+
+    try:
+        # Fold the log up to the first event of command from_seq.
+        while from_seq > 1 and (item := await events.peek()) is not None:
+            seq, data = item
+            event = decode_fast(data)
+            if event.cmd_seq >= from_seq:
+                break
+            await events.take()
+            try:
+                engine.apply(event, verify=True)
+            except Diverged as err:
+                return result(Divergence("checkpoint", seq, event.cmd_seq, data, None, str(err)))
+            folded += 1
+        async for cmd_seq, ts, subject, body in commands:
+            produced = engine.handle(cmd_seq, ts, subject, body)
+            decided += 1
+            for i, event in enumerate(produced):
+                expected = encode(event)
+                item = await events.take()
+                if item is None:
+                    if i == 0:  # JB_EVT ends before this command: it and all after it are not decided yet
+                        return result(None, pending=cmd_tail - cmd_seq + 1)
+                    return result(Divergence("missing", evt_tail + 1, cmd_seq, None, expected,
+                                             "JB_EVT ends in the middle of this command's events"))  # fmt: skip
+                seq, data = item
+                if not first_seq:
+                    first_seq = seq
+                if data != expected:
+                    return result(Divergence("differs", seq, cmd_seq, data, expected))
+                digest.update(len(data).to_bytes(4, "big"))
+                digest.update(data)
+                compared += 1
+            if on_progress is not None and decided % 10_000 == 0:
+                on_progress(compared + folded, evt_tail)
+        item = await events.take()
+        if item is not None:
+            seq, data = item
+            return result(Divergence("extra", seq, None, data, None, "JB_EVT has events no command produces"))
+        return result(None)
+    finally:
+        await events.close()
+        await commands.aclose()
+
+
+async def _commands(js: Any, start: int, end: int) -> AsyncGenerator[tuple[int, int, str, bytes], None]:
+    async for chunk in read_range(js, CMD_STREAM, start, end):
+        for seq, ts, subject, data in zip(chunk.seqs, chunk.ts, chunk.subjects, chunk.data, strict=True):
+            yield seq, ts, subject.decode(), data
+
+
+def readable(payload: bytes | None) -> str:
+    """An event payload as one line of JSON (bytes that are not msgpack as hex)."""
+    if payload is None:
+        return "(nothing)"
+    try:
+        body = msgpack.unpackb(payload, raw=False)
+    except Exception:
+        return f"(not msgpack) {payload.hex()}"
+    return json.dumps(body, default=lambda v: v.hex() if isinstance(v, bytes) else repr(v))
+
+
+def describe(result: VerifyResult) -> list[str]:
+    """What `jetbook replay verify` prints."""
+    d = result.divergence
+    if d is None:
+        where = f"from JB_EVT seq {result.first_seq}" if result.folded else "from the start"
+        lines = [
+            "identical",
+            f"events: {result.events} ({where}; {result.commands} commands re-decided,"
+            f" checkpoint every {result.checkpoint_every})",
+            f"sha256: {result.digest}",
+        ]
+        if result.folded:
+            lines.append(f"folded first: {result.folded} events (checkpoints among them verified)")
+        if result.pending:
+            lines.append(f"pending: {result.pending} commands at the end of JB_CMD have no events yet (not decided)")
+        return lines
+    title = {
+        "differs": "JB_EVT differs from re-deciding",
+        "extra": "JB_EVT has an event that re-deciding does not produce",
+        "missing": "re-deciding produces an event that JB_EVT lacks",
+        "checkpoint": "a checkpoint in JB_EVT disagrees with the state folded from the events before it",
+    }[d.kind]
+    lines = [f"DIVERGED at JB_EVT seq {d.evt_seq}: {title}"]
+    if d.cmd_seq is not None:
+        lines.append(f"  command:     JB_CMD seq {d.cmd_seq}")
+    if d.detail:
+        lines.append(f"  detail:      {d.detail}")
+    lines.append(f"  JB_EVT:      {readable(d.logged)}")
+    if d.kind != "checkpoint":
+        lines.append(f"  re-decided:  {readable(d.redecided)}")
+    lines.append(f"  identical before it: {result.events} events")
+    return lines
