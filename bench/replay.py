@@ -25,7 +25,15 @@ trades, and every book level. Benchmarks are not tests: nothing asserts a
 duration.
 """
 
+# ruff: noqa: E402  (the path fix below must run before the imports)
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as `python bench/replay.py`, this file's folder comes first on sys.path, and this file is named
+# like the `replay` package it measures: take the folder out so that `import replay` finds the package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import asyncio
@@ -34,11 +42,9 @@ import platform
 import shlex
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import nats

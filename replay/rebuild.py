@@ -1,14 +1,15 @@
 """Rebuild a projection from JB_EVT into a new SQLite file, then swap it in under the live path.
 
-How it is fast (bench/replay.py measures it): JB_EVT is read with
-events.reader.BulkReader (raw deliveries, no nats-py message objects), events
-are decoded and planned in chunks of 10,000 on the event loop, and a writer
-thread runs the SQL in one transaction per chunk on a fresh file with
-`journal_mode=OFF`, `synchronous=OFF` and the secondary indexes dropped until
-the end. sqlite3 releases the GIL while it steps, so the writer overlaps with
-reading and decoding. The rows are exactly the live worker's: the same
-`plan` and `write`, and the read model's content does not depend on batch
-boundaries.
+How it is fast (bench/replay.py measures it): two processes, so that both
+cores work. This one reads JB_EVT with events.reader.BulkReader (raw
+deliveries, no nats-py message objects) and pipes chunks of 10,000 raw
+messages to a child, `python -m replay.fold`, which decodes them in bulk,
+plans them with the projection's own `plan` and writes them with its own
+`write`, one transaction per chunk, into a fresh file with `journal_mode=OFF`,
+`synchronous=OFF` and the secondary indexes dropped until the end. (A writer
+thread in one process got no overlap: Python runs one thread at a time.) The
+rows are exactly the live worker's, and the read model's content does not
+depend on batch boundaries.
 
 The new file is not crash-safe while it is built (no journal), and it need not
 be: until the swap nothing points at it, and a failed rebuild deletes it. When
@@ -34,46 +35,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import gc
 import logging
 import os
-import queue
-import sqlite3
-import threading
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import msgpack
+from typing import Any
 
 from commands.subjects import EVT_STREAM
-from events.model import EVENT_TYPES, Event, decode
 from events.reader import Chunk, read_range
 from events.reader import last_seq as stream_last_seq
-from jetbook.errors import CorruptLog, JetbookError
+from jetbook.errors import JetbookError
 from projections.read_model import ReadModel
+from replay.fold import END_FRAME, PROJECTIONS, SqliteProjection, decode_chunk, decode_fast, encode_frame
+
+__all__ = ["PROJECTIONS", "RebuildError", "RebuildResult", "SqliteProjection", "decode_chunk", "decode_fast", "rebuild"]
 
 log = logging.getLogger("jetbook.replay")
 
-
-class SqliteProjection(Protocol):
-    """What a projection offers so that it can be rebuilt: its schema, and its fold split in plan and write."""
-
-    @property
-    def NAME(self) -> str: ...
-
-    @property
-    def SCHEMA(self) -> str: ...
-
-    def plan(self, batch: Iterable[tuple[int, Event]], /) -> Any: ...
-
-    def write(self, con: sqlite3.Connection, writes: Any, name: str, /) -> None: ...
-
-
-# Name -> projection. Each owns one SQLite file, and its `write` stores the position with the rows.
-PROJECTIONS: dict[str, SqliteProjection] = {ReadModel.NAME: ReadModel}
 
 CHUNK = 10_000  # events decoded, planned and committed together
 REMAINDER_ROUNDS = 3  # after the tail seen at start, read what arrived meanwhile this many times at most
@@ -106,129 +88,52 @@ class RebuildResult:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
-def _wire_layouts() -> dict[str, tuple[type[Event], tuple[str, ...]]]:
-    return {kind: (cls, ("type", *(f.name for f in fields(cls)))) for kind, cls in EVENT_TYPES.items()}
+class _Folder:
+    """The writing half (replay/fold.py) as a child process, fed chunks of raw messages through a pipe."""
 
-
-_LAYOUTS = _wire_layouts()
-
-
-def decode_fast(data: bytes, unpackb: Callable[..., Any] = msgpack.unpackb) -> Event:
-    """`events.model.decode`, about 40% cheaper for a payload in exactly the layout `encode` writes.
-
-    `encode` writes "type" and then every field in declaration order, so for
-    such a payload the values are the constructor's positional arguments, and
-    building the keyword dict that `from_wire` needs is skipped. Anything else
-    (fields missing, extra, reordered, an unknown type) goes through `decode`.
-    tests/unit/test_replay_decode.py holds the two equal for every event type.
-    """
-    body = unpackb(data)
-    layout = _LAYOUTS.get(body.get("type", "")) if type(body) is dict else None
-    if layout is not None and tuple(body) == layout[1]:
-        values = list(body.values())
-        return layout[0](*values[1:])
-    return decode(data)
-
-
-def decode_chunk(chunk: Chunk) -> list[tuple[int, Event]]:
-    try:
-        return [(seq, decode_fast(data)) for seq, data in zip(chunk.seqs, chunk.data, strict=True)]
-    except Exception:
-        for seq, subject, data in zip(chunk.seqs, chunk.subjects, chunk.data, strict=True):
-            try:
-                decode(data)
-            except Exception as err:
-                raise CorruptLog(seq, subject.decode(errors="replace"), err) from err
-        raise
-
-
-_END = object()
-
-
-class _Writer:
-    """The SQLite side of a rebuild, on its own thread: a fresh file, no journal, large transactions."""
-
-    def __init__(self, path: Path, projection: SqliteProjection, first_seq: int) -> None:
+    def __init__(self, path: Path, projection: str, first_seq: int) -> None:
         self.path = path
         self.projection = projection
         self.first_seq = first_seq
-        self.error: BaseException | None = None
-        self._q: queue.Queue[Any] = queue.Queue(maxsize=4)
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"rebuild-{projection.NAME}", daemon=True)
-        self._thread.start()
+        self.proc: asyncio.subprocess.Process | None = None
+        self._stderr = tempfile.TemporaryFile()
 
-    def _run(self) -> None:
-        p = self.projection
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "replay.fold", self.projection, str(self.path), str(self.first_seq),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=self._stderr,
+        )  # fmt: skip
+
+    def _failure(self, rc: int | None) -> RebuildError:
+        self._stderr.seek(0)
+        text = self._stderr.read().decode(errors="replace").strip()
+        return RebuildError(f"writing {self.path.name} failed (status {rc}): {text[-2000:] or 'no message'}")
+
+    async def _send(self, frame: bytes) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
         try:
-            con = sqlite3.connect(self.path, isolation_level=None)
-            try:
-                con.executescript(p.SCHEMA)
-                con.execute("PRAGMA journal_mode = OFF")
-                con.execute("PRAGMA synchronous = OFF")
-                con.execute("PRAGMA cache_size = -262144")  # 256 MiB: the whole working set of a large model
-                con.execute("PRAGMA temp_store = MEMORY")
-                # Inserting into the tables alone and building each index once at the end is cheaper
-                # than keeping the indexes up to date row by row. The schema puts them back.
-                indexes = con.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
-                for (name,) in indexes.fetchall():
-                    con.execute(f'DROP INDEX "{name}"')
-                # From N, a model that has folded nothing yet still says where it starts.
-                con.execute("BEGIN")
-                con.execute(
-                    "INSERT INTO projection_position VALUES (?, 'JB_EVT', ?)"
-                    " ON CONFLICT DO UPDATE SET last_seq = excluded.last_seq",
-                    (p.NAME, self.first_seq - 1),
-                )
-                con.execute("COMMIT")
-                self._ready.set()
-                while (writes := self._q.get()) is not _END:
-                    con.execute("BEGIN")
-                    p.write(con, writes, p.NAME)
-                    con.execute("COMMIT")
-                con.executescript(p.SCHEMA)  # indexes back, journal_mode = WAL as the live worker keeps it
-            finally:
-                con.close()  # the last connection: checkpoints the WAL and deletes -wal and -shm
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except BaseException as err:
-            self.error = err
-            self._ready.set()
-            with contextlib.suppress(queue.Empty):
-                while True:  # unblock a producer waiting on a full queue
-                    self._q.get_nowait()
+            self.proc.stdin.write(frame)
+            await self.proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as err:
+            raise self._failure(await self.proc.wait()) from err
 
-    def _put_blocking(self, item: Any) -> None:
-        while self.error is None:
-            try:
-                self._q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-        raise self.error
-
-    async def put(self, writes: Any) -> None:
-        if self.error is not None:
-            raise self.error
-        try:
-            self._q.put_nowait(writes)
-        except queue.Full:
-            await asyncio.to_thread(self._put_blocking, writes)
+    async def put(self, chunk: Chunk) -> None:
+        await self._send(encode_frame(chunk))
 
     async def finish(self) -> None:
-        await self.put(_END)
-        await asyncio.to_thread(self._thread.join)
-        if self.error is not None:
-            raise self.error
+        assert self.proc is not None and self.proc.stdin is not None
+        await self._send(END_FRAME)
+        self.proc.stdin.close()
+        rc = await self.proc.wait()
+        if rc != 0:
+            raise self._failure(rc)
+        self._stderr.close()
 
     async def abandon(self) -> None:
-        if self._thread.is_alive():
-            with contextlib.suppress(BaseException):
-                await self.put(_END)
-            await asyncio.to_thread(self._thread.join, 30)
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        self._stderr.close()
 
 
 @contextlib.contextmanager
@@ -318,8 +223,7 @@ async def rebuild(
 
     With `swap`, the new file then replaces `target` atomically (see the module docstring).
     """
-    spec = PROJECTIONS.get(projection)
-    if spec is None:
+    if projection not in PROJECTIONS:
         raise RebuildError(f"unknown projection {projection!r}; known: {', '.join(sorted(PROJECTIONS))}")
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -333,18 +237,15 @@ async def rebuild(
     with _rebuild_lock(target):
         generation = generation_path(target)
         started = time.perf_counter()
-        writer = _Writer(generation, spec, start)
+        writer = _Folder(generation, projection, start)
         done = 0
         position = start - 1
-        # Decoding makes many small objects that all live until their chunk is written: the collector
-        # would scan them again and again for nothing. Suspended for the rebuild, then run once.
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
         try:
+            await writer.start()
             rounds = 0
             while True:
                 async for part in read_range(js, EVT_STREAM, position + 1, end, chunk=chunk):
-                    await writer.put(spec.plan(decode_chunk(part)))
+                    await writer.put(part)
                     done += len(part)
                     position = part.seqs[-1]
                     if on_progress is not None:
@@ -362,10 +263,6 @@ async def rebuild(
                 with contextlib.suppress(FileNotFoundError):
                     Path(f"{generation}{suffix}").unlink()
             raise
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-        gc.collect()
         if position != end:
             raise RebuildError(f"read JB_EVT to {position}, expected {end}")
         if swap:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 
 from commands.client import CommandClient
 from commands.subjects import CMD_STREAM, EVT_STREAM, wal_subject
@@ -25,7 +26,7 @@ from projections.read_model import ReadModel
 from projections.runner import ProjectionRunner
 from replay.at import query, state_at
 from replay.hashing import db_content_hash
-from replay.rebuild import rebuild
+from replay.rebuild import RebuildError, rebuild
 from replay.verify import verify
 from tests.conftest import wait_until
 from tests.integration.harness import publish_all, read_all, running_engine, wait_for_command, workload
@@ -275,3 +276,18 @@ async def test_at_answers_as_the_live_model_at_the_tail_and_as_it_was_before(
     done = await asyncio.to_thread(jetbook, nats_server.url, "replay", "at", "--seq", "4", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == before.as_json()
+
+
+async def test_a_rebuild_that_meets_a_foreign_message_fails_and_leaves_the_target_alone(
+    nc: Any, js: Any, tmp_path: Path
+) -> None:
+    end = await generated_log(nc, js, 200, seed=26)
+    target = tmp_path / "rm.db"
+    await rebuild(js, target)
+    before = db_content_hash(target)
+    await js.publish(wal_subject("M1", "fill"), b"\xc1 not msgpack")  # no engine: JB_EVT takes anything on jb.wal.>
+    with pytest.raises(RebuildError, match=f"CorruptLog {end + 1}"):
+        await rebuild(js, target)
+    assert db_content_hash(target) == before
+    generations = [p.name for p in tmp_path.iterdir() if ".gen-" in p.name and not p.name.endswith(("-wal", "-shm"))]
+    assert generations == [target.resolve().name]  # the failed one's file is gone
