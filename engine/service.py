@@ -54,7 +54,7 @@ from engine.core import CHECKPOINT_EVERY, MAX_EVENTS_PER_COMMAND, Diverged, Engi
 from engine.lease import Lease
 from engine.snapshots import Captured, SnapshotStore, Tag, finish_capture, start_capture
 from events.model import Checkpoint, Event, UnknownEvent, decode, encode
-from events.reader import RawMsg, StreamReader, last_seq
+from events.reader import BulkReader, RawMsg, StreamReader, last_seq
 from events.streams import ensure_streams
 from jetbook.errors import CorruptLog, Fenced, JetbookError, parse_puback
 
@@ -106,6 +106,10 @@ class CheckpointCadence(JetbookError):
 
 _TRANSIENT = (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
               nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError)  # fmt: skip
+
+
+def _text(subject: str | bytes) -> str:
+    return subject.decode(errors="replace") if isinstance(subject, bytes) else subject
 
 
 class _Cadence:
@@ -304,10 +308,11 @@ class EngineService:
                 log.warning("no usable snapshot: replaying JB_EVT from the start")
         start = self.engine.state.event_count + 1
         if target >= start:
-            async with StreamReader(self.js, EVT_STREAM, start) as reader:
-                while self.engine.state.event_count < target:
-                    for m in await reader.next_batch(FOLD_BATCH, timeout=30):
-                        self._fold(m)
+            # A known range: read it without nats-py's per-message objects (events/reader.py BulkReader).
+            async with BulkReader(self.js, EVT_STREAM, start, target, chunk=FOLD_BATCH) as reader:
+                async for chunk in reader:
+                    for seq, subject, data in zip(chunk.seqs, chunk.subjects, chunk.data, strict=True):
+                        self._fold_one(seq, data, subject)
         self._cadence.close()
         self.last_evt_seq = target
         self.recovery_folded = max(target - start + 1, 0)
@@ -319,25 +324,28 @@ class EngineService:
         )  # fmt: skip
 
     def _fold(self, m: RawMsg) -> None:
+        self._fold_one(m.seq, m.data, m.subject)
+
+    def _fold_one(self, seq: int, data: bytes, subject: str | bytes) -> None:
         """One stored event into the state, checking sequence, checkpoint cadence and checkpoint hashes."""
         state = self.engine.state
-        if m.seq != state.event_count + 1:
-            raise JetbookError(f"JB_EVT {m.seq} arrived while the state is at {state.event_count}")
+        if seq != state.event_count + 1:
+            raise JetbookError(f"JB_EVT {seq} arrived while the state is at {state.event_count}")
         try:
-            event = decode(m.data)
+            event = decode(data)
         except UnknownEvent as err:
             raise JetbookError(
-                f"JB_EVT {m.seq} ({m.subject}) is an event this engine does not know ({err}): "
+                f"JB_EVT {seq} ({_text(subject)}) is an event this engine does not know ({err}): "
                 "it was written by a newer jetbook; upgrade this engine"
             ) from err
         except Exception as err:
-            raise CorruptLog(m.seq, m.subject, err) from err
+            raise CorruptLog(seq, _text(subject), err) from err
         self._cadence.before(event, state.event_count)
         try:
             self.engine.apply(event, verify=True)
         except Diverged as err:
-            raise LogDiverged(m.seq, err) from err
-        self._last_event = m.data
+            raise LogDiverged(seq, err) from err
+        self._last_event = data
 
     # --- roles --------------------------------------------------------------------------------------
 
