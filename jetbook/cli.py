@@ -159,6 +159,7 @@ def book(
     market: Market,
     db: Annotated[Path, typer.Option(help="SQLite file of the read model.")] = Path(".jetbook/read_model.db"),
     depth: int = 10,
+    runner: Annotated[str | None, typer.Option(help="Odds markets: one runner; all if absent.")] = None,
 ) -> None:
     """Print a market's book from the read model (what the projection has folded so far)."""
     try:
@@ -168,11 +169,31 @@ def book(
         typer.echo(f"error: no read model at {db} ({err}); is `jetbook up` or `jetbook project` running?", err=True)
         raise typer.Exit(2) from err
     (pos,) = con.execute("SELECT COALESCE(MAX(last_seq), 0) FROM projection_position").fetchone()
-    q = "SELECT price, qty, orders FROM book_levels WHERE market_id = ? AND side = ? ORDER BY price {} LIMIT ?"
-    asks = con.execute(q.format("ASC"), (market, "sell", depth)).fetchall()
-    bids = con.execute(q.format("DESC"), (market, "buy", depth)).fetchall()
-    typer.echo(f"{market} at JB_EVT seq {pos}")
-    for price, qty, n in reversed(asks):
-        typer.echo(f"  ask {price:>12} {qty:>10}  ({n} orders)")
-    for price, qty, n in bids:
-        typer.echo(f"  bid {price:>12} {qty:>10}  ({n} orders)")
+    row = con.execute("SELECT kind, state, phase FROM markets WHERE market_id = ?", (market,)).fetchone()
+    if row is None:
+        typer.echo(f"{market}: no such market at JB_EVT seq {pos}")
+        raise typer.Exit(1)
+    kind, state, phase = row
+    typer.echo(f"{market} ({kind}, {state}, {phase}) at JB_EVT seq {pos}")
+    if kind == "pair":
+        books, (ask_side, bid_side) = [("", "")], ("sell", "buy")
+    else:
+        books = con.execute(
+            "SELECT runner_id, label FROM runners WHERE market_id = ? AND (? IS NULL OR runner_id = ?)"
+            " ORDER BY added_seq, runner_id",
+            (market, runner, runner),
+        ).fetchall()
+        ask_side, bid_side = "back", "lay"
+    q = (
+        "SELECT price, qty, orders FROM book_levels WHERE market_id = ? AND runner = ? AND side = ?"
+        " ORDER BY price {} LIMIT ?"
+    )
+    for runner_id, label in books:
+        if runner_id:
+            typer.echo(f" {runner_id} ({label})")
+        asks = con.execute(q.format("ASC"), (market, runner_id, ask_side, depth)).fetchall()
+        bids = con.execute(q.format("DESC"), (market, runner_id, bid_side, depth)).fetchall()
+        for price, qty, n in reversed(asks):
+            typer.echo(f"  {ask_side:<4} {price:>12} {qty:>10}  ({n} orders)")
+        for price, qty, n in bids:
+            typer.echo(f"  {bid_side:<4} {price:>12} {qty:>10}  ({n} orders)")

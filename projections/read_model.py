@@ -1,4 +1,5 @@
-"""The SQLite read model: markets, orders with status, trades, book levels and top of book, rejections.
+"""The SQLite read model: markets (state, phase, settlement), runners, orders with status, trades, book
+levels and top of book per book, positions, settlements, risk limits, rejections.
 
 A batch of events becomes a handful of `executemany` statements in one
 transaction, together with the new position. Every row change is a delta that
@@ -19,7 +20,21 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from events.model import Checkpoint, Event, Fill, MarketCreated, OrderAccepted, OrderCancelled, Rejected
+from events.model import (
+    Checkpoint,
+    Event,
+    Fill,
+    MarketCreated,
+    MarketSettled,
+    MarketStateChanged,
+    OrderAccepted,
+    OrderAmended,
+    OrderCancelled,
+    OrdersCancelled,
+    Rejected,
+    RiskLimitsSet,
+    RunnerAdded,
+)
 
 Key = tuple[str, int]
 T = TypeVar("T")
@@ -27,20 +42,32 @@ T = TypeVar("T")
 
 @dataclass(slots=True)
 class Writes:
-    """The row changes of one batch of events; built without touching the database."""
+    """The row changes of one batch of events; built without touching the database.
+
+    Every list keeps event order, and each column is written by one kind of
+    statement only, so running the statements grouped by kind gives the same
+    rows as running them event by event.
+    """
 
     markets: list[tuple[Any, ...]] = field(default_factory=list)
+    runners: list[tuple[Any, ...]] = field(default_factory=list)
+    states: list[tuple[Any, ...]] = field(default_factory=list)  # (state, phase, seq, market)
     orders: list[tuple[Any, ...]] = field(default_factory=list)
     trades: list[tuple[Any, ...]] = field(default_factory=list)
+    amends: list[tuple[Any, ...]] = field(default_factory=list)  # (price, d_qty, d_cancelled, seq, market, order)
     filled: dict[Key, list[int]] = field(default_factory=dict)  # (market, order) -> [qty, last seq]
     cancels: list[tuple[Any, ...]] = field(default_factory=list)
-    levels: dict[tuple[str, str, int], list[int]] = field(default_factory=dict)  # -> [d_qty, d_orders]
+    levels: dict[tuple[str, str, str, int], list[int]] = field(default_factory=dict)  # -> [d_qty, d_orders]
     stats: dict[str, list[int]] = field(default_factory=dict)  # market -> [last trade, last price, d_volume]
+    positions: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)  # -> [net, cash, win, lose]
+    settled: list[tuple[Any, ...]] = field(default_factory=list)
+    settlements: list[tuple[Any, ...]] = field(default_factory=list)
+    risk: list[tuple[Any, ...]] = field(default_factory=list)
     rejections: list[tuple[Any, ...]] = field(default_factory=list)
     last_seq: int = 0
 
 
-def _level(w: Writes, key: tuple[str, str, int], qty: int, orders: int) -> None:
+def _level(w: Writes, key: tuple[str, str, str, int], qty: int, orders: int) -> None:
     delta = w.levels.get(key)
     if delta is None:
         w.levels[key] = [qty, orders]
@@ -58,40 +85,96 @@ def _filled(w: Writes, key: Key, qty: int, seq: int) -> None:
         acc[1] = seq
 
 
+_MAKER_SIDE = {"buy": "sell", "sell": "buy", "back": "lay", "lay": "back"}
+
+
+def _position(w: Writes, market: str, account: str, runner: str, side: str, price: int, qty: int) -> None:
+    key = (market, account, runner)
+    pos = w.positions.get(key)
+    if pos is None:
+        pos = w.positions[key] = [0, 0, 0, 0]
+    if side == "buy":
+        pos[0] += qty
+        pos[1] -= price * qty
+    elif side == "sell":
+        pos[0] -= qty
+        pos[1] += price * qty
+    elif side == "back":  # odds: P&L in hundredths of a stake if the runner wins / loses
+        pos[2] += qty * (price - 100)
+        pos[3] -= qty * 100
+    else:
+        pos[2] -= qty * (price - 100)
+        pos[3] += qty * 100
+
+
 def plan(batch: Iterable[tuple[int, Event]]) -> Writes:
     w = Writes()
     for seq, e in batch:
         w.last_seq = seq
         m = e.market_id
         if isinstance(e, Fill):
+            runner = e.runner or ""
             w.trades.append((
                 m, e.trade_id, e.price, e.qty, e.maker_order_id, e.taker_order_id, e.maker_account,
                 e.taker_account, e.taker_side, e.maker_client_order_id, e.taker_client_order_id,
-                seq, e.cmd_seq, e.ts,
+                seq, e.cmd_seq, e.ts, runner,
             ))  # fmt: skip
             _filled(w, (m, e.maker_order_id), e.qty, seq)
             _filled(w, (m, e.taker_order_id), e.qty, seq)
-            maker_side = "sell" if e.taker_side == "buy" else "buy"
-            _level(w, (m, maker_side, e.price), -e.qty, -1 if e.maker_remaining == 0 else 0)
+            maker_side = _MAKER_SIDE[e.taker_side]
+            _level(w, (m, runner, maker_side, e.price), -e.qty, -1 if e.maker_remaining == 0 else 0)
             stats = w.stats.setdefault(m, [0, 0, 0])
             stats[0], stats[1], stats[2] = e.trade_id, e.price, stats[2] + e.qty
+            _position(w, m, e.taker_account, runner, e.taker_side, e.price, e.qty)
+            _position(w, m, e.maker_account, runner, maker_side, e.price, e.qty)
         elif isinstance(e, OrderAccepted):
+            runner = e.runner or ""
             w.orders.append((
                 m, e.order_id, e.account_id, e.client_order_id, e.side, e.price, e.qty, e.tif,
-                seq, e.ts, seq,
+                seq, e.ts, seq, runner, e.order_type, e.stp, e.persistence,
             ))  # fmt: skip
             if e.resting_qty:
-                _level(w, (m, e.side, e.price), e.resting_qty, 1)
+                assert e.price is not None
+                _level(w, (m, runner, e.side, e.price), e.resting_qty, 1)
         elif isinstance(e, OrderCancelled):
             w.cancels.append((e.cancelled_qty, seq, m, e.order_id))
-            _level(w, (m, e.side, e.price), -e.cancelled_qty, -1)
+            if e.was_resting:
+                assert e.price is not None
+                _level(w, (m, e.runner or "", e.side, e.price), -e.cancelled_qty, -1)
+        elif isinstance(e, OrdersCancelled):
+            for order_id, _, _, side, price, qty, runner in e.orders:
+                w.cancels.append((qty, seq, m, order_id))
+                _level(w, (m, runner or "", side, price), -qty, -1)
+        elif isinstance(e, OrderAmended):
+            runner = e.runner or ""
+            grow = e.qty - e.old_qty
+            w.amends.append((e.price, max(grow, 0), max(-grow, 0), seq, m, e.order_id))
+            if e.priority == "kept":
+                _level(w, (m, runner, e.side, e.price), grow, 0)
+            else:
+                _level(w, (m, runner, e.side, e.old_price), -e.old_qty, -1)
+                if e.resting_qty:
+                    _level(w, (m, runner, e.side, e.price), e.resting_qty, 1)
         elif isinstance(e, Rejected):
             w.rejections.append((
                 seq, e.cmd_seq, e.ts, m, e.account_id, e.command_type, e.client_order_id, e.order_id,
                 e.reason, e.detail,
             ))  # fmt: skip
+        elif isinstance(e, MarketStateChanged):
+            w.states.append((e.state, e.phase, seq, m))
         elif isinstance(e, MarketCreated):
-            w.markets.append((m, e.base, e.quote, seq, e.ts))
+            w.markets.append((
+                m, e.base, e.quote, seq, e.ts, e.kind, e.tick_size, e.lot_size, e.min_qty, e.max_qty, e.min_price,
+                e.max_price, e.band_bps,
+            ))  # fmt: skip
+            w.runners += [(m, r, label, seq) for r, label in e.runners]
+        elif isinstance(e, RunnerAdded):
+            w.runners.append((m, e.runner_id, e.label, seq))
+        elif isinstance(e, MarketSettled):
+            w.settled.append((e.winner, e.price, m))
+            w.settlements += [(m, account, pnl, seq) for account, pnl in e.pnl]
+        elif isinstance(e, RiskLimitsSet):
+            w.risk.append((m, e.account_id, e.max_order_qty, e.max_open_orders, e.max_open_exposure, seq))
         elif isinstance(e, Checkpoint):
             pass  # the engine's self-check; nothing to show
         else:
@@ -101,6 +184,7 @@ def plan(batch: Iterable[tuple[int, Event]]) -> Writes:
 
 SCHEMA = resources.files("projections").joinpath("schema.sql").read_text()
 NAME = "read_model"
+SCHEMA_VERSION = 2  # PRAGMA user_version set by schema.sql
 
 
 def write(con: sqlite3.Connection, w: Writes, name: str = NAME) -> None:
@@ -111,19 +195,33 @@ def write(con: sqlite3.Connection, w: Writes, name: str = NAME) -> None:
     """
     if w.markets:
         con.executemany(
-            "INSERT INTO markets (market_id, base, quote, created_seq, created_ts) VALUES (?,?,?,?,?)", w.markets
+            "INSERT INTO markets (market_id, base, quote, created_seq, created_ts, kind, tick_size, lot_size,"
+            " min_qty, max_qty, min_price, max_price, band_bps) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            w.markets,
         )
+    if w.runners:
+        con.executemany("INSERT INTO runners VALUES (?,?,?,?)", w.runners)
+    if w.states:
+        con.executemany("UPDATE markets SET state = ?, phase = ?, state_seq = ? WHERE market_id = ?", w.states)
     if w.orders:
         con.executemany(
             "INSERT INTO orders (market_id, order_id, account_id, client_order_id, side, price, qty,"
-            " tif, created_seq, created_ts, updated_seq) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            " tif, created_seq, created_ts, updated_seq, runner, order_type, stp, persistence)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             w.orders,
         )
     if w.trades:
-        con.executemany("INSERT INTO trades VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", w.trades)
+        con.executemany("INSERT INTO trades VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", w.trades)
+    if w.amends:
+        con.executemany(
+            "UPDATE orders SET price = ?, qty = qty + ?, cancelled_qty = cancelled_qty + ?, amends = amends + 1,"
+            " updated_seq = MAX(updated_seq, ?) WHERE market_id = ? AND order_id = ?",
+            w.amends,
+        )
     if w.filled:
         con.executemany(
-            "UPDATE orders SET filled_qty = filled_qty + ?, updated_seq = ? WHERE market_id = ? AND order_id = ?",
+            "UPDATE orders SET filled_qty = filled_qty + ?, updated_seq = MAX(updated_seq, ?)"
+            " WHERE market_id = ? AND order_id = ?",
             [(q, s, m, o) for (m, o), (q, s) in w.filled.items()],
         )
     if w.cancels:
@@ -138,15 +236,33 @@ def write(con: sqlite3.Connection, w: Writes, name: str = NAME) -> None:
             [(t, p, v, m) for m, (t, p, v) in w.stats.items()],
         )
     if w.levels:
-        rows = [(m, s, p, q, n) for (m, s, p), (q, n) in w.levels.items()]
+        rows = [(m, r, s, p, q, n) for (m, r, s, p), (q, n) in w.levels.items()]
         con.executemany(
-            "INSERT INTO book_levels VALUES (?,?,?,?,?) ON CONFLICT DO UPDATE"
+            "INSERT INTO book_levels VALUES (?,?,?,?,?,?) ON CONFLICT DO UPDATE"
             " SET qty = qty + excluded.qty, orders = orders + excluded.orders",
             rows,
         )
         con.executemany(
-            "DELETE FROM book_levels WHERE market_id = ? AND side = ? AND price = ? AND qty <= 0",
-            [r[:3] for r in rows],
+            "DELETE FROM book_levels WHERE market_id = ? AND runner = ? AND side = ? AND price = ? AND qty <= 0",
+            [r[:4] for r in rows],
+        )
+    if w.positions:
+        con.executemany(
+            "INSERT INTO positions VALUES (?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET"
+            " net_qty = net_qty + excluded.net_qty, cash = cash + excluded.cash,"
+            " if_win = if_win + excluded.if_win, if_lose = if_lose + excluded.if_lose",
+            [(m, a, r, *pos) for (m, a, r), pos in w.positions.items()],
+        )
+    if w.settled:
+        con.executemany("UPDATE markets SET settled_winner = ?, settled_price = ? WHERE market_id = ?", w.settled)
+    if w.settlements:
+        con.executemany("INSERT INTO settlements VALUES (?,?,?,?)", w.settlements)
+    if w.risk:
+        con.executemany(
+            "INSERT INTO risk_limits VALUES (?,?,?,?,?,?) ON CONFLICT DO UPDATE SET"
+            " max_order_qty = excluded.max_order_qty, max_open_orders = excluded.max_open_orders,"
+            " max_open_exposure = excluded.max_open_exposure, seq = excluded.seq",
+            w.risk,
         )
     if w.rejections:
         con.executemany("INSERT INTO rejections VALUES (?,?,?,?,?,?,?,?,?,?)", w.rejections)
@@ -170,6 +286,14 @@ def _connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Used only from the model's own thread; check_same_thread is off because that thread is not this one.
     con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    (version,) = con.execute("PRAGMA user_version").fetchone()
+    old = con.execute("SELECT 1 FROM sqlite_master WHERE name = 'orders'").fetchone()
+    if old and version != SCHEMA_VERSION:
+        con.close()
+        raise ValueError(
+            f"{path} has read-model layout {version}, this version writes {SCHEMA_VERSION}: "
+            "rebuild it (jetbook replay rebuild --db PATH)"
+        )
     con.executescript(SCHEMA)
     # WAL + NORMAL: a crash can lose the newest transactions but never tears one,
     # and the position is inside each transaction, so lost ones are simply re-read.

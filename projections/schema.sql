@@ -15,8 +15,30 @@ CREATE TABLE IF NOT EXISTS markets (
     created_seq      INTEGER NOT NULL,
     created_ts       INTEGER NOT NULL,
     last_trade_id    INTEGER NOT NULL DEFAULT 0,
-    last_price       INTEGER,
-    volume           INTEGER NOT NULL DEFAULT 0
+    last_price       INTEGER,            -- of the newest trade (any runner, in odds markets)
+    volume           INTEGER NOT NULL DEFAULT 0,
+    kind             TEXT NOT NULL DEFAULT 'pair',   -- 'pair' | 'odds'
+    tick_size        INTEGER NOT NULL DEFAULT 1,
+    lot_size         INTEGER NOT NULL DEFAULT 1,
+    min_qty          INTEGER NOT NULL DEFAULT 1,
+    max_qty          INTEGER NOT NULL DEFAULT 1000000000,
+    min_price        INTEGER NOT NULL DEFAULT 1,
+    max_price        INTEGER NOT NULL DEFAULT 1000000000,
+    band_bps         INTEGER NOT NULL DEFAULT 0,
+    state            TEXT NOT NULL DEFAULT 'open',   -- open | suspended | halted | closed | settled | voided
+    phase            TEXT NOT NULL DEFAULT 'pre',    -- pre | in_play
+    state_seq        INTEGER,                        -- JB_EVT seq of the newest state change
+    settled_winner   TEXT,
+    settled_price    INTEGER
+) WITHOUT ROWID;
+
+-- Odds markets' runners, in creation order (position).
+CREATE TABLE IF NOT EXISTS runners (
+    market_id   TEXT NOT NULL,
+    runner_id   TEXT NOT NULL,
+    label       TEXT NOT NULL,
+    added_seq   INTEGER NOT NULL,
+    PRIMARY KEY (market_id, runner_id)
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS orders (
@@ -24,22 +46,27 @@ CREATE TABLE IF NOT EXISTS orders (
     order_id         INTEGER NOT NULL,
     account_id       TEXT NOT NULL,
     client_order_id  TEXT NOT NULL,
-    side             TEXT NOT NULL,
-    price            INTEGER NOT NULL,
-    qty              INTEGER NOT NULL,
+    side             TEXT NOT NULL,          -- buy | sell | back | lay
+    price            INTEGER,                -- limit price (the newest, after amends); NULL: a market order without protection
+    qty              INTEGER NOT NULL,       -- original qty, plus what amends added
     tif              TEXT NOT NULL,
     filled_qty       INTEGER NOT NULL DEFAULT 0,
-    cancelled_qty    INTEGER NOT NULL DEFAULT 0,
+    cancelled_qty    INTEGER NOT NULL DEFAULT 0,  -- cancels, unfilled rests, and what amends took off
     created_seq      INTEGER NOT NULL,
     created_ts       INTEGER NOT NULL,
     updated_seq      INTEGER NOT NULL,
+    runner           TEXT NOT NULL DEFAULT '',    -- '' in pair markets
+    order_type       TEXT NOT NULL DEFAULT 'limit',
+    stp              TEXT NOT NULL DEFAULT 'cancel_resting',
+    persistence      TEXT NOT NULL DEFAULT 'lapse',
+    amends           INTEGER NOT NULL DEFAULT 0,
     open_qty         INTEGER GENERATED ALWAYS AS (qty - filled_qty - cancelled_qty) VIRTUAL,
     status           TEXT GENERATED ALWAYS AS (
         CASE
-            WHEN cancelled_qty > 0 THEN 'cancelled'
+            WHEN qty - filled_qty - cancelled_qty > 0 THEN
+                CASE WHEN filled_qty > 0 THEN 'partially_filled' ELSE 'open' END
             WHEN filled_qty >= qty THEN 'filled'
-            WHEN filled_qty > 0 THEN 'partially_filled'
-            ELSE 'open'
+            ELSE 'cancelled'
         END) VIRTUAL,
     PRIMARY KEY (market_id, order_id)
 ) WITHOUT ROWID;
@@ -60,17 +87,51 @@ CREATE TABLE IF NOT EXISTS trades (
     seq                    INTEGER NOT NULL,
     cmd_seq                INTEGER NOT NULL,
     ts                     INTEGER NOT NULL,
+    runner                 TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (market_id, trade_id)
 ) WITHOUT ROWID;
 
--- Aggregated resting quantity per price level: the order book as a table.
+-- Aggregated resting quantity per price level: the order book as a table (one book per runner in odds markets).
 CREATE TABLE IF NOT EXISTS book_levels (
     market_id  TEXT NOT NULL,
+    runner     TEXT NOT NULL,   -- '' in pair markets
     side       TEXT NOT NULL,
     price      INTEGER NOT NULL,
     qty        INTEGER NOT NULL,
     orders     INTEGER NOT NULL,
-    PRIMARY KEY (market_id, side, price)
+    PRIMARY KEY (market_id, runner, side, price)
+) WITHOUT ROWID;
+
+-- What each account holds, from fills. Pairs (runner ''): net_qty and cash (price x qty units).
+-- Odds, per runner: the P&L if that runner wins and if it loses, in hundredths of a stake unit.
+CREATE TABLE IF NOT EXISTS positions (
+    market_id   TEXT NOT NULL,
+    account_id  TEXT NOT NULL,
+    runner      TEXT NOT NULL,
+    net_qty     INTEGER NOT NULL,
+    cash        INTEGER NOT NULL,
+    if_win      INTEGER NOT NULL,
+    if_lose     INTEGER NOT NULL,
+    PRIMARY KEY (market_id, account_id, runner)
+) WITHOUT ROWID;
+
+-- Realised P&L per account, from market_settled.
+CREATE TABLE IF NOT EXISTS settlements (
+    market_id   TEXT NOT NULL,
+    account_id  TEXT NOT NULL,
+    pnl         INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    PRIMARY KEY (market_id, account_id)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS risk_limits (
+    market_id          TEXT NOT NULL,
+    account_id         TEXT NOT NULL,
+    max_order_qty      INTEGER,
+    max_open_orders    INTEGER,
+    max_open_exposure  INTEGER,
+    seq                INTEGER NOT NULL,
+    PRIMARY KEY (market_id, account_id)
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS rejections (
@@ -86,12 +147,20 @@ CREATE TABLE IF NOT EXISTS rejections (
     detail           TEXT NOT NULL
 ) WITHOUT ROWID;
 
+-- Best bid/ask per book; for odds markets "bid" is the best lay (buy-like) and "ask" the best back.
 CREATE VIEW IF NOT EXISTS top_of_book AS
-SELECT m.market_id,
+SELECT k.market_id, k.runner,
        b.price AS bid_price, b.qty AS bid_qty,
        a.price AS ask_price, a.qty AS ask_qty
-FROM markets m
-LEFT JOIN book_levels b ON b.market_id = m.market_id AND b.side = 'buy'
-     AND b.price = (SELECT MAX(price) FROM book_levels WHERE market_id = m.market_id AND side = 'buy')
-LEFT JOIN book_levels a ON a.market_id = m.market_id AND a.side = 'sell'
-     AND a.price = (SELECT MIN(price) FROM book_levels WHERE market_id = m.market_id AND side = 'sell');
+FROM (SELECT m.market_id, '' AS runner FROM markets m WHERE m.kind = 'pair'
+      UNION ALL SELECT r.market_id, r.runner_id FROM runners r) k
+LEFT JOIN book_levels b ON b.market_id = k.market_id AND b.runner = k.runner AND b.side IN ('buy', 'lay')
+     AND b.price = (SELECT MAX(price) FROM book_levels
+                    WHERE market_id = k.market_id AND runner = k.runner AND side IN ('buy', 'lay'))
+LEFT JOIN book_levels a ON a.market_id = k.market_id AND a.runner = k.runner AND a.side IN ('sell', 'back')
+     AND a.price = (SELECT MIN(price) FROM book_levels
+                    WHERE market_id = k.market_id AND runner = k.runner AND side IN ('sell', 'back'));
+
+-- 2: protocol v1.1 (runners, positions, settlements, risk limits, book per runner). A file of an older
+-- layout is refused by the worker; rebuild it with `jetbook replay rebuild`.
+PRAGMA user_version = 2;

@@ -20,27 +20,18 @@ from projections.read_model import ReadModel
 from replay.rebuild import RebuildError, decode_chunk
 
 POSITIONS_SQL = """
-SELECT market_id, account_id, SUM(qty) AS net_qty, SUM(cash) AS cash, COUNT(*) AS trades FROM (
-    SELECT market_id, taker_account AS account_id,
-           CASE taker_side WHEN 'buy' THEN qty ELSE -qty END AS qty,
-           CASE taker_side WHEN 'buy' THEN -price * qty ELSE price * qty END AS cash
-    FROM trades
-    UNION ALL
-    SELECT market_id, maker_account,
-           CASE taker_side WHEN 'buy' THEN -qty ELSE qty END,
-           CASE taker_side WHEN 'buy' THEN price * qty ELSE -price * qty END
-    FROM trades
-) WHERE (:market IS NULL OR market_id = :market)
-GROUP BY market_id, account_id ORDER BY market_id, account_id
+SELECT market_id, account_id, runner, net_qty, cash, if_win, if_lose FROM positions
+WHERE (:market IS NULL OR market_id = :market) ORDER BY market_id, account_id, runner
 """
 
 TOP_SQL = """
-SELECT market_id, bid_price, bid_qty, ask_price, ask_qty FROM top_of_book
-WHERE (:market IS NULL OR market_id = :market) ORDER BY market_id
+SELECT market_id, runner, bid_price, bid_qty, ask_price, ask_qty FROM top_of_book
+WHERE (:market IS NULL OR market_id = :market) ORDER BY market_id, runner
 """
 
 OPEN_ORDERS_SQL = """
-SELECT market_id, order_id, account_id, client_order_id, side, price, qty, filled_qty, open_qty, status, created_seq
+SELECT market_id, runner, order_id, account_id, client_order_id, side, price, qty, filled_qty, open_qty, status,
+       created_seq
 FROM orders WHERE status IN ('open', 'partially_filled') AND (:market IS NULL OR market_id = :market)
 ORDER BY market_id, order_id
 """
@@ -102,7 +93,8 @@ def render(view: View) -> list[str]:
     for t in view.top:
         bid = f"{t['bid_qty']} @ {t['bid_price']}" if t["bid_price"] is not None else "-"
         ask = f"{t['ask_qty']} @ {t['ask_price']}" if t["ask_price"] is not None else "-"
-        lines.append(f"  {t['market_id']:<16} bid {bid:<24} ask {ask}")
+        book = t["market_id"] + (f"/{t['runner']}" if t["runner"] else "")
+        lines.append(f"  {book:<24} bid {bid:<24} ask {ask}")
     if not view.top:
         lines.append("  (no markets)")
     lines += ["", f"open orders ({len(view.open_orders)}):"]
@@ -111,12 +103,13 @@ def render(view: View) -> list[str]:
             f"  {o['market_id']:<16} #{o['order_id']:<6} {o['account_id']:<10} {o['side']:<4} "
             f"{o['open_qty']} of {o['qty']} @ {o['price']}  ({o['status']})"
         )
-    lines += ["", "positions (net qty, cash, from trades):"]
+    lines += ["", "positions (pairs: net qty and cash; odds: P&L x100 if the runner wins / loses):"]
     for p in view.positions:
-        lines.append(
-            f"  {p['market_id']:<16} {p['account_id']:<10} net {p['net_qty']:>8}  cash {p['cash']:>14}"
-            f"  ({p['trades']} trades)"
-        )
+        if p["runner"]:
+            what = f"{p['runner']:<10} if wins {p['if_win']:>10}  if loses {p['if_lose']:>10}"
+        else:
+            what = f"net {p['net_qty']:>8}  cash {p['cash']:>14}"
+        lines.append(f"  {p['market_id']:<16} {p['account_id']:<10} {what}")
     if not view.positions:
         lines.append("  (no trades)")
     return lines

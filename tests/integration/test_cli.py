@@ -105,7 +105,7 @@ def test_up_demo_submit_fills_book_then_ctrl_c(stack: tuple[str, Path, Lines]) -
         book = run("book", "-m", "ETH-USDC", "--db", str(data / "read_model.db"))
         if "300500          3" in book.stdout or time.monotonic() > deadline:
             break
-    assert "bid       300500          3" in book.stdout, book.stdout
+    assert "buy        300500          3" in book.stdout, book.stdout
 
     up.send_signal(signal.SIGINT)
     assert up.wait(30) == 0

@@ -36,7 +36,7 @@ async def test_demo_scenario_end_to_end(nc: Any, js: Any, tmp_path: Path) -> Non
 
         await wait_until(caught_up, what="projection to reach the end of JB_EVT")
     con = sqlite3.connect(db)
-    assert con.execute("SELECT * FROM top_of_book").fetchall() == [("ETH-USDC", 300_500, 5, 301_000, 5)]
+    assert con.execute("SELECT * FROM top_of_book").fetchall() == [("ETH-USDC", "", 300_500, 5, 301_000, 5)]
     assert con.execute("SELECT order_id, status FROM orders WHERE account_id='bob' ORDER BY 1").fetchall() == [
         (3, "open"),
         (4, "partially_filled"),

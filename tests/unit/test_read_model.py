@@ -6,6 +6,8 @@ import random
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from events.model import Event, Rejected
 from projections.read_model import ReadModel
 from replay.hashing import db_content_hash
@@ -90,7 +92,7 @@ async def test_top_of_book_view_and_market_stats(tmp_path: Path) -> None:
     db = tmp_path / "rm.db"
     await build(db, events, 2)
     con = sqlite3.connect(db)
-    assert con.execute("SELECT * FROM top_of_book").fetchall() == [(M, 300_500, 5, 301_000, 5)]
+    assert con.execute("SELECT * FROM top_of_book").fetchall() == [(M, "", 300_500, 5, 301_000, 5)]
     assert con.execute("SELECT last_trade_id, last_price, volume FROM markets").fetchall() == [(1, 300_000, 10)]
     assert con.execute("SELECT order_id, status, filled_qty FROM orders ORDER BY order_id").fetchall() == [
         (1, "filled", 10), (2, "open", 0), (3, "open", 0), (4, "partially_filled", 10),
@@ -119,3 +121,109 @@ async def test_a_failed_batch_leaves_rows_and_position_untouched(tmp_path: Path)
     finally:
         await model.close()
     assert db_content_hash(db) == before
+
+
+def v11_workload(seed: int, n: int = 600, finish: bool = True) -> tuple[Session, list[Event]]:
+    """Every v1.1 event kind: pair and odds books, order types, amends, self-trades, lifecycle, settlement."""
+    rng = random.Random(seed)
+    s = Session(market=None)
+    events = list(s.create("P", tick_size=5))
+    runners = [{"runner_id": r, "label": r.title()} for r in ("home", "draw")]
+    events += s.control("O", "create_market", market_id="O", kind="odds", quote="GBP", runners=runners)
+    events += s.control("P", "set_risk_limits", account_id="a", max_open_orders=40)
+    placed: list[tuple[str, str, str]] = []
+    for i in range(n):
+        r = rng.random()
+        account = rng.choice("abc")
+        if i == n // 3:
+            events += s.control("O", "add_runner", runner_id="away", label="Away")
+        if i == n // 2:
+            events += s.control("O", "go_live")
+        if r < 0.55:
+            market = rng.choice("PO")
+            body = {"type": "place_order", "client_order_id": f"k{i}", "qty": rng.randint(1, 9),
+                    "stp": rng.choice(["cancel_resting", "cancel_newest", "cancel_both"]),
+                    "persistence": rng.choice(["lapse", "persist"])}  # fmt: skip
+            if market == "P":
+                body |= {"side": rng.choice(["buy", "sell"]), "price": 5 * rng.randint(18, 22)}
+            else:
+                runner = rng.choice(["home", "draw", "away"] if i > n // 3 else ["home", "draw"])
+                body |= {
+                    "side": rng.choice(["back", "lay"]),
+                    "price": rng.choice([190, 200, 210, 220]),
+                    "runner": runner,
+                }
+            kind = rng.random()
+            if kind < 0.15:
+                body["tif"] = rng.choice(["ioc", "fok", "post_only"])
+            elif kind < 0.2:
+                body |= {"order_type": "market"}
+                body.pop("price")
+            events += s.send(f"jb.cmd.{market}.{account}", body)
+            placed.append((market, account, f"k{i}"))
+        elif r < 0.75 and placed:
+            market, account, coid = rng.choice(placed)
+            events += s.trade(account, "cancel_order", market=market, client_order_id=coid)
+        elif r < 0.95 and placed:
+            market, account, coid = rng.choice(placed)
+            change = {"qty": rng.randint(1, 9)} if rng.random() < 0.5 else {}
+            if not change or rng.random() < 0.3:
+                change["price"] = 5 * rng.randint(18, 22) if market == "P" else rng.choice([190, 200, 210, 220])
+            events += s.trade(account, "amend_order", market=market, client_order_id=coid, **change)
+        else:
+            events += s.trade(account, "cancel_all", market=rng.choice(["P", "O", "_all"]))
+    if finish:
+        events += s.control("P", "close_market")
+        events += s.control("P", "settle_market", price=100)
+        events += s.control("O", "set_market_state", state="suspended")
+    return s, events
+
+
+@pytest.mark.parametrize("finish", [False, True])
+async def test_v11_model_matches_the_engine_and_ignores_batch_boundaries(tmp_path: Path, finish: bool) -> None:
+    session, events = v11_workload(3, finish=finish)
+    kinds = {e.TYPE for e in events}
+    assert kinds >= {"order_amended", "orders_cancelled", "market_state_changed", "runner_added", "risk_limits_set",
+                     "fill", "order_cancelled", *(["market_settled"] if finish else [])}, kinds  # fmt: skip
+    hashes = set()
+    for batch in (1, 13, len(events)):
+        await build(tmp_path / f"v{batch}.db", events, batch)
+        hashes.add(db_content_hash(tmp_path / f"v{batch}.db"))
+    assert len(hashes) == 1
+    con = sqlite3.connect(tmp_path / "v13.db")
+    for market_id, market in session.engine.state.markets.items():
+        for runner, book in market.books.items():
+            for side in ("buy", "sell") if market.kind == "pair" else ("lay", "back"):
+                rows = con.execute(
+                    "SELECT price, qty FROM book_levels WHERE market_id=? AND runner=? AND side=? ORDER BY price "
+                    + ("DESC" if side in ("buy", "lay") else "ASC"),
+                    (market_id, runner or "", side),
+                ).fetchall()
+                assert rows == book.depth(side, 1000), (market_id, runner, side)
+        open_rows = con.execute(
+            "SELECT order_id, open_qty, price FROM orders WHERE market_id=? AND open_qty > 0 ORDER BY order_id",
+            (market_id,),
+        ).fetchall()
+        assert open_rows == sorted(
+            (o.order_id, o.qty, o.price) for b in market.books.values() for o in b.orders.values()
+        )
+        state = con.execute("SELECT state, phase FROM markets WHERE market_id=?", (market_id,)).fetchone()
+        assert state == (market.state, market.phase)
+        for account, pos in market.positions.items():
+            if market.kind == "pair":
+                row = con.execute(
+                    "SELECT net_qty, cash FROM positions WHERE market_id=? AND account_id=?", (market_id, account)
+                ).fetchone()
+                assert list(row) == pos
+            else:
+                for runner, wl in pos.items():
+                    row = con.execute(
+                        "SELECT if_win, if_lose FROM positions WHERE market_id=? AND account_id=? AND runner=?",
+                        (market_id, account, runner),
+                    ).fetchone()
+                    assert list(row) == wl
+    bad = con.execute("SELECT COUNT(*) FROM orders WHERE open_qty < 0 OR filled_qty > qty").fetchone()
+    assert bad == (0,)
+    settled = dict(con.execute("SELECT account_id, pnl FROM settlements WHERE market_id = 'P'").fetchall())
+    pnl = {a: p for e in events if e.TYPE == "market_settled" for a, p in e.pnl}  # type: ignore[attr-defined]
+    assert settled == pnl and bool(settled) == finish
