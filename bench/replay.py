@@ -18,8 +18,9 @@ streams:
                        re-decided, every event compared (--no-verify skips it)
 
 Each figure is events / wall seconds (perf_counter, this process), with the CPU
-seconds this process and nats-server used meanwhile, and "others": what the
-rest of the machine used (a noise indicator; this machine is shared). The end
+seconds this process, the rebuild's two fold processes and nats-server used
+meanwhile, and "others": what the rest of the machine used (a noise
+indicator; this machine is shared). The end
 checks compare the rebuilt model with what the flow's own core says: orders,
 trades, and every book level. Benchmarks are not tests: nothing asserts a
 duration.
@@ -38,6 +39,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import argparse
 import asyncio
 import json
+import os
 import platform
 import shlex
 import sqlite3
@@ -85,17 +87,24 @@ async def wait_for_engine(js: Any, children: Children, last_cmd: int, timeout: f
         await asyncio.sleep(0.1)
 
 
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children: the rebuild's fold processes."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
 async def timed(name: str, pids: dict[str, int], body: Callable[[], Awaitable[int]]) -> dict[str, Any]:
-    cpu0 = cpu_snapshot(pids)
+    cpu0 = {**cpu_snapshot(pids), "fold processes": _children_cpu()}
     t0 = time.perf_counter()
     events = await body()
     seconds = time.perf_counter() - t0
+    cpu1 = {**cpu_snapshot(pids), "fold processes": _children_cpu()}
     return {
         "what": name,
         "events": events,
         "seconds": round(seconds, 3),
         "events_per_s": round(events / seconds),
-        "cpu_s": cpu_delta(cpu0, cpu_snapshot(pids)),
+        "cpu_s": cpu_delta(cpu0, cpu1),
     }
 
 

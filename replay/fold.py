@@ -1,32 +1,30 @@
-"""The folding half of a rebuild, in two child processes: plan (decode + the projection's plan), then write.
+"""The writing half of a rebuild, in its own process: decode, plan and write chunks of events into a new file.
 
-    reader (replay/rebuild.py) | python -m replay.fold plan PROJECTION
-                               | python -m replay.fold write PROJECTION PATH FIRST_SEQ
+    python -m replay.fold PROJECTION PATH FIRST_SEQ < frames
 
-Why processes: per event, reading from NATS costs about 3 µs of Python,
-decoding and planning about 6, the SQL about 4, and Python runs one thread at
-a time (a writer thread in the reading process got no overlap at all: it
-needs the GIL back after every row). As three processes connected by pipes
-they run at once on both cores; each stage's output waits in its pipe.
+Why a process: decoding, planning and the SQL of one event cost about 10 µs
+of Python, reading it from NATS about 3 µs more, and Python runs one thread
+at a time. A writer thread in the reading process got no overlap at all (it
+needs the GIL back after every row), so the two halves run in two processes
+and the rebuild uses both cores. A third process (plan here, SQL in another,
+the planned writes pickled between them) was tried and ran no faster: it
+spreads the work better, but costs about 30% more CPU in all (pickling, one
+more interpreter), and two cores are the limit.
 
-Frames: a 4-byte big-endian length, then the body; a zero length ends the
-input. Into `plan`: msgpack `[seqs, subjects, payloads]`, one chunk of
-consecutive JB_EVT messages. Into `write`: the pickled `Writes` of one chunk
-(pickle, because each projection has its own Writes; the pipe is ours alone).
-`write` exits 0 once the file is finished (indexes built, WAL mode, closed,
-fsynced). A failure prints its error on stderr and exits non-zero (3 for a
-message that is not a jetbook event); a stage whose input ends without the
-end frame fails too, so an error anywhere fails the write stage.
+Frames on stdin: a 4-byte big-endian length, then msgpack `[seqs, subjects,
+payloads]` (one chunk of consecutive JB_EVT messages); a zero length ends the
+input. Exit status 0 once the file is finished (indexes built, WAL mode,
+closed, fsynced); otherwise the error on stderr and status 1 (3 for a message
+that is not a jetbook event).
 """
 
 from __future__ import annotations
 
 import gc
 import os
-import pickle
 import sqlite3
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -133,6 +131,13 @@ def open_new(path: Path, projection: SqliteProjection, first_seq: int) -> sqlite
     return con
 
 
+def fold(con: sqlite3.Connection, projection: SqliteProjection, chunk: Messages) -> None:
+    writes = projection.plan(decode_chunk(chunk))
+    con.execute("BEGIN")
+    projection.write(con, writes, projection.NAME)
+    con.execute("COMMIT")
+
+
 def finish(con: sqlite3.Connection, path: Path, projection: SqliteProjection) -> None:
     """Indexes back, WAL mode as the live worker keeps it, closed (so -wal and -shm go) and fsynced."""
     try:
@@ -146,71 +151,46 @@ def finish(con: sqlite3.Connection, path: Path, projection: SqliteProjection) ->
         os.close(fd)
 
 
-def _read_frame(stream: BinaryIO) -> bytes | None:
-    head = stream.read(4)
-    if len(head) < 4:
-        raise EOFError("input ended without its end frame (the stage before this one failed)")
-    size = int.from_bytes(head, "big")
-    if size == 0:
-        return None
-    body = stream.read(size)
-    if len(body) < size:
-        raise EOFError("input ended inside a frame")
-    return body
-
-
-def _frame(body: bytes) -> bytes:
-    return len(body).to_bytes(4, "big") + body
+def frames(stream: BinaryIO) -> Iterator[Frame]:
+    while True:
+        head = stream.read(4)
+        if len(head) < 4:
+            raise EOFError("input ended without its end frame")
+        size = int.from_bytes(head, "big")
+        if size == 0:
+            return
+        body = stream.read(size)
+        if len(body) < size:
+            raise EOFError("input ended inside a frame")
+        seqs, subjects, data = msgpack.unpackb(body, use_list=True)
+        yield Frame(seqs, subjects, data)
 
 
 def encode_frame(chunk: Messages) -> bytes:
-    return _frame(msgpack.packb([chunk.seqs, chunk.subjects, chunk.data], use_bin_type=True))
+    body: bytes = msgpack.packb([chunk.seqs, chunk.subjects, chunk.data], use_bin_type=True)
+    return len(body).to_bytes(4, "big") + body
 
 
 END_FRAME = (0).to_bytes(4, "big")
 
 
-def plan_stage(projection: SqliteProjection, src: BinaryIO, dst: BinaryIO) -> None:
-    """Raw message frames in, the projection's planned writes out (pickled: any projection's Writes)."""
-    while (body := _read_frame(src)) is not None:
-        seqs, subjects, data = msgpack.unpackb(body, use_list=True)
-        writes = projection.plan(decode_chunk(Frame(seqs, subjects, data)))
-        dst.write(_frame(pickle.dumps(writes, protocol=pickle.HIGHEST_PROTOCOL)))
-    dst.write(END_FRAME)
-    dst.flush()
-
-
-def write_stage(projection: SqliteProjection, path: Path, first_seq: int, src: BinaryIO) -> None:
-    """Planned writes in, one transaction each, into a new file; finished when the input ends cleanly."""
-    con = open_new(path, projection, first_seq)
+def main(argv: list[str]) -> int:
+    name, path_text, first_text = argv
+    projection = PROJECTIONS[name]
+    path = Path(path_text)
+    gc.disable()  # every decoded event lives until its chunk is written: the collector would only rescan them
+    con = open_new(path, projection, int(first_text))
     try:
-        while (body := _read_frame(src)) is not None:
-            writes = pickle.loads(body)  # from our own plan stage, through a pipe only we hold
-            con.execute("BEGIN")
-            projection.write(con, writes, projection.NAME)
-            con.execute("COMMIT")
+        for chunk in frames(sys.stdin.buffer):
+            fold(con, projection, chunk)
+    except CorruptLog as err:
+        con.close()
+        print(f"CorruptLog {err.seq}: {err}", file=sys.stderr)
+        return 3
     except BaseException:
         con.close()
         raise
     finish(con, path, projection)
-
-
-def main(argv: list[str]) -> int:
-    """`plan PROJECTION` (stdin frames -> stdout writes) or `write PROJECTION PATH FIRST_SEQ` (stdin writes)."""
-    stage, name, *rest = argv
-    projection = PROJECTIONS[name]
-    gc.disable()  # everything decoded or planned lives until its chunk is written: the collector would only rescan
-    try:
-        if stage == "plan":
-            plan_stage(projection, sys.stdin.buffer, sys.stdout.buffer)
-        else:
-            path, first_seq = rest
-            write_stage(projection, Path(path), int(first_seq), sys.stdin.buffer)
-    except CorruptLog as err:
-        print(f"CorruptLog {err.seq}: {err}", file=sys.stderr)
-        return 3
-    except BrokenPipeError:
-        return 1  # the next stage failed; its own error says why
     return 0
 
 

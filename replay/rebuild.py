@@ -89,75 +89,51 @@ class RebuildResult:
 
 
 class _Folder:
-    """The folding half (replay/fold.py): a plan process piped into a write process, fed raw chunks by us."""
+    """The writing half (replay/fold.py) as a child process, fed chunks of raw messages through a pipe."""
 
     def __init__(self, path: Path, projection: str, first_seq: int) -> None:
         self.path = path
         self.projection = projection
         self.first_seq = first_seq
-        self.planner: asyncio.subprocess.Process | None = None
-        self.writer: asyncio.subprocess.Process | None = None
-        self._errors = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+        self.proc: asyncio.subprocess.Process | None = None
+        self._stderr = tempfile.TemporaryFile()
 
     async def start(self) -> None:
-        fold = [sys.executable, "-m", "replay.fold"]
-        read_end, write_end = os.pipe()
-        try:
-            self.writer = await asyncio.create_subprocess_exec(
-                *fold, "write", self.projection, str(self.path), str(self.first_seq),
-                stdin=read_end, stdout=asyncio.subprocess.DEVNULL, stderr=self._errors[1],
-            )  # fmt: skip
-            self.planner = await asyncio.create_subprocess_exec(
-                *fold, "plan", self.projection,
-                stdin=asyncio.subprocess.PIPE, stdout=write_end, stderr=self._errors[0],
-            )  # fmt: skip
-        finally:
-            os.close(read_end)  # the children hold their ends; ours would keep the write stage from seeing EOF
-            os.close(write_end)
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "replay.fold", self.projection, str(self.path), str(self.first_seq),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=self._stderr,
+        )  # fmt: skip
 
-    async def _failure(self) -> RebuildError:
-        codes = []
-        for proc in (self.planner, self.writer):
-            if proc is not None:
-                try:
-                    codes.append(await asyncio.wait_for(proc.wait(), 30))
-                except TimeoutError:
-                    proc.kill()
-                    codes.append(await proc.wait())
-        texts = []
-        for f in self._errors:
-            f.seek(0)
-            texts.append(f.read().decode(errors="replace").strip())
-        text = " | ".join(t for t in texts if t) or "no message"
-        return RebuildError(f"writing {self.path.name} failed (status {codes}): {text[-2000:]}")
+    def _failure(self, rc: int | None) -> RebuildError:
+        self._stderr.seek(0)
+        text = self._stderr.read().decode(errors="replace").strip()
+        return RebuildError(f"writing {self.path.name} failed (status {rc}): {text[-2000:] or 'no message'}")
 
     async def _send(self, frame: bytes) -> None:
-        assert self.planner is not None and self.planner.stdin is not None
+        assert self.proc is not None and self.proc.stdin is not None
         try:
-            self.planner.stdin.write(frame)
-            await self.planner.stdin.drain()
+            self.proc.stdin.write(frame)
+            await self.proc.stdin.drain()
         except (BrokenPipeError, ConnectionResetError) as err:
-            raise await self._failure() from err
+            raise self._failure(await self.proc.wait()) from err
 
     async def put(self, chunk: Chunk) -> None:
         await self._send(encode_frame(chunk))
 
     async def finish(self) -> None:
-        assert self.planner is not None and self.planner.stdin is not None and self.writer is not None
+        assert self.proc is not None and self.proc.stdin is not None
         await self._send(END_FRAME)
-        self.planner.stdin.close()
-        if await self.planner.wait() != 0 or await self.writer.wait() != 0:
-            raise await self._failure()
-        for f in self._errors:
-            f.close()
+        self.proc.stdin.close()
+        rc = await self.proc.wait()
+        if rc != 0:
+            raise self._failure(rc)
+        self._stderr.close()
 
     async def abandon(self) -> None:
-        for proc in (self.planner, self.writer):
-            if proc is not None and proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        for f in self._errors:
-            f.close()
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        self._stderr.close()
 
 
 @contextlib.contextmanager
