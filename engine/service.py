@@ -32,14 +32,17 @@ child to serialise it so matching does not wait.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 
 from commands.subjects import (
     CMD_STREAM,
@@ -63,6 +66,10 @@ log = logging.getLogger("jetbook.engine")
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 2.0
 DEFAULT_SNAPSHOT_EVERY = 100_000
+# Atomic batches whose commit may be in flight at once. Each one's expected last sequence is
+# the previous one's end, so the broker's fence holds for all of them: if one fails, every later
+# one is refused too, and the engine settles them in order (see _unwind).
+DEFAULT_INFLIGHT = 4
 FOLD_BATCH = 10_000
 FREEZE_EVERY = 10_000  # events between gc.freeze() calls
 IDLE_SNAPSHOT_AFTER = 10_000  # an idle engine snapshots once its tail is this long
@@ -104,8 +111,11 @@ class CheckpointCadence(JetbookError):
     """The log's checkpoints are not where this engine's checkpoint interval would put them."""
 
 
+# A timeout, a reconnect, or a stream with no leader for a moment (a node lost in a cluster: 503,
+# "no response from stream"): wait and ask again.
 _TRANSIENT = (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
-              nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError)  # fmt: skip
+              nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+              nats.js.errors.ServiceUnavailableError, nats.js.errors.NoStreamResponseError)  # fmt: skip
 
 
 def _text(subject: str | bytes) -> str:
@@ -200,6 +210,16 @@ class _Resumable:
             await reader.stop()
 
 
+@dataclass(slots=True)
+class _Batch:
+    """An atomic batch whose commit request is out: its fence, its messages, and the pending reply."""
+
+    batch_id: str
+    expected: int  # Nats-Expected-Last-Sequence of its first message
+    payloads: list[tuple[str, bytes]]
+    reply: asyncio.Task[Any]
+
+
 class EngineService:
     def __init__(
         self,
@@ -214,6 +234,7 @@ class EngineService:
         fork_snapshots: bool = True,
         load_snapshots: bool = True,
         lease: Lease | None = None,
+        inflight: int = DEFAULT_INFLIGHT,
     ) -> None:
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
@@ -249,6 +270,8 @@ class EngineService:
         self._last_event = b""  # payload of JB_EVT[last_evt_seq], to tie a snapshot to this log
         self._snapshot_task: asyncio.Task[None] | None = None
         self._frozen_at = 0  # event count at the last gc.freeze()
+        self.inflight = max(1, inflight)  # atomic batches committing at once
+        self._inflight: collections.deque[_Batch] = collections.deque()
         from nats.nuid import NUID
 
         self._nuid = NUID()
@@ -428,16 +451,25 @@ class EngineService:
                     raise LeaseLost("the lease was taken by another engine or could not be renewed")
                 batch = await reader.next_batch(self.engine.state.last_cmd_seq + 1, self.max_batch, 0.25)
                 self.cmd_reader = reader.reader
-                if batch:
-                    try:
+                try:
+                    if batch:
                         with _gc_paused():  # collections run between batches, not inside a checkpoint's hash
-                            await self.process(batch)
-                    except Stopping:
-                        log.warning("stopped with an uncommitted batch; the next start resumes from the log")
-                        return
+                            await self.decide_and_send(batch)
+                    # Commits stay in flight while commands keep coming; they are settled when the
+                    # engine goes idle, and before a snapshot (which must match the log exactly).
+                    if self._inflight and (not batch or self._snapshot_due()):
+                        await self.drain()
+                except Stopping:
+                    log.warning("stopped with an uncommitted batch; the next start resumes from the log")
+                    return
                 self._maybe_freeze()
                 self._maybe_snapshot(idle=not batch)
+            try:
+                await self.drain()
+            except Stopping:
+                pass
         finally:
+            self._abandon()
             await reader.stop()
 
     async def _retry(self, call: Any) -> Any:
@@ -516,6 +548,16 @@ class EngineService:
     # --- deciding and publishing --------------------------------------------------------------------
 
     async def process(self, batch: list[Any]) -> None:
+        """Decide a batch of commands and commit all their events (for callers outside the run loop)."""
+        await self.decide_and_send(batch)
+        await self.drain()
+
+    def _snapshot_due(self) -> bool:
+        every = self.snapshot_every
+        return every > 0 and self.engine.state.event_count // every > self.snapshot_seq // every
+
+    async def decide_and_send(self, batch: list[Any]) -> None:
+        """Decide each command and send its events; commits may still be in flight on return."""
         pending: list[Event] = []
         for m in batch:
             events = self.engine.handle(m.seq, m.ts, m.subject, m.data)
@@ -545,15 +587,97 @@ class EngineService:
             await asyncio.sleep(0.02)
 
     async def publish(self, events: list[Event]) -> None:
-        """Append events to JB_EVT as one atomic batch, exactly once."""
+        """Start appending events to JB_EVT as one atomic batch; at most `inflight` commits wait at once.
+
+        The batch's fence is the end of the one before it, whether that one is
+        committed yet or not. `drain` waits for all of them; state and log
+        agree up to `last_evt_seq`, which only moves when a commit is confirmed.
+        """
         payloads = [(wal_subject(e.market_id, e.TYPE), encode(e)) for e in events]
+        while len(self._inflight) >= self.inflight:
+            await self._settle_oldest()
+        await self._hold()
+        expected = (
+            self._inflight[-1].expected + len(self._inflight[-1].payloads) if self._inflight else self.last_evt_seq
+        )
+        batch_id = self._nuid.next().decode()
+        reply = await self._start_batch(batch_id, expected, payloads)
+        self._inflight.append(_Batch(batch_id, expected, payloads, reply))
+
+    async def drain(self) -> None:
+        """Wait until every batch in flight is committed (or the failure that stops us is known)."""
+        while self._inflight:
+            await self._settle_oldest()
+
+    def _abandon(self) -> None:
+        """Forget batches in flight (stopping, or stepping down): the log decides what landed."""
+        for b in self._inflight:
+            b.reply.cancel()
+        self._inflight.clear()
+
+    def _confirmed(self, expected: int, payloads: list[tuple[str, bytes]]) -> None:
+        self.last_evt_seq = expected + len(payloads)
+        self.events_written += len(payloads)
+        self._last_event = payloads[-1][1]
+
+    async def _settle_oldest(self) -> None:
+        b = self._inflight[0]
+        try:
+            ack = parse_puback((await b.reply).data)
+        except _TRANSIENT as err:
+            log.warning("commit of batch %s is ambiguous (%s); reading the stream tail", b.batch_id, err)
+            await self._unwind()
+            return
+        except BaseException:
+            self._abandon()
+            raise
+        if int(ack["seq"]) != b.expected + len(b.payloads):
+            self._abandon()
+            raise JetbookError(f"batch stored at {ack['seq']}, expected {b.expected + len(b.payloads)}")
+        self._inflight.popleft()
+        self._confirmed(b.expected, b.payloads)
+
+    async def _unwind(self) -> None:
+        """The oldest batch in flight has an ambiguous commit; the ones after it were fenced on its end.
+
+        Wait for every later reply, then learn from the stream tail which
+        prefix of the batches landed (a batch can only land after the one
+        before it), and commit the rest again, one by one, each with the same
+        ambiguity check. Never writes a command's events twice.
+        """
+        batches = list(self._inflight)
+        self._inflight.clear()
+        await asyncio.gather(*(b.reply for b in batches[1:]), return_exceptions=True)
+        if len(batches) == 1:  # the common case, with the slow-commit handling of _landed
+            b = batches[0]
+            if await self._landed(b.batch_id, b.expected, len(b.payloads)):
+                self._confirmed(b.expected, b.payloads)
+            else:
+                await self._commit_serial(b.payloads)
+            return
+        tail = await self._retry(lambda: last_seq(self.js, EVT_STREAM))
+        for i, b in enumerate(batches):
+            end = b.expected + len(b.payloads)
+            if tail < end:
+                if tail != b.expected:
+                    raise Fenced(400, 10071, f"JB_EVT is at {tail}, inside our batch {b.batch_id}")
+                for rest in batches[i:]:
+                    await self._commit_serial(rest.payloads)
+                return
+            msg = await self._retry(lambda end=end: self.js.get_msg(EVT_STREAM, end))
+            if (msg.headers or {}).get(HDR_BATCH_ID) != b.batch_id:
+                raise Fenced(400, 10071, f"JB_EVT[{end}] is not our batch {b.batch_id}: another writer")
+            self._confirmed(b.expected, b.payloads)
+
+    async def _commit_serial(self, payloads: list[tuple[str, bytes]]) -> None:
+        """Append one batch and wait for its commit, retrying ambiguous commits (nothing else in flight)."""
         expected = self.last_evt_seq
         delay = BACKOFF_FIRST_S
         while True:
             await self._hold()
             batch_id = self._nuid.next().decode()
             try:
-                ack = await self._send_batch(batch_id, expected, payloads)
+                ack = parse_puback((await (await self._start_batch(batch_id, expected, payloads))).data)
             except _TRANSIENT as err:
                 log.warning("commit of batch %s is ambiguous (%s); reading the stream tail", batch_id, err)
                 if await self._landed(batch_id, expected, len(payloads)):
@@ -563,12 +687,13 @@ class EngineService:
             if int(ack["seq"]) != expected + len(payloads):
                 raise JetbookError(f"batch stored at {ack['seq']}, expected {expected + len(payloads)}")
             break
-        self.last_evt_seq = expected + len(payloads)
-        self.events_written += len(payloads)
-        self._last_event = payloads[-1][1]
+        self._confirmed(expected, payloads)
 
-    async def _send_batch(self, batch_id: str, expected: int, payloads: list[tuple[str, bytes]]) -> dict[str, Any]:
+    async def _start_batch(self, batch_id: str, expected: int, payloads: list[tuple[str, bytes]]) -> asyncio.Task[Any]:
+        """Publish a batch's messages; the commit's reply (the PubAck) arrives on the returned task."""
         n = len(payloads)
+        if not n:
+            raise AssertionError("empty batch")
         for i, (subject, data) in enumerate(payloads, 1):
             headers = {HDR_BATCH_ID: batch_id, HDR_BATCH_SEQ: str(i)}
             if i == 1:
@@ -577,9 +702,10 @@ class EngineService:
                 await self.nc.publish(subject, data, headers=headers)
             else:
                 headers[HDR_BATCH_COMMIT] = "1"
-                reply = await self.nc.request(subject, data, timeout=self.commit_timeout, headers=headers)
-                return parse_puback(reply.data)
-        raise AssertionError("empty batch")
+                return asyncio.ensure_future(
+                    self.nc.request(subject, data, timeout=self.commit_timeout, headers=headers)
+                )
+        raise AssertionError("unreachable")
 
     async def _landed(self, batch_id: str, expected: int, n: int) -> bool:
         """After an ambiguous commit: True if our batch is in JB_EVT, False if nothing was written.
