@@ -83,14 +83,10 @@ class LeaseRecord:
             return None  # not ours: treat like a holder with the default TTL
 
 
-_TRANSIENT: Final = (
-    asyncio.TimeoutError,
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.js.errors.ServiceUnavailableError,
-)
+# Anything but a lost compare-and-set is transient here: a timeout, a reconnect, a stream leader election
+# ("no response from stream", 503). The lease thread must never die of one; it keeps trying, and the
+# holder's validity simply runs out meanwhile.
+_TRANSIENT: Final = (asyncio.TimeoutError, OSError, nats.errors.Error)
 
 
 async def lease_bucket(js: Any, replicas: int = 1) -> Any:
@@ -149,6 +145,7 @@ class Lease:
         self._holding = False
         self._rev = 0  # revision of our record while holding
         self._beat = time.monotonic()
+        self._failures = 0  # transient failures in a row, for the log
         self._closing = False
         self._release_on_close = True
         self._ready = threading.Event()
@@ -221,7 +218,7 @@ class Lease:
                     try:
                         rev, record, free = await self._observe(kv)
                     except _TRANSIENT as err:
-                        log.debug("lease record not readable (%s)", err)
+                        self._transient("read", err)
                         await self._sleep(self.poll)
                         continue
                     now = time.monotonic()
@@ -241,6 +238,12 @@ class Lease:
                 await nc.close()
             except Exception:
                 pass
+
+    def _transient(self, what: str, err: BaseException) -> None:
+        self._failures += 1
+        if self._failures in (1, 10) or self._failures % 100 == 0:
+            log.warning("lease %s failed (%s: %s; %d in a row); retrying", what, type(err).__name__, err,
+                        self._failures)  # fmt: skip
 
     async def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -263,8 +266,9 @@ class Lease:
         except nats.js.errors.KeyWrongLastSequenceError:
             return  # another engine won the race; keep watching its record
         except _TRANSIENT as err:
-            log.debug("lease acquisition not answered (%s)", err)
+            self._transient("acquisition", err)
             return
+        self._failures = 0
         self._rev = int(rev)
         self._valid_until = sent + self.ttl - self.margin
         self._holding = True
@@ -290,8 +294,9 @@ class Lease:
         except _TRANSIENT as err:
             # Not renewed: our validity runs out by itself; the next renewal may still succeed, since a CAS
             # on our revision can only succeed if nobody took the lease in between.
-            log.debug("lease renewal not answered (%s)", err)
+            self._transient("renewal", err)
             return
+        self._failures = 0
         self._rev = int(rev)
         self._valid_until = now + self.ttl - self.margin
         self.renewals += 1
