@@ -266,7 +266,7 @@ grep -q "user:alice.*Publish Violation.*jb.cmd.$market.bob" "$tmp/n3.log" || fai
 
 # The projection (n2) must fold everything the engine (n1) wrote, alice's order included.
 book_has_alice() {
-  timeout 10 "$JETBOOK" book -m "$market" --db "$tmp/rm.db" >"$tmp/book.out" 2>&1 && grep -q "ask *302000 *1 " "$tmp/book.out"
+  timeout 10 "$JETBOOK" book -m "$market" --db "$tmp/rm.db" >"$tmp/book.out" 2>&1 && grep -q "sell *302000 *1 " "$tmp/book.out"
 }
 wait_for 30 "alice's ask in the read model" book_has_alice
 step "read model on n2 caught up:"
