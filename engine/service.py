@@ -57,7 +57,7 @@ from engine.core import CHECKPOINT_EVERY, MAX_EVENTS_PER_COMMAND, Diverged, Engi
 from engine.lease import Lease
 from engine.snapshots import Captured, SnapshotStore, Tag, finish_capture, start_capture
 from events.model import Checkpoint, Event, UnknownEvent, decode, encode
-from events.reader import BulkReader, RawMsg, StreamReader, last_seq
+from events.reader import BulkReader, RawMsg, ResumableReader, StreamReader, last_seq
 from events.streams import ensure_streams
 from jetbook.errors import CorruptLog, Fenced, JetbookError, parse_puback
 
@@ -169,45 +169,6 @@ class _Cadence:
                 "the interval the log was written with"
             )
         self.cmd = -1
-
-
-class _Resumable:
-    """A stream reader that starts again from the caller's position after the client reconnects.
-
-    After a server restart the server-side ordered consumer is gone, and
-    nats-py notices only when two idle heartbeats (10 s) are missing. The
-    engine knows its position exactly, so it reads again from there at once.
-    """
-
-    def __init__(self, nc: Any, stream: str) -> None:
-        self.nc = nc
-        self.stream = stream
-        self.reader: StreamReader | None = None
-        self._reconnects = -1
-
-    def _count(self) -> int:
-        stats = getattr(self.nc, "stats", None)
-        return int(stats.get("reconnects", 0)) if isinstance(stats, dict) else 0
-
-    async def next_batch(self, position: int, max_msgs: int, timeout: float) -> list[RawMsg]:
-        if self.reader is None or self._count() != self._reconnects:
-            if self.reader is not None:
-                log.info("reconnected: reading %s again from %d", self.stream, position)
-            await self.stop()
-            self._reconnects = self._count()
-            reader = StreamReader(self.nc.jetstream(), self.stream, position)
-            try:
-                self.reader = await reader.start()
-            except _TRANSIENT as err:
-                log.warning("cannot read %s yet (%s); retrying", self.stream, err)
-                await asyncio.sleep(min(timeout, 0.25))  # back off; the caller asks again
-                return []
-        return await self.reader.next_batch(max_msgs, timeout=timeout)
-
-    async def stop(self) -> None:
-        reader, self.reader = self.reader, None
-        if reader is not None:
-            await reader.stop()
 
 
 @dataclass(slots=True)
@@ -410,7 +371,7 @@ class EngineService:
         self.role = "standby"
         lease.want_lease()
         log.info("standby: following JB_EVT from %d until the lease is ours", self.engine.state.event_count + 1)
-        reader = _Resumable(self.nc, EVT_STREAM)
+        reader = ResumableReader(self.nc, EVT_STREAM)
         try:
             while not stop.is_set():
                 if lease.failure is not None:
@@ -442,7 +403,7 @@ class EngineService:
             self.takeovers += 1
         log.info("active: deciding from command %d (JB_EVT at %d)", self.engine.state.last_cmd_seq + 1,
                  self.last_evt_seq)  # fmt: skip
-        reader = _Resumable(self.nc, CMD_STREAM)
+        reader = ResumableReader(self.nc, CMD_STREAM)
         try:
             while not stop.is_set():
                 if self.lease is not None and self.lease.lost:

@@ -27,6 +27,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 log = logging.getLogger("jetbook.reader")
@@ -333,6 +335,13 @@ class BulkReader:
     forward or a stall (no delivery for `stall_s`) re-creates the consumer at
     the next sequence. Backpressure: a flow-control request is
     answered only once fewer than `high_water` messages wait to be taken.
+
+    The consumer must give the event loop a turn often (every few
+    milliseconds of work): deliveries are read from the socket only then, and
+    the server grows a consumer's flow-control window up to the connection's
+    max pending (64 MiB), past which it drops the connection as a slow
+    consumer. Every chunk handed over gives it one turn (see replay/verify.py
+    for a consumer that needs more).
     """
 
     def __init__(
@@ -497,6 +506,10 @@ class BulkReader:
                     keep = self.end - chunk.seqs[0] + 1
                     for part in (chunk.seqs, chunk.ts, chunk.subjects, chunk.data):
                         del part[keep:]
+                # Let the loop run once before handing over: a generator that yields without awaiting
+                # never gives the connection's read loop a turn, and a consumer that folds chunk after
+                # chunk would leave the socket unread until the server drops us as a slow consumer.
+                await asyncio.sleep(0)
                 yield chunk
                 last_progress = loop.time()
                 continue
@@ -536,3 +549,50 @@ async def read_range(js: Any, stream: str, start: int, end: int, **options: Any)
     async with BulkReader(js, stream, start, end, **options) as reader:
         async for chunk in reader:
             yield chunk
+
+
+# A stream that cannot be read right now (server restarting, stream not elected yet): ask again.
+_NOT_YET = (
+    asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError, nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
+)  # fmt: skip
+
+
+class ResumableReader:
+    """A stream reader that starts again from the caller's position after the client reconnects.
+
+    After a server restart the server-side ordered consumer is gone, and
+    nats-py notices only when two idle heartbeats (10 s) are missing. The
+    engine knows its position exactly, so it reads again from there at once.
+    """
+
+    def __init__(self, nc: Any, stream: str) -> None:
+        self.nc = nc
+        self.stream = stream
+        self.reader: StreamReader | None = None
+        self._reconnects = -1
+
+    def _count(self) -> int:
+        stats = getattr(self.nc, "stats", None)
+        return int(stats.get("reconnects", 0)) if isinstance(stats, dict) else 0
+
+    async def next_batch(self, position: int, max_msgs: int, timeout: float) -> list[RawMsg]:
+        if self.reader is None or self._count() != self._reconnects:
+            if self.reader is not None:
+                log.info("reconnected: reading %s again from %d", self.stream, position)
+            await self.stop()
+            self._reconnects = self._count()
+            reader = StreamReader(self.nc.jetstream(), self.stream, position)
+            try:
+                self.reader = await reader.start()
+            except _NOT_YET as err:
+                log.warning("cannot read %s yet (%s); retrying", self.stream, err)
+                await asyncio.sleep(min(timeout, 0.25))  # back off; the caller asks again
+                return []
+        return await self.reader.next_batch(max_msgs, timeout=timeout)
+
+    async def stop(self) -> None:
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            await reader.stop()

@@ -24,7 +24,7 @@ from typing import Any
 
 from commands.subjects import EVT_STREAM
 from events.model import Event, decode
-from events.reader import RawMsg, StreamReader
+from events.reader import RawMsg, ResumableReader
 from jetbook.errors import CorruptLog
 from projections.read_model import ReadModel
 
@@ -45,6 +45,11 @@ def _inode(path: Path) -> int:
         return 0
 
 
+def _client(js: Any) -> Any:
+    """The connection under a JetStream context (nats-py keeps it as `_nc`)."""
+    return js._nc
+
+
 class ProjectionRunner:
     def __init__(self, js: Any, db_path: Path | str, *, from_seq: int | None = None, batch: int = 5000) -> None:
         self.js = js
@@ -59,7 +64,7 @@ class ProjectionRunner:
         inode = _inode(self.db_path)  # before opening: a swap in between is then seen at the first check
         model = await ReadModel.open(self.db_path)
         inode = inode or _inode(self.db_path)  # a new file
-        reader: StreamReader | None = None
+        reader = ResumableReader(_client(self.js), EVT_STREAM)
         try:
             self.position = await model.position()
             start = self.position + 1
@@ -71,12 +76,14 @@ class ProjectionRunner:
                 if not self.position:
                     start = max(self.from_seq, 1)
             log.info("projection %s at %d; reading JB_EVT from %d", self.db_path, self.position, start)
-            reader = await StreamReader(self.js, EVT_STREAM, start).start()
+            # After a reconnect (a restarted server) the reader starts again from our position at once,
+            # instead of waiting ~10 s for nats-py to notice its consumer is gone.
             while not stop.is_set() and (until_seq is None or self.position < until_seq):
                 if _inode(self.db_path) != inode:
-                    model, reader, inode = await self._reopen(model, reader)
+                    model, inode = await self._reopen(model, reader)
+                    start = self.position + 1
                     continue
-                msgs = await reader.next_batch(self.batch, timeout=0.25)
+                msgs = await reader.next_batch(max(start, self.position + 1), self.batch, 0.25)
                 if not msgs:
                     continue
                 try:
@@ -86,12 +93,11 @@ class ProjectionRunner:
                         raise
                     log.info("projection %s: the file was swapped during a batch", self.db_path)
         finally:
-            if reader is not None:
-                await reader.stop()
+            await reader.stop()
             await model.close()
         return self.position
 
-    async def _reopen(self, model: ReadModel, reader: StreamReader) -> tuple[ReadModel, StreamReader, int]:
+    async def _reopen(self, model: ReadModel, reader: ResumableReader) -> tuple[ReadModel, int]:
         """Drop the old file and its reader; carry on from the position of the file now at the path."""
         await reader.stop()
         await model.close()
@@ -100,4 +106,4 @@ class ProjectionRunner:
         self.position = await model.position()
         self.reopened += 1
         log.info("projection %s was replaced (a rebuild); reopened at %d", self.db_path, self.position)
-        return model, await StreamReader(self.js, EVT_STREAM, self.position + 1).start(), inode
+        return model, inode
