@@ -2,9 +2,10 @@
 
 Events 1..N are folded into an in-memory SQLite copy of the read model (the
 same `plan` and `write` as the live worker, so the answer is what the live
-model said when its position was N), then queried. Positions are net quantity
-and cash per account and market, from the trades: a buy adds qty and pays
-price x qty, a sell the opposite, for taker and maker alike.
+model said when its position was N), then queried. Positions are the read
+model's: on a pair market, net quantity and cash per account from the trades
+(a buy adds qty and pays price x qty, a sell the opposite, taker and maker
+alike); on an odds market, P&L per runner if it wins or loses.
 """
 
 from __future__ import annotations

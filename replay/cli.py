@@ -32,13 +32,19 @@ Url = Annotated[
 
 def _run(url: str, body: Callable[[Any], Awaitable[int]]) -> None:
     """Connect, run, close; one clear line and status 2 for what stops it from running at all."""
-    from nats.errors import NoServersError
+    from nats.errors import ConnectionClosedError, NoServersError, UnexpectedEOF
 
     from jetbook.errors import JetbookError
     from jetbook.wiring import connect
 
+    class Unreachable(Exception):
+        pass
+
     async def main() -> int:
-        nc = await connect(url, "jetbook-replay", reconnect=False)
+        try:
+            nc = await connect(url, "jetbook-replay", reconnect=False)
+        except (OSError, NoServersError) as err:
+            raise Unreachable(str(err)) from err
         try:
             return await body(nc.jetstream())
         finally:
@@ -46,8 +52,11 @@ def _run(url: str, body: Callable[[Any], Awaitable[int]]) -> None:
 
     try:
         code = asyncio.run(main())
-    except (OSError, NoServersError) as err:
+    except Unreachable as err:
         typer.echo(f"error: cannot reach NATS at {url}: {err}", err=True)
+        raise typer.Exit(2) from err
+    except (ConnectionClosedError, UnexpectedEOF) as err:
+        typer.echo(f"error: lost the connection to NATS at {url} ({type(err).__name__}); run it again", err=True)
         raise typer.Exit(2) from err
     except JetbookError as err:
         typer.echo(f"error: {err}", err=True)
