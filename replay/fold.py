@@ -7,9 +7,9 @@ of Python, reading it from NATS about 3 µs more, and Python runs one thread
 at a time. A writer thread in the reading process got no overlap at all (it
 needs the GIL back after every row), so the two halves run in two processes
 and the rebuild uses both cores. A third process (plan here, SQL in another,
-the planned writes pickled between them) was tried and ran no faster: it
-spreads the work better, but costs about 30% more CPU in all (pickling, one
-more interpreter), and two cores are the limit.
+the planned writes pickled between them) was measured ~5% faster on a quiet
+machine and slower on a busy one, for ~20% more CPU in all (pickling, one
+more interpreter): with two cores, CPU is the limit.
 
 Frames on stdin: a 4-byte big-endian length, then msgpack `[seqs, subjects,
 payloads]` (one chunk of consecutive JB_EVT messages); a zero length ends the
