@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import gc
 import os
+import queue
 import sqlite3
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -166,6 +168,26 @@ def frames(stream: BinaryIO) -> Iterator[Frame]:
         yield Frame(seqs, subjects, data)
 
 
+def prefetched(stream: BinaryIO) -> Iterator[Frame]:
+    """`frames`, read one or two ahead on a thread: reading a pipe releases the GIL, so the next chunk
+    arrives while this one is folded instead of after it."""
+    ahead: queue.Queue[Frame | BaseException | None] = queue.Queue(maxsize=2)
+
+    def pump() -> None:
+        try:
+            for frame in frames(stream):
+                ahead.put(frame)
+            ahead.put(None)
+        except BaseException as err:
+            ahead.put(err)
+
+    threading.Thread(target=pump, name="fold-input", daemon=True).start()
+    while (item := ahead.get()) is not None:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
 def encode_frame(chunk: Messages) -> bytes:
     body: bytes = msgpack.packb([chunk.seqs, chunk.subjects, chunk.data], use_bin_type=True)
     return len(body).to_bytes(4, "big") + body
@@ -181,7 +203,7 @@ def main(argv: list[str]) -> int:
     gc.disable()  # every decoded event lives until its chunk is written: the collector would only rescan them
     con = open_new(path, projection, int(first_text))
     try:
-        for chunk in frames(sys.stdin.buffer):
+        for chunk in prefetched(sys.stdin.buffer):
             fold(con, projection, chunk)
     except CorruptLog as err:
         con.close()
