@@ -171,6 +171,23 @@ class _Cadence:
         self.cmd = -1
 
 
+def batch_frames(batch_id: str, expected: int, payloads: list[tuple[str, bytes]]) -> bytes:
+    """HPUB frames for the first messages of an atomic batch (everything but the commit), in one buffer.
+
+    The same bytes nats-py's publish would write for each message with these
+    headers. The server checks `Nats-Expected-Last-Sequence` when the batch
+    commits (tested), so these frames may even precede the previous batch's
+    commit on the wire; the commits themselves go out in order.
+    """
+    head = f"NATS/1.0\r\n{HDR_BATCH_ID}: {batch_id}\r\n{HDR_BATCH_SEQ}: ".encode()
+    frames = []
+    for i, (subject, data) in enumerate(payloads, 1):
+        fence = f"{HDR_EXPECTED_LAST_SEQ}: {expected}\r\n" if i == 1 else ""
+        hdr = head + f"{i}\r\n{fence}\r\n".encode()
+        frames.append(b"HPUB %s %d %d\r\n%s%s\r\n" % (subject.encode(), len(hdr), len(hdr) + len(data), hdr, data))
+    return b"".join(frames)
+
+
 @dataclass(slots=True)
 class _Batch:
     """An atomic batch whose commit request is out: its fence, its messages, and the pending reply."""
@@ -651,22 +668,30 @@ class EngineService:
         self._confirmed(expected, payloads)
 
     async def _start_batch(self, batch_id: str, expected: int, payloads: list[tuple[str, bytes]]) -> asyncio.Task[Any]:
-        """Publish a batch's messages; the commit's reply (the PubAck) arrives on the returned task."""
+        """Publish a batch's messages; the commit's reply (the PubAck) arrives on the returned task.
+
+        All but the commit message go out as one buffer of HPUB frames: nats-py's publish costs
+        about 10 µs of Python per message (a header dict encoded, three buffer appends, a flush
+        check), which was a quarter of the engine's time. The commit goes through `request`,
+        behind them on the same connection, so the server sees the same frames in the same order.
+        """
         n = len(payloads)
         if not n:
             raise AssertionError("empty batch")
-        for i, (subject, data) in enumerate(payloads, 1):
-            headers = {HDR_BATCH_ID: batch_id, HDR_BATCH_SEQ: str(i)}
-            if i == 1:
-                headers[HDR_EXPECTED_LAST_SEQ] = str(expected)
-            if i < n:
+        send_raw = getattr(self.nc, "_send_command", None)  # nats-py's write buffer; fall back if it moves
+        if n > 1 and send_raw is not None:
+            await send_raw(batch_frames(batch_id, expected, payloads[:-1]))
+        else:
+            for i, (subject, data) in enumerate(payloads[:-1], 1):
+                headers = {HDR_BATCH_ID: batch_id, HDR_BATCH_SEQ: str(i)}
+                if i == 1:
+                    headers[HDR_EXPECTED_LAST_SEQ] = str(expected)
                 await self.nc.publish(subject, data, headers=headers)
-            else:
-                headers[HDR_BATCH_COMMIT] = "1"
-                return asyncio.ensure_future(
-                    self.nc.request(subject, data, timeout=self.commit_timeout, headers=headers)
-                )
-        raise AssertionError("unreachable")
+        subject, data = payloads[-1]
+        headers = {HDR_BATCH_ID: batch_id, HDR_BATCH_SEQ: str(n), HDR_BATCH_COMMIT: "1"}
+        if n == 1:
+            headers[HDR_EXPECTED_LAST_SEQ] = str(expected)
+        return asyncio.ensure_future(self.nc.request(subject, data, timeout=self.commit_timeout, headers=headers))
 
     async def _landed(self, batch_id: str, expected: int, n: int) -> bool:
         """After an ambiguous commit: True if our batch is in JB_EVT, False if nothing was written.

@@ -45,6 +45,7 @@ from commands.subjects import (
     HDR_MSG_ID,
 )
 from engine.core import MAX_EVENTS_PER_COMMAND
+from engine.service import batch_frames
 from events.reader import StreamReader
 from jetbook.errors import JetbookError, parse_puback
 
@@ -83,8 +84,12 @@ class AtomicWriter:
         batch_id = self._nuid.next().decode()
         expected, self.expected = self.expected, self.expected + n
         self.batches += 1
-        for i, (subject, data) in enumerate(payloads[:-1], 1):
-            await self.nc.publish(subject, data, headers=batch_headers(batch_id, i, n, expected))
+        send_raw = getattr(self.nc, "_send_command", None)
+        if n > 1 and send_raw is not None:  # as engine/service.py sends them: one buffer of frames
+            await send_raw(batch_frames(batch_id, expected, payloads[:-1]))
+        else:
+            for i, (subject, data) in enumerate(payloads[:-1], 1):
+                await self.nc.publish(subject, data, headers=batch_headers(batch_id, i, n, expected))
         subject, data = payloads[-1]
         headers = batch_headers(batch_id, n, n, expected)
         if self.inflight == 1:  # what the engine does: request, wait for the PubAck

@@ -65,3 +65,23 @@ async def test_an_ambiguous_commit_with_later_batches_in_flight(nc: Any, js: Any
     assert flaky.commits > nth
     events = await assert_log_is_exact(js)  # every command's events exactly once, in order
     assert service.last_evt_seq == events[-1].seq == service.engine.state.event_count
+
+
+async def test_the_fence_is_checked_at_commit_so_frames_may_precede_the_previous_commit(nc: Any, js: Any) -> None:
+    """What pipelining relies on: batch B's first message (fenced on A's end) may reach the server before A commits."""
+    from commands.subjects import HDR_BATCH_COMMIT, HDR_BATCH_ID, HDR_BATCH_SEQ
+    from engine.service import batch_frames
+    from events.streams import ensure_streams
+    from jetbook.errors import parse_puback
+
+    await ensure_streams(js)
+    a = [("jb.wal.M.x", b"a1"), ("jb.wal.M.x", b"a2")]
+    b = [("jb.wal.M.x", b"b1"), ("jb.wal.M.x", b"b2")]
+    await nc._send_command(batch_frames("A", 0, a[:1]))
+    await nc._send_command(batch_frames("B", 2, b[:1]))  # fenced on A's end, which is not committed yet
+    commit = {HDR_BATCH_COMMIT: "1", HDR_BATCH_SEQ: "2"}
+    ack_a = parse_puback((await nc.request("jb.wal.M.x", b"a2", headers={HDR_BATCH_ID: "A", **commit})).data)
+    ack_b = parse_puback((await nc.request("jb.wal.M.x", b"b2", headers={HDR_BATCH_ID: "B", **commit})).data)
+    assert (ack_a["seq"], ack_b["seq"]) == (2, 4)
+    stored = [(await js.get_msg("JB_EVT", seq)).data for seq in range(1, 5)]
+    assert stored == [b"a1", b"a2", b"b1", b"b2"]
