@@ -69,6 +69,8 @@ async def _publish(js: Any, commands: list[tuple[str, bytes]], rng: random.Rando
 
     for start in range(0, len(commands), 50):
         await asyncio.gather(*(one(i) for i in range(start, min(start + 50, len(commands)))))
+        # Pacing, not synchronisation: spreading the windows out in time is what lets a fault
+        # land while commands are still arriving. Nothing waits on this pause.
         await asyncio.sleep(rng.uniform(0, 0.01))
     return await last_seq(js, CMD_STREAM)
 

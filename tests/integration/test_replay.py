@@ -116,6 +116,8 @@ async def test_the_swap_is_atomic_and_a_running_worker_reopens_the_new_file(
             async def read_all_along() -> None:
                 while reading:
                     seen.append(position(target))
+                    # The pause is the sampling interval, not a wait for anything: this task opens the
+                    # path over and over while the rebuild runs, and the assertion is on what it saw.
                     await asyncio.sleep(0.01)
 
             reader = asyncio.create_task(read_all_along())
