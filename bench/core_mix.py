@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -22,9 +21,12 @@ import msgpack
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.core import Engine
+from jetbook.bench.core import measure
+from jetbook.bench.workload import Cmd
 
 
 def workload(n: int, seed: int, markets: int, accounts: int) -> list[tuple[str, bytes]]:
+    """(subject, payload) of each command: one create_market per market, then the mix."""
     rng = random.Random(seed)
     pack = msgpack.Packer(use_bin_type=True).pack
     out: list[tuple[str, bytes]] = []
@@ -74,35 +76,28 @@ def main() -> None:
     ap.add_argument("--accounts", type=int, default=200)
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    cmds = workload(args.commands, args.seed, args.markets, args.accounts)
-    unpack = msgpack.unpackb
-    decode_rates, core_rates = [], []
-    kinds: Counter[str] = Counter()
-    for run in range(args.runs):
-        t0 = time.perf_counter()
-        for _, data in cmds:
-            unpack(data, raw=False)
-        decode_rates.append(len(cmds) / (time.perf_counter() - t0))
-        engine = Engine()
-        handle = engine.handle
-        t0 = time.perf_counter()
-        for seq, (subject, data) in enumerate(cmds, 1):
-            handle(seq, seq, subject, data)
-        core_rates.append(len(cmds) / (time.perf_counter() - t0))
-        if run == 0:
-            engine = Engine()
-            for seq, (subject, data) in enumerate(cmds, 1):
-                kinds.update(e.TYPE if e.TYPE != "rejected" else f"rejected:{e.reason}"  # type: ignore[attr-defined]
-                             for e in engine.handle(seq, seq, subject, data))  # fmt: skip
-    decode_rates.sort()
-    core_rates.sort()
+    cmds = [
+        Cmd(subject, data, "", 0, "")
+        for subject, data in workload(args.commands, args.seed, args.markets, args.accounts)
+    ]
+    setup, orders = cmds[: args.markets], cmds[args.markets :]
+    # The same timing loops as `jetbook bench` (jetbook/bench/core.py), on this workload.
+    figures, problems = measure(setup, orders, ["decode", "handle"], args.runs, None)
     print(f"command: python bench/core_mix.py --commands {args.commands} --seed {args.seed} "
           f"--markets {args.markets} --accounts {args.accounts} --runs {args.runs}")  # fmt: skip
-    print(f"commands: {len(cmds):,} (70% place, 25% cancel, 5% amend)")
-    print(f"bare msgpack decode : {decode_rates[len(decode_rates) // 2]:>12,.0f} commands/s (median of {args.runs})")
-    print(f"core (parse+decide+evolve): {core_rates[len(core_rates) // 2]:>12,.0f} commands/s (median; "
-          f"range {core_rates[0]:,.0f}-{core_rates[-1]:,.0f})")  # fmt: skip
+    print(f"commands: {len(orders):,} (70% place, 25% cancel, 5% amend) after {len(setup)} create_market")
+    for key in ("decode", "handle"):
+        f = figures[key]
+        print(f"{f['title']:<28} {f['orders_per_s_median']:>12,} commands/s median of {f['runs']} "
+              f"(best {f['orders_per_s']:,})")  # fmt: skip
+    kinds: Counter[str] = Counter()
+    engine = Engine()
+    for seq, c in enumerate(cmds, 1):
+        kinds.update(e.TYPE if e.TYPE != "rejected" else f"rejected:{e.reason}"  # type: ignore[attr-defined]
+                     for e in engine.handle(seq, seq, c.subject, c.data))  # fmt: skip
     print("events: " + ", ".join(f"{k} {v:,}" for k, v in kinds.most_common()))
+    for problem in problems:
+        print(f"problem: {problem}")
 
 
 if __name__ == "__main__":

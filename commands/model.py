@@ -163,10 +163,6 @@ Command = (
     CreateMarket | AddRunner | SetMarketState | AwaitLive | GoLive | CloseMarket | SettleMarket | VoidMarket
     | SetRiskLimits | PlaceOrder | CancelOrder | AmendOrder | CancelAll
 )  # fmt: skip
-CONTROL_COMMANDS: Final = (
-    CreateMarket, AddRunner, SetMarketState, AwaitLive, GoLive, CloseMarket, SettleMarket, VoidMarket, SetRiskLimits,
-)  # fmt: skip
-TRADING_COMMANDS: Final = (PlaceOrder, CancelOrder, AmendOrder, CancelAll)
 
 
 @dataclass(slots=True)

@@ -24,6 +24,7 @@ import msgpack
 
 from commands.model import (
     MAX_PRICE,
+    MAX_RUNNERS,
     ODDS_SIDES,
     PAIR_SIDES,
     AddRunner,
@@ -74,7 +75,6 @@ CHECKPOINT_EVERY: Final = 100_000
 # Lists of many orders or accounts (mass cancels, settlement) are split into events of this many
 # entries, so even a market with 400k resting orders closes in one atomic batch.
 CHUNK: Final = 500
-MAX_RUNNERS: Final = 64
 
 # Decimal odds x 100 on the standard betting-exchange ladder: (from, to, step).
 ODDS_LADDER: Final = (
@@ -471,7 +471,7 @@ def _decide_place(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
     return out
 
 
-def _order_of(state: State, p: Parsed, cmd: CancelOrder | AmendOrder, market: Market) -> tuple[Book, Order]:
+def _order_of(p: Parsed, cmd: CancelOrder | AmendOrder, market: Market) -> tuple[Book, Order]:
     """The open order a cancel or amend names, owned by the sender."""
     assert p.account_id is not None
     order_id = cmd.order_id
@@ -504,7 +504,7 @@ def _decide_cancel(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
     assert isinstance(cmd, CancelOrder)
     market = _market(state, p)
     _check_cancellable(market, cmd.order_id)
-    _, o = _order_of(state, p, cmd, market)
+    _, o = _order_of(p, cmd, market)
     return [
         OrderCancelled(
             p.market_id,
@@ -529,7 +529,7 @@ def _decide_amend(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
     market = _market(state, p)
     if market.state != "open":
         raise _Refuse("market_not_open", f"market is {market.state}", cmd.order_id)
-    book, order = _order_of(state, p, cmd, market)
+    book, order = _order_of(p, cmd, market)
     oid = order.order_id
     try:
         price = order.price if cmd.price is None else cmd.price

@@ -41,9 +41,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import nats.errors
-import nats.js.errors
-
 from commands.subjects import (
     CMD_STREAM,
     EVT_STREAM,
@@ -59,7 +56,7 @@ from engine.snapshots import Captured, SnapshotStore, Tag, finish_capture, start
 from events.model import Checkpoint, Event, UnknownEvent, decode, encode
 from events.reader import BulkReader, RawMsg, ResumableReader, StreamReader, last_seq
 from events.streams import ensure_streams
-from jetbook.errors import CorruptLog, Fenced, JetbookError, parse_puback
+from jetbook.errors import TRANSIENT, CorruptLog, Fenced, JetbookError, parse_puback
 
 log = logging.getLogger("jetbook.engine")
 
@@ -109,13 +106,6 @@ class LogDiverged(JetbookError):
 
 class CheckpointCadence(JetbookError):
     """The log's checkpoints are not where this engine's checkpoint interval would put them."""
-
-
-# A timeout, a reconnect, or a stream with no leader for a moment (a node lost in a cluster: 503,
-# "no response from stream"): wait and ask again.
-_TRANSIENT = (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
-              nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-              nats.js.errors.ServiceUnavailableError, nats.js.errors.NoStreamResponseError)  # fmt: skip
 
 
 def _text(subject: str | bytes) -> str:
@@ -455,7 +445,7 @@ class EngineService:
         while True:
             try:
                 return await call()
-            except _TRANSIENT as err:
+            except TRANSIENT as err:
                 log.warning("JetStream not answering (%s); retrying", err)
                 delay = await self._back_off(delay)
 
@@ -602,7 +592,7 @@ class EngineService:
         b = self._inflight[0]
         try:
             ack = parse_puback((await b.reply).data)
-        except _TRANSIENT as err:
+        except TRANSIENT as err:
             log.warning("commit of batch %s is ambiguous (%s); reading the stream tail", b.batch_id, err)
             await self._unwind()
             return
@@ -626,25 +616,11 @@ class EngineService:
         batches = list(self._inflight)
         self._inflight.clear()
         await asyncio.gather(*(b.reply for b in batches[1:]), return_exceptions=True)
-        if len(batches) == 1:  # the common case, with the slow-commit handling of _landed
-            b = batches[0]
-            if await self._landed(b.batch_id, b.expected, len(b.payloads)):
-                self._confirmed(b.expected, b.payloads)
-            else:
-                await self._commit_serial(b.payloads)
-            return
-        tail = await self._retry(lambda: last_seq(self.js, EVT_STREAM))
         for i, b in enumerate(batches):
-            end = b.expected + len(b.payloads)
-            if tail < end:
-                if tail != b.expected:
-                    raise Fenced(400, 10071, f"JB_EVT is at {tail}, inside our batch {b.batch_id}")
+            if not await self._landed(b.batch_id, b.expected, len(b.payloads)):
                 for rest in batches[i:]:
                     await self._commit_serial(rest.payloads)
                 return
-            msg = await self._retry(lambda end=end: self.js.get_msg(EVT_STREAM, end))
-            if (msg.headers or {}).get(HDR_BATCH_ID) != b.batch_id:
-                raise Fenced(400, 10071, f"JB_EVT[{end}] is not our batch {b.batch_id}: another writer")
             self._confirmed(b.expected, b.payloads)
 
     async def _commit_serial(self, payloads: list[tuple[str, bytes]]) -> None:
@@ -656,7 +632,7 @@ class EngineService:
             batch_id = self._nuid.next().decode()
             try:
                 ack = parse_puback((await (await self._start_batch(batch_id, expected, payloads))).data)
-            except _TRANSIENT as err:
+            except TRANSIENT as err:
                 log.warning("commit of batch %s is ambiguous (%s); reading the stream tail", batch_id, err)
                 if await self._landed(batch_id, expected, len(payloads)):
                     break
@@ -694,12 +670,14 @@ class EngineService:
         return asyncio.ensure_future(self.nc.request(subject, data, timeout=self.commit_timeout, headers=headers))
 
     async def _landed(self, batch_id: str, expected: int, n: int) -> bool:
-        """After an ambiguous commit: True if our batch is in JB_EVT, False if nothing was written.
+        """After an ambiguous commit: True if our batch is in JB_EVT, False if nothing was written after `expected`.
 
-        If the server applies the lost commit only after we read an unchanged
-        tail, our retry carries the same expected sequence and is refused by the
-        fence: the engine steps down and rebuilds from the log, which holds the
-        batch once. A slow commit costs a resync, never a duplicate.
+        The batch landed iff the log reaches its end and the message there is
+        ours (batches after it may have landed too). If the server applies the
+        lost commit only after we read an unchanged tail, our retry carries the
+        same expected sequence and is refused by the fence: the engine steps
+        down and rebuilds from the log, which holds the batch once. A slow
+        commit costs a resync, never a duplicate.
         """
         delay = BACKOFF_FIRST_S
         while True:
@@ -707,11 +685,11 @@ class EngineService:
                 tail = await last_seq(self.js, EVT_STREAM)
                 if tail == expected:
                     return False
-                if tail == expected + n:
-                    msg = await self.js.get_msg(EVT_STREAM, tail)
+                if tail >= expected + n:
+                    msg = await self.js.get_msg(EVT_STREAM, expected + n)
                     if (msg.headers or {}).get(HDR_BATCH_ID) == batch_id:
                         return True
                 raise Fenced(400, 10071, f"JB_EVT moved from {expected} to {tail} under another writer")
-            except _TRANSIENT as err:
+            except TRANSIENT as err:
                 log.warning("stream tail not readable yet (%s); retrying", err)
                 delay = await self._back_off(delay)

@@ -27,9 +27,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import nats.errors
-import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from jetbook.errors import TRANSIENT
 
 log = logging.getLogger("jetbook.reader")
 
@@ -551,14 +551,6 @@ async def read_range(js: Any, stream: str, start: int, end: int, **options: Any)
             yield chunk
 
 
-# A stream that cannot be read right now (server restarting, stream not elected yet): ask again.
-_NOT_YET = (
-    asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError, nats.js.errors.ServiceUnavailableError,
-    nats.js.errors.NoStreamResponseError,
-)  # fmt: skip
-
-
 class ResumableReader:
     """A stream reader that starts again from the caller's position after the client reconnects.
 
@@ -586,7 +578,7 @@ class ResumableReader:
             reader = StreamReader(self.nc.jetstream(), self.stream, position)
             try:
                 self.reader = await reader.start()
-            except _NOT_YET as err:
+            except TRANSIENT as err:
                 log.warning("cannot read %s yet (%s); retrying", self.stream, err)
                 await asyncio.sleep(min(timeout, 0.25))  # back off; the caller asks again
                 return []

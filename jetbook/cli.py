@@ -10,8 +10,9 @@ from typing import Annotated, Any
 
 import typer
 
+from jetbook.cli_common import Market, Url, client_call
 from jetbook.settings import DEFAULT_URL, Settings
-from jetbook.submit_cli import Market, Url, client_call, submit_app
+from jetbook.submit_cli import submit_app
 from replay.cli import replay_app
 
 app = typer.Typer(
@@ -25,7 +26,6 @@ MaybeUrl = Annotated[
     typer.Option("--nats-url", envvar="JETBOOK_NATS_URL", help="Use this server instead of starting one."),
 ]
 Replicas = Annotated[int, typer.Option(envvar="JETBOOK_REPLICAS", help="Stream replicas (3 on a cluster).")]
-_client_call = client_call
 
 
 @app.command()
@@ -120,7 +120,7 @@ def demo(nats_url: Url = DEFAULT_URL, market: Market = "ETH-USDC") -> None:
         await run_demo(js, market)
         return 0
 
-    _client_call(nats_url, body)
+    client_call(nats_url, body)
 
 
 @app.command()
@@ -149,7 +149,7 @@ def fills(
         return 0
 
     try:
-        _client_call(nats_url, body)
+        client_call(nats_url, body)
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
 

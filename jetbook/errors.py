@@ -7,8 +7,20 @@ changes what the engine does next.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, Final
+
+import nats.errors
+import nats.js.errors
+
+# A timeout, a reconnect, or a stream with no leader for a moment (a node lost in a cluster: 503,
+# "no response from stream"): not an answer, so wait and ask again.
+TRANSIENT: Final = (
+    asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError, nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
+)  # fmt: skip
 
 
 class JetbookError(Exception):

@@ -8,55 +8,20 @@ reason code, and there is no second copy of the validation rules.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import typer
 
+from jetbook.cli_common import Account, Market, Url, client_call
 from jetbook.settings import DEFAULT_URL
 
 submit_app = typer.Typer(no_args_is_help=True, help="Publish one command and print the events it caused.")
 
-Url = Annotated[
-    str,
-    typer.Option(
-        "--nats-url",
-        envvar="JETBOOK_NATS_URL",
-        help="NATS server URL; several, comma-separated, for a cluster; user:password@ for auth.",
-    ),
-]
-Market = Annotated[str, typer.Option("--market", "-m", help="Market id.")]
-Account = Annotated[str, typer.Option("--account", "-a", help="Account id (the last subject token).")]
 Wait = Annotated[bool, typer.Option(help="Wait for and print the events the command caused.")]
 OrderId = Annotated[int | None, typer.Option(help="Engine-assigned order id.")]
 ClientOrderId = Annotated[str | None, typer.Option(help="Your id for the order.")]
 Runner = Annotated[str | None, typer.Option(help="Runner id (odds markets).")]
-
-
-def client_call(url: str, body: Callable[[Any], Awaitable[int]]) -> None:
-    """Connect once, run body(js), exit with its status; connection problems are one clear line."""
-    from nats.errors import NoServersError
-
-    from jetbook.wiring import connect
-
-    async def main() -> int:
-        nc = await connect(url, "jetbook-cli", reconnect=False)
-        try:
-            return await body(nc.jetstream())
-        finally:
-            await nc.close()
-
-    try:
-        code = asyncio.run(main())
-    except TimeoutError as err:
-        typer.echo(f"error: {err}. Is the engine running (`jetbook up` or `jetbook engine`)?", err=True)
-        raise typer.Exit(2) from err
-    except (OSError, NoServersError) as err:
-        typer.echo(f"error: cannot reach NATS at {url}: {err}", err=True)
-        raise typer.Exit(2) from err
-    raise typer.Exit(code)
 
 
 def _print_outcome(events: list[Any]) -> int:

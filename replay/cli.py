@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
@@ -13,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from engine.core import CHECKPOINT_EVERY
+from jetbook.cli_common import Url, client_call
 from jetbook.settings import DEFAULT_URL
 
 replay_app = typer.Typer(
@@ -20,51 +20,13 @@ replay_app = typer.Typer(
     help="Rebuild read models from JB_EVT, re-decide JB_CMD to prove the log, and look at any past sequence.",
 )
 
-Url = Annotated[
-    str,
-    typer.Option(
-        "--nats-url",
-        envvar="JETBOOK_NATS_URL",
-        help="NATS server URL; several, comma-separated, for a cluster; user:password@ for auth.",
-    ),
-]
-
 
 def _run(url: str, body: Callable[[Any], Awaitable[int]]) -> None:
-    """Connect, run, close; one clear line and status 2 for what stops it from running at all."""
-    from nats.errors import ConnectionClosedError, NoServersError, UnexpectedEOF
-
-    from jetbook.errors import JetbookError
-    from jetbook.wiring import connect
-
-    class Unreachable(Exception):
-        pass
-
-    async def main() -> int:
-        try:
-            nc = await connect(url, "jetbook-replay", reconnect=False)
-        except (OSError, NoServersError) as err:
-            raise Unreachable(str(err)) from err
-        try:
-            return await body(nc.jetstream())
-        finally:
-            await nc.close()
-
     try:
-        code = asyncio.run(main())
-    except Unreachable as err:
-        typer.echo(f"error: cannot reach NATS at {url}: {err}", err=True)
-        raise typer.Exit(2) from err
-    except (ConnectionClosedError, UnexpectedEOF) as err:
-        typer.echo(f"error: lost the connection to NATS at {url} ({type(err).__name__}); run it again", err=True)
-        raise typer.Exit(2) from err
-    except JetbookError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from err
+        client_call(url, body, "jetbook-replay")
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
-    raise typer.Exit(code)
 
 
 class _Reporter:

@@ -253,14 +253,9 @@ async def phase_floor(
 
         await wait_for("the null engine to write the setup events", setup_done, children, 60)
         pids = {"null engine": engine.proc.pid, "null reader": reader.proc.pid}
-        if server_pid:
-            pids["nats-server"] = server_pid
-        sampler = Sampler(probe, children, opts.poll)
-        cpu0 = cpu_snapshot(pids)
-        sampler.t0 = time.perf_counter()
-        publish = asyncio.create_task(publish_closed_loop(clients, orders))
-        done = await sampler.until("the floor's events", lambda s: s.evt_last >= events_total, opts.stall)
-        pub_s = await publish
+        sampler, cpu0, done, pub_s = await _publish_until_written(
+            opts, probe, children, clients, orders, pids, server_pid, "the floor's events", events_total
+        )
         cpu = cpu_delta(cpu0, cpu_snapshot(pids))
     finally:
         await clients.close()
@@ -281,6 +276,25 @@ async def phase_floor(
         "timeline": sampler.timeline(),
         "jb_evt_last_seq": done.evt_last,
     }
+
+
+async def _publish_until_written(
+    opts: Options, probe: Probe, children: Children, clients: Clients, orders: list[Cmd], pids: dict[str, int],
+    server_pid: int | None, what: str, events_total: int,
+) -> tuple[Sampler, dict[str, Any], Any, float]:  # fmt: skip
+    """Publish every order from the clients while sampling, until JB_EVT holds `events_total` events.
+
+    Returns the sampler, the CPU counters at the start (`pids` gains nats-server's), the sample at
+    which the events were all written, and how long publishing took.
+    """
+    if server_pid:
+        pids["nats-server"] = server_pid
+    sampler = Sampler(probe, children, opts.poll)
+    cpu0 = cpu_snapshot(pids)
+    sampler.t0 = time.perf_counter()
+    publish = asyncio.create_task(publish_closed_loop(clients, orders))
+    done = await sampler.until(what, lambda s: s.evt_last >= events_total, opts.stall)
+    return sampler, cpu0, done, await publish
 
 
 async def phase_end_to_end(
@@ -304,14 +318,9 @@ async def phase_end_to_end(
             attach_py_spy(children, projection, opts.py_spy)
             await asyncio.sleep(1.0)  # py-spy needs a moment to attach; not a wait for an outcome
         pids = {"engine": engine.proc.pid, "projection": projection.proc.pid}
-        if server_pid:
-            pids["nats-server"] = server_pid
-        sampler = Sampler(probe, children, opts.poll)
-        cpu0 = cpu_snapshot(pids)
-        sampler.t0 = time.perf_counter()
-        publish = asyncio.create_task(publish_closed_loop(clients, orders))
-        done = await sampler.until("the engine's events", lambda s: s.evt_last >= events_total, opts.stall)
-        pub_s = await publish
+        sampler, cpu0, done, pub_s = await _publish_until_written(
+            opts, probe, children, clients, orders, pids, server_pid, "the engine's events", events_total
+        )
         cpu_engine_done = cpu_delta(cpu0, cpu_snapshot(pids))
         proj_done = await sampler.until("the projection", lambda s: s.proj >= events_total, opts.stall)
         cpu_proj_done = cpu_delta(cpu0, cpu_snapshot(pids))

@@ -75,6 +75,17 @@ async def _publish(js: Any, commands: list[tuple[str, bytes]], rng: random.Rando
     return await last_seq(js, CMD_STREAM)
 
 
+async def _all_decided_and_projected(js: Any, publisher: asyncio.Task[int], db: Path) -> None:
+    """Every command published has its events, and the projection has folded all of them."""
+    await wait_for_command(js, await publisher, timeout=120)
+    end = await last_seq(js, EVT_STREAM)
+
+    async def projected() -> bool:
+        return projection_position(db) == end
+
+    await wait_until(projected, 60, "the projection to reach the end")
+
+
 async def _at_least(js: Any, seq: int) -> bool:
     try:
         return await last_seq(js, EVT_STREAM) >= seq
@@ -114,14 +125,7 @@ async def test_kill_9_engine_and_projection_at_random_points_under_load(
                 projection.wait()
                 kills["projection"] += 1
                 projection = _projection(url, db)
-        last = await publisher
-        await wait_for_command(js, last, timeout=120)
-        end = await last_seq(js, EVT_STREAM)
-
-        async def projected() -> bool:
-            return projection_position(db) == end
-
-        await wait_until(projected, 60, "the projection to reach the end")
+        await _all_decided_and_projected(js, publisher, db)
     finally:
         publisher.cancel()
         engine_status, projection_status = stop_proc(engine), stop_proc(projection)
@@ -150,14 +154,7 @@ async def test_nats_server_restart_under_load_loses_nothing(
         server.kill()  # SIGKILL: no shutdown; the store is recovered from its files
         server = EmbeddedServer(nats_server.data_dir, port=port)  # same store, same port
         server.start()
-        last = await publisher
-        await wait_for_command(js, last, timeout=120)
-        end = await last_seq(js, EVT_STREAM)
-
-        async def projected() -> bool:
-            return projection_position(db) == end
-
-        await wait_until(projected, 60, "the projection to reach the end")
+        await _all_decided_and_projected(js, publisher, db)
         assert engine.poll() is None and projection.poll() is None  # reconnected, never restarted
         engine_status, projection_status = stop_proc(engine), stop_proc(projection)
         assert engine_status == 0 and projection_status == 0

@@ -18,20 +18,8 @@ from jetbook.server import EmbeddedServer
 from projections.runner import ProjectionRunner
 from replay.hashing import db_content_hash
 from tests.conftest import wait_until
+from tests.integration.harness import projection_position as position
 from tests.integration.harness import publish_all, running_engine, wait_for_command, workload
-
-
-def position(db: Path) -> int:
-    if not db.exists():
-        return 0
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        row = con.execute("SELECT last_seq FROM projection_position").fetchone()
-    except sqlite3.OperationalError:  # schema not created yet
-        return 0
-    finally:
-        con.close()
-    return int(row[0]) if row else 0
 
 
 async def rebuild(js: Any, db: Path, until: int) -> None:

@@ -17,7 +17,7 @@ from projections.runner import ProjectionRunner
 from replay.hashing import db_content_hash
 from tests.conftest import wait_until
 from tests.integration.harness import assert_log_is_exact, publish_all, running_engine, wait_for_command, workload
-from tests.integration.test_projection import position
+from tests.integration.harness import projection_position as position
 
 
 async def _aim(js: Any, stream: str, inbox: str, start: int | None = None) -> None:

@@ -29,8 +29,8 @@ from replay.hashing import db_content_hash
 from replay.rebuild import RebuildError, rebuild
 from replay.verify import verify
 from tests.conftest import wait_until
+from tests.integration.harness import projection_position as position
 from tests.integration.harness import publish_all, read_all, running_engine, wait_for_command, workload
-from tests.integration.test_projection import position
 
 
 def jetbook(url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

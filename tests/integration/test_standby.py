@@ -8,9 +8,10 @@ killed with SIGKILL or paused with SIGSTOP, against a real nats-server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +85,9 @@ def _engine(url: str, log: Path, *extra: str) -> Any:
     return jetbook_proc(log, "engine", "--nats-url", url, "--lease-ttl", TTL, *extra)
 
 
-async def test_standby_takes_over_when_the_active_is_killed(
-    nats_server: EmbeddedServer, nc: Any, js: Any, tmp_path: Path
-) -> None:
-    url = nats_server.url
+@contextlib.asynccontextmanager
+async def _active_and_standby(url: str, tmp_path: Path) -> AsyncIterator[tuple[Any, Path, Any, Path]]:
+    """Engine a active, engine b following as its standby; both stopped (and woken, if paused) at the end."""
     a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
     a = _engine(url, a_log)
     b = None
@@ -95,6 +95,19 @@ async def test_standby_takes_over_when_the_active_is_killed(
         await wait_until(logged(a_log, "active: deciding"), 30, "engine a to become active")
         b = _engine(url, b_log)
         await wait_until(logged(b_log, "standby: following"), 30, "engine b to stand by")
+        yield a, a_log, b, b_log
+    finally:
+        for proc in (a, b):
+            if proc is not None:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGCONT)
+                stop_proc(proc)
+
+
+async def test_standby_takes_over_when_the_active_is_killed(
+    nats_server: EmbeddedServer, nc: Any, js: Any, tmp_path: Path
+) -> None:
+    async with _active_and_standby(nats_server.url, tmp_path) as (a, _, _, b_log):
         publisher = asyncio.create_task(publish_all(js, workload(3000, seed=21)))
 
         async def busy() -> bool:
@@ -110,23 +123,12 @@ async def test_standby_takes_over_when_the_active_is_killed(
         await wait_for_command(js, last, timeout=60)
         assert not log_has(b_log, "replaying JB_EVT from the start")
         await assert_matches_crash_free(js, nc)
-    finally:
-        for proc in (a, b):
-            if proc is not None:
-                stop_proc(proc)
 
 
 async def test_a_paused_active_is_refused_and_steps_down(
     nats_server: EmbeddedServer, nc: Any, js: Any, tmp_path: Path
 ) -> None:
-    url = nats_server.url
-    a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
-    a = _engine(url, a_log)
-    b = None
-    try:
-        await wait_until(logged(a_log, "active: deciding"), 30, "engine a to become active")
-        b = _engine(url, b_log)
-        await wait_until(logged(b_log, "standby: following"), 30, "engine b to stand by")
+    async with _active_and_standby(nats_server.url, tmp_path) as (a, a_log, b, b_log):
         commands = workload(4000, seed=22)
         first = await publish_all(js, commands[:1000])
         await wait_for_command(js, first)
@@ -145,12 +147,6 @@ async def test_a_paused_active_is_refused_and_steps_down(
         await wait_for_command(js, last, timeout=60)
         assert a.poll() is None
         await assert_matches_crash_free(js, nc)
-    finally:
-        for proc in (a, b):
-            if proc is not None:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGCONT)
-                stop_proc(proc)
 
 
 class _CommitWaits:

@@ -1,0 +1,58 @@
+"""What every `jetbook` sub-command that talks to NATS shares: the --nats-url option and one way to run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import typer
+
+Url = Annotated[
+    str,
+    typer.Option(
+        "--nats-url",
+        envvar="JETBOOK_NATS_URL",
+        help="NATS server URL; several, comma-separated, for a cluster; user:password@ for auth.",
+    ),
+]
+Market = Annotated[str, typer.Option("--market", "-m", help="Market id.")]
+Account = Annotated[str, typer.Option("--account", "-a", help="Account id (the last subject token).")]
+
+
+class _Unreachable(Exception):
+    pass
+
+
+def client_call(url: str, body: Callable[[Any], Awaitable[int]], name: str = "jetbook-cli") -> None:
+    """Connect once, run body(js), exit with its status; what stops it from running at all is one clear line."""
+    from nats.errors import ConnectionClosedError, NoServersError, UnexpectedEOF
+
+    from jetbook.errors import JetbookError
+    from jetbook.wiring import connect
+
+    async def main() -> int:
+        try:
+            nc = await connect(url, name, reconnect=False)
+        except (OSError, NoServersError) as err:
+            raise _Unreachable(str(err)) from err
+        try:
+            return await body(nc.jetstream())
+        finally:
+            await nc.close()
+
+    try:
+        code = asyncio.run(main())
+    except _Unreachable as err:
+        typer.echo(f"error: cannot reach NATS at {url}: {err}", err=True)
+        raise typer.Exit(2) from err
+    except TimeoutError as err:
+        typer.echo(f"error: {err}. Is the engine running (`jetbook up` or `jetbook engine`)?", err=True)
+        raise typer.Exit(2) from err
+    except (ConnectionClosedError, UnexpectedEOF) as err:
+        typer.echo(f"error: lost the connection to NATS at {url} ({type(err).__name__}); run it again", err=True)
+        raise typer.Exit(2) from err
+    except JetbookError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    raise typer.Exit(code)
