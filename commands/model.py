@@ -33,6 +33,14 @@ MAX_PRICE: Final = 10**9
 MAX_QTY: Final = 10**9
 MAX_LIMIT: Final = 2**62  # risk limits
 MAX_RUNNERS: Final = 64
+# Every amount the engine stores or publishes (cash, positions, P&L, exposure) stays within a signed
+# 64-bit integer: the read model keeps them as SQLite INTEGERs and msgpack packs at most 64 bits.
+MAX_AMOUNT: Final = 2**63 - 1
+# Venue resources (docs/PROTOCOL.md "Limits"): each has a reject reason when a command would pass it.
+MAX_MARKETS: Final = 10_000  # markets ever created on the venue (settled and voided ones stay in the state)
+MAX_OPEN_ORDERS: Final = 10_000  # resting orders per account per market
+# How deep `show` looks into a value before it gives up and names only its type.
+_SHOW_DEPTH: Final = 16
 
 PAIR_SIDES: Final = ("buy", "sell")
 ODDS_SIDES: Final = ("back", "lay")
@@ -184,6 +192,41 @@ class Invalid:
 
 # --- field checks ---------------------------------------------------------------------------------
 # A check returns None when the value is good, else the detail code.
+
+
+def _shallow(value: Any, depth: int) -> bool:
+    """True if no container in value nests deeper than depth (an iterative walk: it cannot recurse)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if type(v) is list or type(v) is tuple:
+            if d >= depth:
+                return False
+            stack.extend((x, d + 1) for x in v)
+        elif type(v) is dict:
+            if d >= depth:
+                return False
+            for k, x in v.items():
+                stack.append((k, d + 1))
+                stack.append((x, d + 1))
+    return True
+
+
+def show(value: Any, limit: int) -> str:
+    """str(value)[:limit] for a reject's detail, total for anything msgpack can decode.
+
+    str() recurses, so a value nested ~1000 deep (msgpack allows up to 1023)
+    raised RecursionError here and took the engine down. Values up to
+    _SHOW_DEPTH deep render exactly as str() did, so existing logs re-decide to
+    the same bytes; deeper ones (and anything whose str() fails) become
+    `<list>`-style type names. Deterministic: it depends only on the value.
+    """
+    try:
+        if _shallow(value, _SHOW_DEPTH):
+            return str(value)[:limit]
+    except Exception:  # e.g. a str() that raises: never let a detail stop the engine
+        pass
+    return f"<{type(value).__name__}>"[:limit]
 
 
 def _int_in(lo: int, hi: int) -> Callable[[Any], str | None]:
@@ -364,7 +407,7 @@ def _fields(spec: Spec, body: dict[str, Any]) -> dict[str, Any] | tuple[str, str
     if spec.strict:
         for key in body:
             if key not in spec.names:
-                return "unknown_field", f"{str(key)[:64]}: unknown"
+                return "unknown_field", f"{show(key, 64)}: unknown"
     out: dict[str, Any] = {}
     rules = _RULES.get(spec.cls)
     for f in spec.fields:
@@ -473,12 +516,12 @@ def parse(subject: str, data: bytes) -> Parsed | Invalid:
         return Invalid(market, account, "missing_field", "type: missing", None, coid)
     spec = SPECS.get(ctype) if type(ctype) is str else None
     if spec is None:
-        return Invalid(market, account, "unknown_type", f"type {str(ctype)[:64]!r}", None, coid)
+        return Invalid(market, account, "unknown_type", f"type {show(ctype, 64)!r}", None, coid)
     if family != spec.family:
         return Invalid(market, account, "wrong_subject", f"{ctype} goes on jb.{spec.family}", ctype, coid)
     version = body.get("v", SCHEMA_VERSION)
     if type(version) is not int or version != SCHEMA_VERSION:
-        return Invalid(market, account, "unsupported_version", f"v: {str(version)[:16]}", ctype, coid)
+        return Invalid(market, account, "unsupported_version", f"v: {show(version, 16)}", ctype, coid)
     if family == "cmd" and market != ALL_MARKETS:
         fast = _fast(ctype, body, coid)
         if fast is not None:

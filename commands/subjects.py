@@ -69,3 +69,36 @@ def wal_subject(market_id: str, kind: str) -> str:
 def evt_filter(market_id: str | None = None, kind: str | None = None) -> str:
     """A subscription filter over JB_EVT; None means every market or kind."""
     return f"{EVT_PREFIX}.{market_id or '*'}.{kind or '*'}"
+
+
+# --- private and public feeds (projections/fanout.py writes them; see docs/PROTOCOL.md) --------------------
+#
+# JB_EVT names accounts and client order ids, so only services read it. The fan-out worker copies what
+# concerns an account to jb.acct.<account>.<market>.<kind> (stream JB_ACCT; a trader may read only its own
+# account's subjects) and every fill, without accounts or order ids, to jb.tape.<market> (stream JB_TAPE,
+# public). Each copy carries the JB_EVT sequence it came from in HDR_EVT_SEQ.
+
+ACCT_STREAM: Final = "JB_ACCT"
+TAPE_STREAM: Final = "JB_TAPE"
+ACCT_PREFIX: Final = "jb.acct"
+TAPE_PREFIX: Final = "jb.tape"
+ACCT_SUBJECTS: Final = (f"{ACCT_PREFIX}.>",)
+TAPE_SUBJECTS: Final = (f"{TAPE_PREFIX}.>",)
+HDR_EVT_SEQ: Final = "Jb-Evt-Seq"  # the JB_EVT sequence a JB_ACCT or JB_TAPE message was made from
+
+
+def acct_subject(account_id: str, market_id: str, kind: str) -> str:
+    return f"{ACCT_PREFIX}.{account_id}.{market_id}.{kind}"
+
+
+def acct_filter(account_id: str, market_id: str | None = None) -> str:
+    """What a trader's reader of JB_ACCT filters on: its own account, one market or all (`jb.acct.<account>.>`)."""
+    return f"{ACCT_PREFIX}.{account_id}.{market_id}.*" if market_id else f"{ACCT_PREFIX}.{account_id}.>"
+
+
+def tape_subject(market_id: str) -> str:
+    return f"{TAPE_PREFIX}.{market_id}"
+
+
+def tape_filter(market_id: str | None = None) -> str:
+    return tape_subject(market_id) if market_id else f"{TAPE_PREFIX}.>"

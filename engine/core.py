@@ -23,6 +23,9 @@ from typing import Any, Final
 import msgpack
 
 from commands.model import (
+    MAX_AMOUNT,
+    MAX_MARKETS,
+    MAX_OPEN_ORDERS,
     MAX_PRICE,
     MAX_RUNNERS,
     ODDS_SIDES,
@@ -44,7 +47,7 @@ from commands.model import (
     VoidMarket,
     parse,
 )
-from commands.subjects import ALL_MARKETS
+from commands.subjects import ALL_MARKETS, UNROUTABLE_MARKET, WAL_PREFIX, is_id, wal_subject
 from engine.book import Book, Order
 from events.model import (
     ENGINE_MARKET,
@@ -61,6 +64,7 @@ from events.model import (
     Rejected,
     RiskLimitsSet,
     RunnerAdded,
+    make_encoders,
 )
 
 # One command's events are published as one ADR-50 atomic batch, which the
@@ -84,6 +88,9 @@ ODDS_LADDER: Final = (
 ODDS_MIN: Final = 101
 ODDS_MAX: Final = 100_000
 TERMINAL: Final = ("closed", "settled", "voided")
+# An odds account's settlement P&L is one of each runner's two figures summed over at most MAX_RUNNERS
+# runners, so each figure is kept within this bound and the sum can never pass MAX_AMOUNT.
+MAX_ODDS_PNL: Final = MAX_AMOUNT // MAX_RUNNERS
 _EMPTY: Final[dict[str, int]] = {}
 
 
@@ -224,6 +231,8 @@ def _decide_create_market(state: State, seq: int, ts: int, p: Parsed) -> list[Ev
         raise _Refuse("market_exists", f"market {cmd.market_id} exists")
     if cmd.market_id.startswith("_"):
         raise _Refuse("invalid_market_id", "market ids starting with '_' are reserved")
+    if len(state.markets) >= MAX_MARKETS:
+        raise _Refuse("too_many_markets", f"at most {MAX_MARKETS} markets")
     if cmd.kind == "pair":
         if not cmd.base:
             raise _Refuse("missing_field", "base: missing")
@@ -347,6 +356,9 @@ def _decide_lifecycle(state: State, seq: int, ts: int, p: Parsed) -> list[Event]
             pnl.append([account, pos[1] + pos[0] * cmd.price])
         else:
             pnl.append([account, sum(wl[0] if r == cmd.winner else wl[1] for r, wl in pos.items())])
+    if any(not -MAX_AMOUNT <= row[1] <= MAX_AMOUNT for row in pnl):
+        # Unreachable while fills keep positions in bounds (_check_positions); a guard for old logs.
+        raise _Refuse("amount_out_of_range", "pnl: outside the signed 64-bit range")
     out: list[Event] = [_changed(market, seq, ts, ctype, "settled")]
     size = _chunk_size(len(pnl), 1, MAX_COMMAND_EVENTS - 1)
     out += [MarketSettled(p.market_id, seq, ts, cmd.winner, cmd.price, chunk) for chunk in _chunks(pnl, size)] or [
@@ -395,6 +407,42 @@ def _taker_events(
                 )
             )  # fmt: skip
     return out
+
+
+def _check_positions(market: Market, plan: list[tuple[Order, int]], account: str, side: str) -> None:
+    """Refuse a match whose fills would take any account's position out of its 64-bit bounds.
+
+    Pair: |cash| + |net qty| x MAX_PRICE <= MAX_AMOUNT, so cash, net qty and the
+    P&L of a settlement at any price (cash + net qty x price) all fit. Odds:
+    each runner's two figures within MAX_ODDS_PNL, so any settlement's sum fits.
+    Only the state after the whole command counts: Python ints do not overflow
+    in between, and nothing is stored or published in between.
+    """
+    deltas: dict[str, list[int]] = {}
+    sign = 1 if side == "buy" or side == "back" else -1
+    pair = market.kind == "pair"
+    for maker, q in plan:
+        if not q:
+            continue
+        price = maker.price
+        a, b = (q, price * q) if pair else (q * (price - 100), q * 100)
+        for who, s in ((account, sign), (maker.account_id, -sign)):
+            d = deltas.get(who)
+            if d is None:
+                d = deltas[who] = [0, 0]
+            d[0] += s * a
+            d[1] -= s * b
+    runner = plan[0][0].runner if plan else None
+    for who, (da, db) in deltas.items():
+        if pair:
+            pos = market.positions.get(who) or (0, 0)
+            ok = abs(pos[1] + db) + abs(pos[0] + da) * MAX_PRICE <= MAX_AMOUNT
+        else:
+            mine: dict[str | None, list[int]] = market.positions.get(who) or {}
+            wl = mine.get(runner) or [0, 0]
+            ok = abs(wl[0] + da) <= MAX_ODDS_PNL and abs(wl[1] + db) <= MAX_ODDS_PNL
+        if not ok:
+            raise _Refuse("amount_out_of_range", "a position would pass its 64-bit bound")
 
 
 def _decide_place(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
@@ -454,6 +502,14 @@ def _decide_place(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
                 raise _Refuse("max_open_exposure_exceeded", f"exposure would exceed {risk.max_open_exposure}")
         if risk.max_open_orders is not None and resting and risk.open_orders + 1 > risk.max_open_orders:
             raise _Refuse("max_open_orders_exceeded", f"at most {risk.max_open_orders} open orders")
+    if resting:
+        assert price is not None  # only limit orders rest
+        if risk is not None and risk.open_orders >= MAX_OPEN_ORDERS:
+            raise _Refuse("too_many_open_orders", f"at most {MAX_OPEN_ORDERS} open orders per account and market")
+        if (risk.open_exposure if risk is not None else 0) + market.exposure(side, price, resting) > MAX_AMOUNT:
+            raise _Refuse("amount_out_of_range", "open exposure would pass its 64-bit bound")
+    if plan:
+        _check_positions(market, plan, account, side)
 
     m = p.market_id
     order_id = market.next_order_id
@@ -559,10 +615,14 @@ def _decide_amend(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
         taker_cancel = remainder > 0 and stopped
         if 1 + len(plan) + taker_cancel > MAX_COMMAND_EVENTS:
             raise _Refuse("too_many_fills", f"would need more than {MAX_COMMAND_EVENTS} events")
+        after = risk.open_exposure - market.exposure(order.side, order.price, order.qty)
         if risk.max_open_exposure is not None:
-            after = risk.open_exposure - market.exposure(order.side, order.price, order.qty)
             if after + market.exposure(order.side, price, qty) > risk.max_open_exposure:
                 raise _Refuse("max_open_exposure_exceeded", f"exposure would exceed {risk.max_open_exposure}")
+        if after + market.exposure(order.side, price, qty) > MAX_AMOUNT:
+            raise _Refuse("amount_out_of_range", "open exposure would pass its 64-bit bound")
+        if plan:
+            _check_positions(market, plan, order.account_id, order.side)
     except _Refuse as refusal:
         refusal.order_id = oid
         raise
@@ -834,6 +894,46 @@ def _internal_error(item: Parsed | Invalid, seq: int, ts: int, err: Exception) -
     return Rejected(item.market_id, seq, ts, "internal_error", type(err).__name__, item.account_id, command_type)
 
 
+def _unparsed(subject: Any, err: Exception) -> Invalid:
+    """What a command becomes when parse itself raised: filed under the subject's ids if it has them.
+
+    Every market or account token that reaches an event (and so a jb.wal subject)
+    has passed `is_id`; anything else is filed under `_invalid` with no account.
+    """
+    market, account = UNROUTABLE_MARKET, None
+    try:
+        tokens = subject.split(".")
+        if len(tokens) in (3, 4) and is_id(tokens[2]):
+            market = tokens[2]
+            account = tokens[3] if len(tokens) == 4 and is_id(tokens[3]) else None
+    except Exception:  # a subject that is not even a str
+        pass
+    return Invalid(market, account, "internal_error", type(err).__name__)
+
+
+def _hash(state: State) -> str:
+    """state_hash, total: a state that cannot be hashed gets a fixed mark, the same live and on replay.
+
+    By construction every int in the state fits 64 bits, so the mark should never
+    be written; it exists so that hashing can never stop the engine.
+    """
+    try:
+        return state_hash(state)
+    except Exception as err:
+        return f"unhashable:{type(err).__name__}"
+
+
+class HalfApplied(Exception):
+    """Folding a command's own decided events raised: the state may be half-changed, so the engine must stop.
+
+    Unreachable by construction: decide only names books, orders and accounts
+    that exist in the state it read, and evolve does nothing but dict and
+    sorted-dict updates and Python int arithmetic (which cannot overflow) on
+    them. The hypothesis machine and the fuzz test hold that; this is the
+    guard that refuses to go on from a state nobody can vouch for.
+    """
+
+
 class Diverged(Exception):
     """A checkpoint in the log does not match the state folded from the events before it."""
 
@@ -851,36 +951,61 @@ class Engine:
     def __init__(self, state: State | None = None, *, checkpoint_every: int = CHECKPOINT_EVERY) -> None:
         self.state = state if state is not None else State()
         self.checkpoint_every = checkpoint_every
+        # (jb.wal subject, msgpack bytes) of each event the last `handle` returned, in order: the
+        # encoding is part of the decision (a value that cannot be encoded becomes a reject), so the
+        # shell publishes these bytes rather than encoding the events again.
+        self.payloads: list[tuple[str, bytes]] = []
+        self._encoders = make_encoders()
 
     def handle(self, cmd_seq: int, ts: int, subject: str, data: bytes) -> list[Event]:
+        """The events of one JB_CMD message, folded into the state. Total for any subject and bytes.
+
+        Every failure on the way (a subject that is not ours, undecodable bytes,
+        a parse or decide bug, events that do not encode) becomes the command's
+        one `rejected` event, decided before anything is folded, so nothing is
+        half-applied; the same input fails the same way on replay, so the
+        reject is as deterministic as any other. `cmd_seq` and `ts` come from
+        JetStream (unsigned 64-bit, well inside int64 for centuries).
+        """
         if cmd_seq <= self.state.last_cmd_seq:
+            self.payloads = []
             return []  # its events are already in the log: a redelivery, not a new command
-        parsed = parse(subject, data)
+        try:
+            parsed = parse(subject, data)
+        except Exception as err:  # parse is total by design; this guards a bug in it
+            parsed = _unparsed(subject, err)
         try:
             events = decide(self.state, cmd_seq, ts, parsed)
             if len(events) > MAX_COMMAND_EVENTS:
                 # A decider's own limits should make this impossible; if one is missed, a command
                 # whose events cannot be committed atomically must become a reject, not a crash loop.
                 raise OverflowError(f"{len(events)} events")
+            enc = self._encoders
+            payloads = [(f"{WAL_PREFIX}.{e.market_id}.{e.TYPE}", enc[type(e)](e)) for e in events]
         except Exception as err:
             # A bug must not turn one command into a poison pill that halts every market on every
-            # restart. decide does not mutate, so nothing is half-applied, and the same input
-            # raises the same way on replay, so the reject is as deterministic as any other.
+            # restart. decide does not mutate, so nothing is half-applied.
             events = [_internal_error(parsed, cmd_seq, ts, err)]
+            payloads = [(wal_subject(events[0].market_id, Rejected.TYPE), self._encoders[Rejected](events[0]))]
         state = self.state
         before = state.event_count
-        for event in events:
-            evolve(state, event)
+        try:
+            for event in events:
+                evolve(state, event)
+        except Exception as err:
+            raise HalfApplied(f"command {cmd_seq}: folding its own events raised {type(err).__name__}") from err
         if state.event_count // self.checkpoint_every > before // self.checkpoint_every:
-            checkpoint = Checkpoint(ENGINE_MARKET, cmd_seq, ts, state.event_count, state_hash(state))
+            checkpoint = Checkpoint(ENGINE_MARKET, cmd_seq, ts, state.event_count, _hash(state))
             evolve(state, checkpoint)
             events.append(checkpoint)
+            payloads.append((wal_subject(ENGINE_MARKET, Checkpoint.TYPE), self._encoders[Checkpoint](checkpoint)))
+        self.payloads = payloads
         return events
 
     def apply(self, event: Event, *, verify: bool = False) -> None:
         """Fold one event from the log; with verify, a checkpoint that disagrees raises Diverged."""
         if verify and isinstance(event, Checkpoint):
-            actual = state_hash(self.state)
+            actual = _hash(self.state)
             if actual != event.state_hash:
                 raise Diverged(event, actual)
         evolve(self.state, event)

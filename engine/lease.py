@@ -138,6 +138,7 @@ class Lease:
         # Shared with the engine's thread (single assignments only).
         self.want = False  # set by the engine when it is caught up and could lead
         self.lost = False  # set here when a held lease was taken or could not be kept; cleared by want_lease()
+        self.lost_reason = ""  # why, for the engine's log
         self.acquisitions = 0
         self.renewals = 0
         self.current_holder = ""  # who holds it, as last seen
@@ -283,13 +284,13 @@ class Lease:
         now = time.monotonic()
         if now - self._beat > self.watchdog:
             log.error("engine loop unresponsive for %.1fs: letting the lease lapse", now - self._beat)
+            self.lost_reason = f"the engine's loop was unresponsive for {now - self._beat:.1f}s"
             self._lose()
             return
         try:
             rev = await kv.update(self.key, self.record.encode(), last=self._rev)
         except nats.js.errors.KeyWrongLastSequenceError:
-            log.warning("lease %s/%s was taken by another engine: stepping down", LEASE_BUCKET, self.key)
-            self._lose()
+            await self._refused(kv)
             return
         except _TRANSIENT as err:
             # Not renewed: our validity runs out by itself; the next renewal may still succeed, since a CAS
@@ -300,6 +301,34 @@ class Lease:
         self._rev = int(rev)
         self._valid_until = now + self.ttl - self.margin
         self.renewals += 1
+
+    async def _refused(self, kv: Any) -> None:
+        """Our renewal's compare-and-set was refused: find out why before stepping down.
+
+        The key moved past our revision, or back. If the record there is still
+        ours, our own earlier renewal landed without its answer reaching us (a
+        reconnect, a server restart in between), or a restarted server lost
+        our newest renewal: nobody else wrote, so carry on from that revision
+        (validity is not extended until a renewal succeeds). Only a record of
+        another holder means another engine took the lease; a missing one means
+        it expired or the server lost it.
+        """
+        try:
+            rev, record, free = await self._observe(kv)
+        except _TRANSIENT as err:
+            self._transient("read after a refused renewal", err)
+            return  # not renewed: validity runs out by itself, and the next renewal asks again
+        if not free and record is not None and record.holder == self.holder:
+            log.info("lease %s/%s: the record at revision %d is ours (a renewal answered late or lost in a "
+                     "reconnect); renewing from there", LEASE_BUCKET, self.key, rev)  # fmt: skip
+            self._rev = rev
+            return
+        if free or record is None:
+            self.lost_reason = "the lease record is gone (it expired, or a restarted server lost it)"
+        else:
+            self.lost_reason = f"the lease was taken by engine {record.holder} (host {record.host}, pid {record.pid})"
+        log.warning("lease %s/%s: %s; stepping down", LEASE_BUCKET, self.key, self.lost_reason)
+        self._lose()
 
     def _lose(self) -> None:
         self._holding = False

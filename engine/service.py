@@ -48,13 +48,20 @@ from commands.subjects import (
     HDR_BATCH_ID,
     HDR_BATCH_SEQ,
     HDR_EXPECTED_LAST_SEQ,
-    wal_subject,
 )
 from engine.core import CHECKPOINT_EVERY, MAX_EVENTS_PER_COMMAND, Diverged, Engine
 from engine.lease import Lease
 from engine.snapshots import Captured, SnapshotStore, Tag, finish_capture, start_capture
-from events.model import Checkpoint, Event, UnknownEvent, decode, encode
-from events.reader import BulkReader, RawMsg, ResumableReader, StreamReader, last_seq
+from events.model import Checkpoint, Event, UnknownEvent, decode
+from events.reader import (
+    BulkReader,
+    RawMsg,
+    ResumableReader,
+    StreamReader,
+    check_cmd_seq,
+    check_resume,
+    last_seq,
+)
 from events.streams import ensure_streams
 from jetbook.errors import TRANSIENT, CorruptLog, Fenced, JetbookError, parse_puback
 
@@ -305,6 +312,7 @@ class EngineService:
                     for seq, subject, data in zip(chunk.seqs, chunk.subjects, chunk.data, strict=True):
                         self._fold_one(seq, data, subject)
         self._cadence.close()
+        await self._check_resume()
         self.last_evt_seq = target
         self.recovery_folded = max(target - start + 1, 0)
         self.recovery_s = time.perf_counter() - t0
@@ -331,12 +339,22 @@ class EngineService:
             ) from err
         except Exception as err:
             raise CorruptLog(seq, _text(subject), err) from err
+        check_cmd_seq(seq, _text(subject), state.last_cmd_seq if state.event_count else 0, event.cmd_seq)
         self._cadence.before(event, state.event_count)
         try:
             self.engine.apply(event, verify=True)
         except Diverged as err:
             raise LogDiverged(seq, err) from err
+        except Exception as err:  # e.g. a fill of an order the state has never seen
+            raise CorruptLog(
+                seq, _text(subject), f"does not apply to the state before it ({type(err).__name__}: {err})"
+            ) from err
         self._last_event = data
+
+    async def _check_resume(self) -> None:
+        """Before deciding: the newest folded event names no command beyond JB_CMD's end (CorruptLog)."""
+        cmd_tail = await self._retry(lambda: last_seq(self.js, CMD_STREAM))
+        check_resume(self.engine.state.event_count, self.engine.state.last_cmd_seq, cmd_tail)
 
     # --- roles --------------------------------------------------------------------------------------
 
@@ -392,6 +410,7 @@ class EngineService:
                                 self._fold(m)
                         self._maybe_freeze()
                     self._cadence.close()
+                    await self._check_resume()
                     return not stop.is_set()
                 batch = await reader.next_batch(self.engine.state.event_count + 1, FOLD_BATCH, 0.1)
                 with _gc_paused():
@@ -416,7 +435,7 @@ class EngineService:
                 if self.lease is not None and self.lease.lost:
                     if self.lease.failure is not None:
                         raise JetbookError(f"the lease thread stopped: {self.lease.failure!r}")
-                    raise LeaseLost("the lease was taken by another engine or could not be renewed")
+                    raise LeaseLost(self.lease.lost_reason or "the lease could not be renewed")
                 batch = await reader.next_batch(self.engine.state.last_cmd_seq + 1, self.max_batch, 0.25)
                 self.cmd_reader = reader.reader
                 try:
@@ -526,13 +545,14 @@ class EngineService:
 
     async def decide_and_send(self, batch: list[Any]) -> None:
         """Decide each command and send its events; commits may still be in flight on return."""
-        pending: list[Event] = []
+        pending: list[tuple[str, bytes]] = []
         for m in batch:
-            events = self.engine.handle(m.seq, m.ts, m.subject, m.data)
-            if len(pending) + len(events) > MAX_EVENTS_PER_COMMAND:
+            self.engine.handle(m.seq, m.ts, m.subject, m.data)
+            payloads = self.engine.payloads  # the core encodes: an event that cannot be encoded is a decision too
+            if len(pending) + len(payloads) > MAX_EVENTS_PER_COMMAND:
                 await self.publish(pending)
                 pending = []
-            pending.extend(events)
+            pending.extend(payloads)
             self.commands_done += 1
         if pending:
             await self.publish(pending)
@@ -554,14 +574,15 @@ class EngineService:
                 raise Stopping("stop requested while the lease was not confirmed")
             await asyncio.sleep(0.02)
 
-    async def publish(self, events: list[Event]) -> None:
-        """Start appending events to JB_EVT as one atomic batch; at most `inflight` commits wait at once.
+    async def publish(self, payloads: list[tuple[str, bytes]]) -> None:
+        """Start appending encoded events (WAL subject, bytes) to JB_EVT as one atomic batch.
+
+        At most `inflight` commits wait at once.
 
         The batch's fence is the end of the one before it, whether that one is
         committed yet or not. `drain` waits for all of them; state and log
         agree up to `last_evt_seq`, which only moves when a commit is confirmed.
         """
-        payloads = [(wal_subject(e.market_id, e.TYPE), encode(e)) for e in events]
         while len(self._inflight) >= self.inflight:
             await self._settle_oldest()
         await self._hold()

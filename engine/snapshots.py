@@ -39,6 +39,7 @@ import base64
 import gc
 import hashlib
 import inspect
+import json
 import logging
 import os
 import signal
@@ -47,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import nats.js.errors
-from nats.js.api import ObjectMeta, ObjectMetaOptions, StorageType
+from nats.js.api import DeliverPolicy, ObjectInfo, ObjectMeta, ObjectMetaOptions, StorageType
 
 import engine.book
 import engine.core
@@ -247,12 +248,8 @@ class SnapshotStore:
 
     async def tags(self) -> list[Tag]:
         """Every snapshot's tag, newest first."""
-        try:
-            infos = await self._obj.list(ignore_deletes=True)
-        except nats.js.errors.NotFoundError:
-            return []
         tags = []
-        for info in infos:
+        for info in await self._infos():
             if info.deleted or not str(info.name).startswith(SNAP_PREFIX):
                 continue
             tag = Tag.from_headers(info.headers)
@@ -261,6 +258,41 @@ class SnapshotStore:
                 continue
             tags.append(tag)
         return sorted(tags, key=lambda t: t.seq, reverse=True)
+
+    async def _infos(self, timeout: float = 10.0) -> list[ObjectInfo]:
+        """The newest meta record of every object, read from the bucket's stream by name.
+
+        nats-py's `ObjectStore.list()` subscribes without naming the stream, so
+        the client first asks the server which stream holds the meta subjects
+        (`$JS.API.STREAM.NAMES`), a request the engine's user may not make under
+        deploy/accounts.conf: a restart then failed on a permission violation.
+        Here the ordered consumer is bound to `OBJ_<bucket>`, which the engine
+        may read.
+        """
+        stream, subject = f"OBJ_{self.bucket}", f"$O.{self.bucket}.M.>"
+        try:
+            await self.js.get_last_msg(stream, subject)
+        except nats.js.errors.NotFoundError:
+            return []  # no object was ever stored
+        infos: list[ObjectInfo] = []
+        done = asyncio.Event()
+
+        async def on_msg(msg: Any) -> None:
+            try:
+                infos.append(ObjectInfo.from_response(json.loads(msg.data)))
+            except Exception as err:  # one unreadable record must not hide the others
+                log.warning("object store %s: unreadable meta record on %s (%s)", self.bucket, msg.subject, err)
+            if msg.metadata.num_pending == 0:
+                done.set()
+
+        sub = await self.js.subscribe(
+            subject, stream=stream, ordered_consumer=True, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, cb=on_msg
+        )
+        try:
+            await asyncio.wait_for(done.wait(), timeout)
+        finally:
+            await sub.unsubscribe()
+        return infos
 
     async def save(self, captured: Captured) -> None:
         tag = captured.tag

@@ -7,6 +7,7 @@ check in `replay/` compares.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Final
 
@@ -195,6 +196,26 @@ def to_wire(event: Event) -> dict[str, Any]:
 
 def encode(event: Event) -> bytes:
     return msgpack.packb(to_wire(event), use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _encoder_source(cls: type[Event]) -> str:
+    items = ", ".join([f"'type': {cls.TYPE!r}", *(f"{name!r}: e.{name}" for name in _FIELDS[cls])])
+    return f"lambda e: pack({{{items}}})"
+
+
+def make_encoders() -> dict[type[Event], Callable[[Event], bytes]]:
+    """Per event class, an `encode` that gives the same bytes about twice as fast, for one thread's use.
+
+    Per event class, one generated function builds the wire map in field order
+    (to_wire's loop of getattr calls was half the cost), packed by one Packer
+    kept for the encoder's life. A Packer is not thread-safe, so each user (the
+    engine) makes its own.
+    """
+    pack = msgpack.Packer(use_bin_type=True).pack
+    return {
+        cls: eval(_encoder_source(cls), {"pack": pack})  # source built from our own field names
+        for cls in EVENT_TYPES.values()
+    }
 
 
 class UnknownEvent(ValueError):

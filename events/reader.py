@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from typing import Any
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from jetbook.errors import TRANSIENT
+from jetbook.errors import TRANSIENT, CorruptLog
 
 log = logging.getLogger("jetbook.reader")
 
@@ -44,6 +45,52 @@ class RawMsg:
     data: bytes
     pending: int  # messages left in the stream after this one (for this filter)
     headers: dict[str, str] | None = None
+
+
+def check_cmd_seq(seq: int, subject: str, last: int | None, cmd_seq: object) -> int:
+    """The event at JB_EVT `seq` may follow command `last` (None: not known): its command, or CorruptLog.
+
+    Every JB_CMD message gets at least one event (a `rejected` when nothing
+    else), a command's events are stored together, and commands are decided
+    in JB_CMD order; JB_CMD denies delete and purge. So along JB_EVT `cmd_seq`
+    starts at 1 and steps by 0 or 1: a step back is a command decided twice,
+    a step of more than one is commands with no events (skipped).
+    """
+    if type(cmd_seq) is not int or cmd_seq < 1:
+        raise CorruptLog(seq, subject, f"names command {cmd_seq!r}, which is not a JB_CMD sequence")
+    if last is not None and cmd_seq != last and cmd_seq != last + 1:
+        if cmd_seq < last:
+            raise CorruptLog(seq, subject, f"is an event of command {cmd_seq} after events of command {last}")
+        raise CorruptLog(
+            seq, subject, f"is an event of command {cmd_seq} right after command {last}: commands "
+            f"{last + 1}..{cmd_seq - 1} have no events",
+        )  # fmt: skip
+    return cmd_seq
+
+
+def check_resume(seq: int, last_cmd_seq: int, cmd_tail: int) -> None:
+    """At a resume: the newest event (JB_EVT `seq`) may not name a command JB_CMD does not hold.
+
+    Read JB_CMD's tail after JB_EVT's: a command is stored before any of its
+    events, so the tail read later can only be further on.
+    """
+    if last_cmd_seq > cmd_tail:
+        raise CorruptLog(
+            seq, "the newest event", f"names command {last_cmd_seq} but JB_CMD ends at {cmd_tail}: "
+            "resuming there would leave the commands in between undecided",
+        )  # fmt: skip
+
+
+class LogCheck:
+    """`check_cmd_seq` along a read of JB_EVT, for readers that do not keep the engine's state."""
+
+    __slots__ = ("last",)
+
+    def __init__(self, last: int | None) -> None:
+        self.last = last  # the command of the event before the next one; None when not known (a resumed reader)
+
+    def check(self, seq: int, subject: str, cmd_seq: object) -> None:
+        self.last = check_cmd_seq(seq, subject, self.last, cmd_seq)
 
 
 def ack_metadata(reply: str) -> tuple[str, int, int, int]:
@@ -72,6 +119,9 @@ class StreamReader:
 
     async def start(self) -> StreamReader:
         self.start_seq = self._next
+        nc = getattr(self.js, "_nc", None)
+        if nc is not None:
+            harden(nc)  # before the first delivery: a stored subject or header nats-py cannot decode
         self._sub = await self.js.subscribe(
             self.filter_subject,
             stream=self.stream,
@@ -211,13 +261,77 @@ class Chunk:
 
     def msgs(self) -> list[RawMsg]:
         return [
-            RawMsg(seq, ts, subject.decode(), data, 0)
+            RawMsg(seq, ts, subject_text(subject), data, 0)
             for seq, ts, subject, data in zip(self.seqs, self.ts, self.subjects, self.data, strict=True)
         ]
 
 
 RawRoute = Any  # Callable[[bytes, bytes, bytes, bytes | None], None]: subject, reply, payload, headers
 _ROUTES_ATTR = "_jetbook_raw_routes"
+_HARDENED_ATTR = "_jetbook_hardened"
+
+
+def subject_text(subject: bytes) -> str:
+    """A subject as text; bytes that are not UTF-8 become lone surrogates (`surrogateescape`), never an error.
+
+    The server takes any bytes but space, tab, CR and LF in a subject token, so
+    JB_CMD and JB_EVT can hold subjects that are not UTF-8. The escape keeps
+    them distinct and reversible (`subject.encode(errors="surrogateescape")`).
+    """
+    return subject.decode("utf-8", "surrogateescape")
+
+
+def _header_lines(raw: bytes) -> dict[str, str]:
+    """`Name: value` lines in any bytes: names that are not ASCII tokens are skipped, values decoded leniently."""
+    out: dict[str, str] = {}
+    for line in raw.split(b"\r\n")[1:]:  # the first line is `NATS/1.0[ status]`
+        name, sep, value = line.partition(b":")
+        key = name.strip().decode("ascii", "replace")
+        if sep and key and "\ufffd" not in key and not any(c.isspace() for c in key):
+            out[key] = value.strip().decode("utf-8", "replace")
+    return out or {}
+
+
+def harden(nc: Any) -> None:
+    """Make this connection survive any subject, reply or header bytes a stored message can carry.
+
+    nats-py decodes a delivery's subject and reply as strict UTF-8
+    (`Client._build_message`), and its header status line too; a failure
+    there is raised in its read loop, which then stops reading for good (the
+    connection stays up, so nothing reconnects until pings time out). Its
+    parser's regular expressions also split the control line on any ASCII
+    whitespace, where the server splits on space and tab only, so a subject
+    holding a vertical tab is a protocol error and a reconnect that meets the
+    same message again. This installs, once per connection: subjects decoded
+    with `subject_text`, headers that fall back to a lenient parse, and the
+    parser front below, which cuts every MSG/HMSG frame itself.
+    """
+    if getattr(nc, _HARDENED_ATTR, False):
+        return
+    setattr(nc, _HARDENED_ATTR, True)
+    build = getattr(nc, "_build_message", None)
+    msg_class = getattr(nc, "msg_class", None)
+    if build is not None and msg_class is not None:
+
+        def build_message(sid: int, subject: bytes, reply: bytes, data: bytes, headers: Any) -> Any:
+            return msg_class(
+                subject=subject_text(subject), reply=subject_text(reply), data=data, headers=headers,
+                _client=nc, _sid=sid,
+            )  # fmt: skip
+
+        nc._build_message = build_message
+    process_headers = getattr(nc, "_process_headers", None)
+    if process_headers is not None and asyncio.iscoroutinefunction(process_headers):
+
+        async def headers_or_lenient(headers: bytes | None) -> dict[str, str] | None:
+            try:
+                parsed: dict[str, str] | None = await process_headers(headers)
+                return parsed
+            except Exception:
+                return _header_lines(headers or b"") or None
+
+        nc._process_headers = headers_or_lenient
+    _raw_routes(nc)
 
 
 def _raw_routes(nc: Any) -> dict[int, RawRoute] | None:
@@ -246,7 +360,7 @@ def _raw_routes(nc: Any) -> dict[int, RawRoute] | None:
 
     nc._process_msg = process_msg
     if _fast_parse_possible(parser):
-        parser.parse = _fast_parse(parser, parser.parse, table)
+        parser.parse = _fast_parse(parser, parser.parse, table, process_msg)
     setattr(nc, _ROUTES_ATTR, table)
     return table
 
@@ -263,13 +377,19 @@ def _fast_parse_possible(parser: Any) -> bool:
     )
 
 
-def _fast_parse(parser: Any, parse: Any, table: dict[int, RawRoute]) -> Any:
-    """A parser front: complete MSG/HMSG frames for routed subscriptions are cut out of the buffer directly.
+_ARG_SPLIT = re.compile(rb"[ \t]+")  # the server's own separators: a subject may hold any other byte
 
-    Everything else (PING, INFO, +OK, -ERR, messages of other subscriptions)
-    is handed to nats-py's parser one complete protocol unit at a time, so its
-    own buffer is empty whenever this front runs; an incomplete tail is left
-    in that buffer, where a reconnect's `reset()` clears it as before.
+
+def _fast_parse(parser: Any, parse: Any, table: dict[int, RawRoute], process_msg: Any) -> Any:
+    """A parser front: every complete MSG/HMSG frame is cut out of the buffer here.
+
+    Routed subscriptions get theirs directly; other frames go to
+    `process_msg` (nats-py's dispatch) with the same arguments its parser
+    would give, but split on space and tab only, as the server writes them.
+    Everything else (PING, INFO, +OK, -ERR) is handed to nats-py's parser one
+    complete protocol unit at a time, so its own buffer is empty whenever this
+    front runs; an incomplete tail is left in that buffer, where a reconnect's
+    `reset()` clears it as before.
     """
     from nats.protocol.parser import AWAITING_CONTROL_LINE
 
@@ -286,10 +406,12 @@ def _fast_parse(parser: Any, parse: Any, table: dict[int, RawRoute]) -> Any:
             if eol < 0:
                 break
             if data.startswith(b"HMSG ", pos) or data.startswith(b"MSG ", pos):
-                parts = data[pos:eol].split()
+                parts = _ARG_SPLIT.split(data[pos:eol].strip(b" \t"))
                 headed = parts[0] == b"HMSG"
                 short = 5 if headed else 4  # [H]MSG subject sid [reply] [header length] total length
-                if len(parts) not in (short, short + 1):
+                if len(parts) not in (short, short + 1) or not all(
+                    p.isdigit() for p in parts[2:3] + parts[-2 if headed else -1 :]
+                ):
                     await parse(data[pos:])  # not a frame this front understands: nats-py decides
                     return
                 has_reply = len(parts) == short + 1
@@ -297,18 +419,20 @@ def _fast_parse(parser: Any, parse: Any, table: dict[int, RawRoute]) -> Any:
                 end = eol + 2 + total + 2
                 if end > n:
                     break
-                route = table.get(int(parts[2]))
+                sid = int(parts[2])
+                hlen = int(parts[-2]) if headed else 0
+                body = eol + 2
+                args = (
+                    parts[1],
+                    parts[3] if has_reply else b"",
+                    data[body + hlen : body + total],
+                    data[body : body + hlen] if hlen else None,
+                )
+                route = table.get(sid)
                 if route is None:
-                    await parse(data[pos:end])
+                    await process_msg(sid, *args)
                 else:
-                    hlen = int(parts[-2]) if headed else 0
-                    body = eol + 2
-                    route(
-                        parts[1],
-                        parts[3] if has_reply else b"",
-                        data[body + hlen : body + total],
-                        data[body : body + hlen] if hlen else None,
-                    )
+                    route(*args)
                 pos = end
             else:
                 await parse(data[pos : eol + 2])

@@ -16,7 +16,18 @@ from typing import Any
 from nats.js.api import DiscardPolicy, RePublish, RetentionPolicy, StorageType, StreamConfig, SubjectTransform
 from nats.js.errors import BadRequestError, NotFoundError
 
-from commands.subjects import CMD_STREAM, CMD_SUBJECTS, EVT_PREFIX, EVT_STREAM, WAL_PREFIX, WAL_SUBJECTS
+from commands.subjects import (
+    ACCT_STREAM,
+    ACCT_SUBJECTS,
+    CMD_STREAM,
+    CMD_SUBJECTS,
+    EVT_PREFIX,
+    EVT_STREAM,
+    TAPE_STREAM,
+    TAPE_SUBJECTS,
+    WAL_PREFIX,
+    WAL_SUBJECTS,
+)
 
 DUPLICATE_WINDOW_S = 120.0  # how long the broker drops a repeated Nats-Msg-Id
 MAX_COMMAND_BYTES = 64 * 1024
@@ -100,3 +111,66 @@ async def wait_for_stream(js: Any, name: str, stop: asyncio.Event) -> bool:
         except TimeoutError:
             pass
     return False
+
+
+# --- JB_ACCT and JB_TAPE: the fan-out worker's output (projections/fanout.py) ---------------------------
+
+
+def acct_stream(replicas: int = 1) -> StreamConfig:
+    """Every event that concerns an account, under jb.acct.<account>.>: what a trader may read of the log.
+
+    No direct get: its request subject cannot be bound to one account, so a trader reads only through a
+    consumer filtered to its own subjects (see events/private.py).
+    """
+    return StreamConfig(
+        name=ACCT_STREAM,
+        description="jetbook per-account events, copied from JB_EVT by the fan-out worker",
+        subjects=list(ACCT_SUBJECTS),
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=replicas,
+        deny_delete=True,
+        deny_purge=True,
+        allow_direct=False,
+    )
+
+
+def tape_stream(replicas: int = 1) -> StreamConfig:
+    """Every trade, without accounts or order ids, under jb.tape.<market>: public."""
+    return StreamConfig(
+        name=TAPE_STREAM,
+        description="jetbook public trades, copied from JB_EVT fills by the fan-out worker",
+        subjects=list(TAPE_SUBJECTS),
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=replicas,
+        deny_delete=True,
+        deny_purge=True,
+        allow_direct=True,
+    )
+
+
+async def ensure_stream_configs(js: Any, configs: list[StreamConfig], replicas: int = 1) -> None:
+    """Create each stream, or bring an existing one up to date, never lowering its replica count."""
+    for config in configs:
+        try:
+            existing = await js.stream_info(config.name)
+        except NotFoundError:
+            existing = None
+        if existing is not None and int(existing.config.num_replicas or 1) > replicas:
+            config.num_replicas = existing.config.num_replicas
+        try:
+            await js.add_stream(config)
+        except BadRequestError as err:
+            if err.err_code != ERR_STREAM_NAME_IN_USE:
+                raise
+            await js.update_stream(config)
+
+
+async def ensure_fanout_streams(js: Any, replicas: int = 1) -> None:
+    """JB_ACCT and JB_TAPE; called by the fan-out worker, their only writer."""
+    await ensure_stream_configs(js, [acct_stream(replicas), tape_stream(replicas)], replicas)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,12 +10,52 @@ import typer
 
 from jetbook.cli_common import Market, Url, client_call
 from jetbook.settings import DEFAULT_URL, Settings
+from jetbook.submit_cli import fills as fills_command
 from jetbook.submit_cli import submit_app
 from replay.cli import replay_app
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="jetbook: an event-sourced exchange on NATS JetStream."
 )
+
+
+@app.callback()
+def connection(
+    nats_user: Annotated[
+        str | None, typer.Option(envvar="JETBOOK_NATS_USER", help="NATS user (default: from the credentials file).")
+    ] = None,
+    nats_password: Annotated[str | None, typer.Option(envvar="JETBOOK_NATS_PASSWORD", help="Its password.")] = None,
+    credentials: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="JETBOOK_CREDENTIALS",
+            help="A credentials.json written by `jetbook up` [default: the one of the stack at --nats-url].",
+        ),
+    ] = None,
+    tls_ca: Annotated[
+        Path | None, typer.Option(envvar="JETBOOK_TLS_CA", help="CA bundle to verify the server (tls:// URLs).")
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(envvar="JETBOOK_TLS_CERT", help="Client certificate, if the server asks for one.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(envvar="JETBOOK_TLS_KEY", help="Its private key.")] = None,
+) -> None:
+    """Who every sub-command connects as, and over what. Given before the sub-command: `jetbook --tls-ca ca.pem demo`.
+
+    They go into the environment, where jetbook.wiring.connect reads them, so
+    the engine, projection and bench processes a command starts inherit them.
+    """
+    import os
+
+    for var, value in (
+        ("JETBOOK_NATS_USER", nats_user), ("JETBOOK_NATS_PASSWORD", nats_password),
+        ("JETBOOK_CREDENTIALS", credentials), ("JETBOOK_TLS_CA", tls_ca),
+        ("JETBOOK_TLS_CERT", tls_cert), ("JETBOOK_TLS_KEY", tls_key),
+    ):  # fmt: skip
+        if value is not None:
+            os.environ[var] = str(value)
+
+
 app.add_typer(submit_app, name="submit")
 app.add_typer(replay_app, name="replay")
 
@@ -36,13 +74,39 @@ def up(
     nats_url: MaybeUrl = None,
     port: Annotated[int, typer.Option(envvar="JETBOOK_PORT", help="Embedded server port (0 = any free port).")] = 4222,
     replicas: Replicas = 1,
+    insecure: Annotated[
+        bool, typer.Option(help="An open embedded server: no users, anyone may do anything. For experiments.")
+    ] = False,
+    trader: Annotated[
+        list[str] | None,
+        typer.Option(help="A trader user for this account (repeat) [default: alice, bob, carol, dave]."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option("--tls-cert", envvar="JETBOOK_UP_TLS_CERT", help="Server certificate: TLS for every client."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", envvar="JETBOOK_UP_TLS_KEY", help="The server certificate's key.")
+    ] = None,
 ) -> None:
-    """Start nats-server (embedded, unless --nats-url), the engine and a projection worker."""
+    """Start nats-server (embedded, unless --nats-url), the engine, a projection worker and the fan-out worker.
+
+    The embedded server is locked down: a user per role and per trader, passwords in
+    <data dir>/credentials.json (0600). With --tls-cert its clients need `jetbook --tls-ca CA ...`.
+    """
     from jetbook.errors import JetbookError
+    from jetbook.settings import DEFAULT_TRADERS, valid_trader
     from jetbook.up import up as run_up
 
+    traders = list(DEFAULT_TRADERS) if trader is None else trader
+    if bad := [t for t in traders if not valid_trader(t)]:
+        typer.echo(f"error: not a trader account name (one subject token, not a role name): {bad}", err=True)
+        raise typer.Exit(2)
     try:
-        run_up(data_dir, nats_url, port, replicas)
+        run_up(
+            data_dir, nats_url, port, replicas,
+            insecure=insecure, traders=traders, tls_cert=tls_cert, tls_key=tls_key,
+        )  # fmt: skip
     except JetbookError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
@@ -106,6 +170,21 @@ def project(
         raise typer.Exit(4) from err
 
 
+@app.command()
+def fanout(nats_url: Url = DEFAULT_URL, replicas: Replicas = 1) -> None:
+    """Run the fan-out worker: JB_EVT into each account's private feed (JB_ACCT) and the public tape (JB_TAPE)."""
+    from jetbook.errors import JetbookError
+    from jetbook.roles import fanout_role
+    from jetbook.wiring import run_until_signal, setup_logging
+
+    setup_logging(Settings().log_level)
+    try:
+        run_until_signal(lambda stop: fanout_role(nats_url, stop, replicas))
+    except JetbookError as err:
+        typer.echo(f"fan-out stopped: {err}", err=True)
+        raise typer.Exit(4) from err
+
+
 from jetbook.bench.cli import bench as bench_command  # noqa: E402  (its heavy imports load when it runs)
 
 app.command("bench")(bench_command)
@@ -123,35 +202,7 @@ def demo(nats_url: Url = DEFAULT_URL, market: Market = "ETH-USDC") -> None:
     client_call(nats_url, body)
 
 
-@app.command()
-def fills(
-    market: Annotated[str | None, typer.Option("--market", "-m", help="One market; all if absent.")] = None,
-    from_seq: Annotated[int, typer.Option(help="JB_EVT sequence to start at.")] = 1,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new fills.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-    nats_url: Url = DEFAULT_URL,
-) -> None:
-    """Print fills from any sequence, then live with --follow."""
-    from events.fills import fills as fill_stream
-    from events.model import to_wire
-
-    async def body(js: Any) -> int:
-        async for seq, f in fill_stream(js, market, from_seq, follow):
-            if as_json:
-                typer.echo(json.dumps({"seq": seq, **to_wire(f)}))
-            else:
-                typer.echo(
-                    f"{seq:>8}  {f.market_id}  trade {f.trade_id}  {f.qty} @ {f.price}  "
-                    f"taker {f.taker_account} {f.taker_side} #{f.taker_order_id}  "
-                    f"maker {f.maker_account} #{f.maker_order_id}"
-                )
-            sys.stdout.flush()
-        return 0
-
-    try:
-        client_call(nats_url, body)
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+app.command("fills")(fills_command)
 
 
 @app.command()

@@ -13,7 +13,8 @@ Url = Annotated[
     typer.Option(
         "--nats-url",
         envvar="JETBOOK_NATS_URL",
-        help="NATS server URL; several, comma-separated, for a cluster; user:password@ for auth.",
+        help="NATS server URL (nats:// or tls://); several, comma-separated, for a cluster; user:password@ for "
+        "auth [default user: the role's, from the credentials file of the `jetbook up` at this address].",
     ),
 ]
 Market = Annotated[str, typer.Option("--market", "-m", help="Market id.")]
@@ -24,9 +25,14 @@ class _Unreachable(Exception):
     pass
 
 
+class _Refused(Exception):
+    pass
+
+
 def client_call(url: str, body: Callable[[Any], Awaitable[int]], name: str = "jetbook-cli") -> None:
     """Connect once, run body(js), exit with its status; what stops it from running at all is one clear line."""
     from nats.errors import ConnectionClosedError, NoServersError, UnexpectedEOF
+    from nats.errors import Error as NatsError
 
     from jetbook.errors import JetbookError
     from jetbook.wiring import connect
@@ -36,6 +42,10 @@ def client_call(url: str, body: Callable[[Any], Awaitable[int]], name: str = "je
             nc = await connect(url, name, reconnect=False)
         except (OSError, NoServersError) as err:
             raise _Unreachable(str(err)) from err
+        except NatsError as err:
+            if "authorization" in str(err).lower():
+                raise _Refused(str(err)) from err
+            raise
         try:
             return await body(nc.jetstream())
         finally:
@@ -45,6 +55,14 @@ def client_call(url: str, body: Callable[[Any], Awaitable[int]], name: str = "je
         code = asyncio.run(main())
     except _Unreachable as err:
         typer.echo(f"error: cannot reach NATS at {url}: {err}", err=True)
+        raise typer.Exit(2) from err
+    except _Refused as err:
+        typer.echo(
+            f"error: NATS at {url} refused the login ({err}). A locked-down `jetbook up` keeps its users in "
+            "<data dir>/credentials.json: pass --credentials FILE, or --nats-user/--nats-password, before the "
+            "sub-command (or JETBOOK_CREDENTIALS, JETBOOK_NATS_USER/JETBOOK_NATS_PASSWORD).",
+            err=True,
+        )
         raise typer.Exit(2) from err
     except TimeoutError as err:
         typer.echo(f"error: {err}. Is the engine running (`jetbook up` or `jetbook engine`)?", err=True)

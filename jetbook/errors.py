@@ -44,14 +44,23 @@ class BatchRejected(BrokerError):
 
 
 class CorruptLog(JetbookError):
-    """A JB_EVT message that is not a jetbook event: something other than the engine published on jb.wal.>."""
+    """JB_EVT at `seq` is not what the engine writes: not a jetbook event, one that does not apply, or out of order.
 
-    def __init__(self, seq: int, subject: str, cause: Exception) -> None:
+    The engine, a projection and `replay` stop on it rather than skip or loop:
+    a log that was written to by something else (a publish on jb.wal.> that
+    permissions should have refused) or damaged needs an operator, and
+    `jetbook replay verify` names the first event that differs. See
+    docs/GUARANTEES.md, "The log is checked as it is folded".
+    """
+
+    def __init__(self, seq: int, subject: str, cause: Exception | str) -> None:
+        detail = cause if isinstance(cause, str) else f"is not a jetbook event ({type(cause).__name__}: {cause})"
         super().__init__(
-            f"JB_EVT sequence {seq} ({subject}) is not a jetbook event ({type(cause).__name__}: {cause}). "
+            f"JB_EVT sequence {seq} ({subject}) {detail}. "
             "Only the engine may publish on jb.wal.>; restrict it with permissions (docs/DEPLOY.md)."
         )
         self.seq = seq
+        self.subject = subject
 
 
 class ServerNotFound(JetbookError):

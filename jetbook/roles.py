@@ -14,6 +14,7 @@ from engine.lease import DEFAULT_TTL_S, Lease
 from engine.service import DEFAULT_SNAPSHOT_EVERY, EngineService
 from events.streams import wait_for_stream
 from jetbook.wiring import close_quietly, connect
+from projections.fanout import FanOut
 from projections.runner import ProjectionRunner
 
 log = logging.getLogger("jetbook")
@@ -40,8 +41,8 @@ async def engine_role(
     lease_ttl: float = DEFAULT_TTL_S,
 ) -> None:
     """Active or hot standby, whichever the lease makes it; a second `jetbook engine` is a standby."""
-    nc = await connect(url, "jetbook-engine")
-    lease = Lease(lambda: connect(url, "jetbook-engine-lease"), ttl=lease_ttl, replicas=replicas)
+    nc = await connect(url, "jetbook-engine", role="engine")
+    lease = Lease(lambda: connect(url, "jetbook-engine-lease", role="engine"), ttl=lease_ttl, replicas=replicas)
     service = EngineService(
         nc, replicas=replicas, snapshot_every=snapshot_every, checkpoint_every=checkpoint_every, lease=lease
     )
@@ -55,7 +56,7 @@ async def engine_role(
 
 
 async def project_role(url: str, db: Path, stop: asyncio.Event, from_seq: int | None = None) -> None:
-    nc = await connect(url, "jetbook-projection")
+    nc = await connect(url, "jetbook-projection", role="projection")
     js = nc.jetstream()
     if not await wait_for_stream(js, EVT_STREAM, stop):
         await close_quietly(nc)
@@ -67,4 +68,18 @@ async def project_role(url: str, db: Path, stop: asyncio.Event, from_seq: int | 
     finally:
         stop.set()
         await reporter
+        await close_quietly(nc)
+
+
+async def fanout_role(url: str, stop: asyncio.Event, replicas: int = 1) -> None:
+    """The private feeds: each account's own events on jb.acct.<account>.>, the public tape on jb.tape.<market>."""
+    nc = await connect(url, "jetbook-fanout", role="fanout")
+    if not await wait_for_stream(nc.jetstream(), EVT_STREAM, stop):
+        await close_quietly(nc)
+        return
+    fanout = FanOut(nc, replicas=replicas)
+    try:
+        await fanout.run(stop)
+    finally:
+        stop.set()
         await close_quietly(nc)

@@ -3,6 +3,12 @@
 It is started with `-p -1 --ports_file_dir` when asked for a free port, so the
 port is chosen by the server itself and read back from its ports file: no race
 between picking a free port and binding it.
+
+Given credentials, the server is locked down: one user per role and per
+trader, each with the permissions of `permissions()` (the same rules as
+deploy/accounts.conf, which the integration tests check row by row), and
+nothing open to anonymous clients. Without credentials it is open, as the
+test fixtures and `jetbook up --insecure` want it.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from jetbook.errors import JetbookError, ServerNotFound
+from jetbook.settings import Credentials
 
 
 def _parent_death_signal() -> Callable[[], None] | None:
@@ -48,6 +56,111 @@ def _parent_death_signal() -> Callable[[], None] | None:
 DIE_WITH_PARENT = _parent_death_signal()
 
 
+# Nobody may write the log but the engine, nobody may publish where the server republishes it,
+# and nobody may remove a stream or its messages (the streams also deny delete and purge).
+NEVER = ["jb.evt.>", "$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.MSG.DELETE.>"]
+DENY_ALL_BUT_ENGINE = [*NEVER, "jb.wal.>", "$JS.API.STREAM.PURGE.>"]
+
+_READ_EVT = [
+    "$JS.API.STREAM.INFO.JB_EVT",
+    "$JS.API.CONSUMER.CREATE.JB_EVT", "$JS.API.CONSUMER.CREATE.JB_EVT.>", "$JS.API.CONSUMER.INFO.JB_EVT.*",
+    "$JS.FC.JB_EVT.>",
+    "$JS.API.STREAM.MSG.GET.JB_EVT", "$JS.API.DIRECT.GET.JB_EVT", "$JS.API.DIRECT.GET.JB_EVT.>",
+]  # fmt: skip
+
+
+def _read(stream: str) -> list[str]:
+    return [
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.*", f"$JS.FC.{stream}.>",
+        f"$JS.API.STREAM.MSG.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>",
+    ]  # fmt: skip
+
+
+def _define(*streams: str) -> list[str]:
+    return [f"$JS.API.STREAM.{op}.{s}" for s in streams for op in ("INFO", "CREATE", "UPDATE")]
+
+
+ROLE_PUBLISH: dict[str, list[str]] = {
+    # The only writer of the log; owns the stream definitions; its lease (KV) and snapshots (object store).
+    "engine": [
+        "jb.wal.>",
+        *_define("JB_CMD", "JB_EVT", "JB_ACCT", "JB_TAPE"),
+        *_read("JB_CMD"), *_read("JB_EVT"),
+        *_define("KV_JB_LEASE"), "$JS.API.STREAM.MSG.GET.KV_JB_LEASE", "$JS.API.DIRECT.GET.KV_JB_LEASE.>",
+        "$KV.JB_LEASE.>",
+        *_define("OBJ_JB_SNAP"), *_read("OBJ_JB_SNAP"), "$JS.API.STREAM.PURGE.OBJ_JB_SNAP", "$O.JB_SNAP.>",
+    ],
+    "projection": [*_read("JB_EVT")],
+    # Reads the log, writes the private per-account subjects and the public tape (projections/fanout.py).
+    "fanout": [*_read("JB_EVT"), *_define("JB_ACCT", "JB_TAPE"), *_read("JB_ACCT"), *_read("JB_TAPE"),
+               "jb.acct.>", "jb.tape.>"],
+    # Trades on behalf of its logged-in users; serves each one their private view. No market control.
+    "gateway": ["jb.cmd.>", *_read("JB_EVT"), *_read("JB_ACCT"), *_read("JB_TAPE")],
+    # Market control and commands for any account (demo, submit, replay, fills, bench clients).
+    "operator": ["jb.ctl.>", "jb.cmd.>", *_read("JB_CMD"), *_read("JB_EVT"), *_read("JB_ACCT"), *_read("JB_TAPE")],
+}  # fmt: skip
+
+ROLE_SUBSCRIBE: dict[str, list[str]] = {
+    "engine": [],
+    "projection": [],
+    "fanout": [],
+    "gateway": ["jb.evt.>", "jb.acct.>", "jb.tape.>"],
+    "operator": ["jb.evt.>", "jb.acct.>", "jb.tape.>"],
+}
+
+
+def trader_publish(account: str) -> list[str]:
+    """Commands for its own account; its own private stream, through a consumer filtered to it; the tape.
+
+    The consumer-create subject with the filter in it
+    ($JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>) is how the server
+    lets a permission pin a consumer's filter: a trader cannot create one on
+    JB_ACCT that reads another account, nor any on JB_CMD or JB_EVT.
+    """
+    return [
+        f"jb.cmd.*.{account}",
+        "$JS.API.STREAM.INFO.JB_ACCT", f"$JS.API.CONSUMER.CREATE.JB_ACCT.*.jb.acct.{account}.>", "$JS.FC.JB_ACCT.>",
+        "$JS.API.STREAM.INFO.JB_TAPE", "$JS.API.CONSUMER.CREATE.JB_TAPE", "$JS.API.CONSUMER.CREATE.JB_TAPE.>",
+        "$JS.FC.JB_TAPE.>", "$JS.API.DIRECT.GET.JB_TAPE", "$JS.API.DIRECT.GET.JB_TAPE.>",
+    ]  # fmt: skip
+
+
+def permissions(user: str) -> dict[str, Any]:
+    """One user's permissions: an allow list, the deny list, and its own inbox prefix only."""
+    if user in ROLE_PUBLISH:
+        pub, sub = ROLE_PUBLISH[user], ROLE_SUBSCRIBE[user]
+    else:
+        pub, sub = trader_publish(user), [f"jb.acct.{user}.>", "jb.tape.>"]
+    deny = (
+        [*NEVER, "$JS.API.STREAM.PURGE.JB_CMD", "$JS.API.STREAM.PURGE.JB_EVT"]
+        if user == "engine"
+        else DENY_ALL_BUT_ENGINE
+    )
+    return {
+        "publish": {"allow": pub, "deny": deny},
+        "subscribe": {"allow": [f"_INBOX_{user}.>", *sub], "deny": ["_INBOX.>"]},
+    }
+
+
+def server_config(
+    creds: Credentials | None, tls_cert: Path | None = None, tls_key: Path | None = None
+) -> dict[str, Any]:
+    """The embedded server's config (JSON is valid nats-server config)."""
+    conf: dict[str, Any] = {}
+    if creds is not None:
+        conf["authorization"] = {
+            "users": [
+                {"user": user, "password": password, "permissions": permissions(user)}
+                for user, password in sorted(creds.users.items())
+            ]
+        }
+    if tls_cert is not None:
+        conf["tls"] = {"cert_file": str(tls_cert), "key_file": str(tls_key or tls_cert), "timeout": 5}
+    return conf
+
+
 def find_binary() -> str:
     beside_python = Path(sys.executable).parent / "nats-server"
     if beside_python.is_file() and os.access(beside_python, os.X_OK):
@@ -64,7 +177,7 @@ def find_binary() -> str:
 
 def accepts_connections(url: str) -> bool:
     """Whether something listens at a nats://host:port URL."""
-    host, _, port = url.removeprefix("nats://").rpartition(":")
+    host, _, port = url.split("://", 1)[-1].rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=0.5):
             return True
@@ -74,9 +187,20 @@ def accepts_connections(url: str) -> bool:
 
 class EmbeddedServer:
     def __init__(
-        self, data_dir: Path, port: int = 4222, host: str = "127.0.0.1", die_with_parent: bool = False
+        self,
+        data_dir: Path,
+        port: int = 4222,
+        host: str = "127.0.0.1",
+        die_with_parent: bool = False,
+        *,
+        credentials: Credentials | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.credentials = credentials
+        self.tls_cert = tls_cert
+        self.tls_key = tls_key
         self.die_with_parent = die_with_parent
         self.port = port
         self.host = host
@@ -99,6 +223,15 @@ class EmbeddedServer:
             binary, "-js", "-sd", str(store), "-a", self.host, "-p", str(self.port or -1),
             "--ports_file_dir", str(run), "-n", "jetbook", "-l", str(self.log_path),
         ]  # fmt: skip
+        conf = server_config(self.credentials, self.tls_cert, self.tls_key)
+        if conf:
+            # The config holds passwords: 0600 from the first byte, rewritten on each start.
+            conf_path = run / "server.conf"
+            conf_path.unlink(missing_ok=True)
+            fd = os.open(conf_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(conf, f, indent=1)
+            args += ["-c", str(conf_path)]
         preexec = DIE_WITH_PARENT if self.die_with_parent else None
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=preexec)
         ports_file = run / f"nats-server_{self.proc.pid}.ports"
@@ -112,7 +245,7 @@ class EmbeddedServer:
                 except (ValueError, KeyError):
                     urls = []  # written but not complete yet
                 if urls and accepts_connections(urls[0]):
-                    self.url = urls[0]
+                    self.url = urls[0].replace("nats://", "tls://", 1) if self.tls_cert else urls[0]
                     return self.url
             time.sleep(0.02)
         self.stop()

@@ -22,6 +22,10 @@ Wait = Annotated[bool, typer.Option(help="Wait for and print the events the comm
 OrderId = Annotated[int | None, typer.Option(help="Engine-assigned order id.")]
 ClientOrderId = Annotated[str | None, typer.Option(help="Your id for the order.")]
 Runner = Annotated[str | None, typer.Option(help="Runner id (odds markets).")]
+MsgId = Annotated[
+    str | None,
+    typer.Option(help="Retry: the msg id an earlier attempt printed (stored at most once); a new random id if absent."),
+]
 
 
 def _print_outcome(events: list[Any]) -> int:
@@ -32,9 +36,13 @@ def _print_outcome(events: list[Any]) -> int:
     return 1 if any(isinstance(e, Rejected) for e in events) else 0
 
 
-def _send(url: str, market: str, account: str | None, command: Any, wait: bool) -> None:
-    """Check the command with the engine's parser, publish it, and (with wait) print its events."""
-    from commands.client import CommandClient
+def _send(url: str, market: str, account: str | None, command: Any, wait: bool, msg_id: str | None = None) -> None:
+    """Check the command with the engine's parser, publish it, and (with wait) print its events.
+
+    The msg id is random (commands.client.new_msg_id) and printed, so that a run whose ack was lost can be
+    repeated with `--msg-id` and is then stored once.
+    """
+    from commands.client import CommandClient, new_msg_id
     from commands.model import Invalid, encode, parse
     from commands.subjects import cmd_subject, ctl_subject
     from events.watch import EventWatcher, past_events
@@ -45,13 +53,16 @@ def _send(url: str, market: str, account: str | None, command: Any, wait: bool) 
         typer.echo(f"error: invalid command: {parsed.reason} ({parsed.detail})", err=True)
         raise typer.Exit(2)
 
+    request_id = msg_id or new_msg_id()
+
     async def body(js: Any) -> int:
         client = CommandClient(js)
+        typer.echo(f"msg_id {request_id}", err=True)
 
         async def send() -> int:
             if account is None:
-                return await client.control(market, command)
-            return await client.trade(market, account, command)
+                return await client.control(market, command, request_id)
+            return await client.trade(market, account, command, request_id)
 
         if not wait:
             typer.echo(f"cmd_seq {await send()}")
@@ -177,6 +188,7 @@ def place(
     stp: Annotated[str | None, typer.Option(help="cancel_resting | cancel_newest | cancel_both")] = None,
     persistence: Annotated[str | None, typer.Option(help="lapse | persist (at going in play)")] = None,
     runner: Runner = None,
+    msg_id: MsgId = None,
     nats_url: Url = DEFAULT_URL,
     wait: Wait = True,
 ) -> None:
@@ -190,7 +202,7 @@ def place(
         order_type=order_type, protection_price=protection_price, tif=tif, stp=stp or "cancel_resting",
         persistence=persistence or "lapse", runner=runner,
     )  # fmt: skip
-    _send(nats_url, market, account, command, wait)
+    _send(nats_url, market, account, command, wait, msg_id)
 
 
 @submit_app.command("amend")
@@ -240,3 +252,69 @@ def cancel_all(
     from commands.subjects import ALL_MARKETS
 
     _send(nats_url, market or ALL_MARKETS, account, CancelAll(side=side, runner=runner), wait)
+
+
+def fills(
+    account: Annotated[
+        str | None, typer.Option("--account", "-a", help="Your account's own fills, from JB_ACCT.")
+    ] = None,
+    tape: Annotated[bool, typer.Option("--tape", help="The public trade feed (JB_TAPE): no accounts, no ids.")] = False,
+    market: Annotated[str | None, typer.Option("--market", "-m", help="One market; all if absent.")] = None,
+    from_seq: Annotated[
+        int, typer.Option(help="Sequence to start at: of JB_ACCT with --account, JB_TAPE with --tape, else JB_EVT.")
+    ] = 1,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new fills.")] = False,
+    all_events: Annotated[
+        bool, typer.Option("--all", help="With --account: every event of the account (orders, cancels, rejects).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    nats_url: Url = DEFAULT_URL,
+) -> None:
+    """Print fills from any sequence, then live with --follow: your own (--account), the public tape (--tape),
+    or, for operators allowed to read JB_EVT, every fill with both sides.
+
+    Not registered here: jetbook/cli.py's `fills` command calls this (`app.command()(submit_cli.fills)`).
+    """
+    import sys
+
+    from events.fills import fills as log_fills
+    from events.model import Fill, to_wire
+    from events.private import account_events
+    from events.private import tape as tape_feed
+
+    if account is not None and tape:
+        typer.echo("error: --account or --tape, not both", err=True)
+        raise typer.Exit(2)
+
+    def show(seq: int, body: dict[str, Any], line: str) -> None:
+        typer.echo(json.dumps({"seq": seq, **body}) if as_json else line)
+        sys.stdout.flush()
+
+    async def body(js: Any) -> int:
+        if tape:
+            async for seq, t in tape_feed(js._nc, market_id=market, from_seq=from_seq, follow=follow):
+                show(seq, t, f"{seq:>8}  {t['market_id']}  trade {t['trade_id']}  {t['qty']} @ {t['price']}  "
+                             f"taker {t['taker_side']}  (JB_EVT {t['evt_seq']})")  # fmt: skip
+        elif account is not None:
+            events = account_events(js._nc, account, market_id=market, from_seq=from_seq, follow=follow)
+            async for seq, evt_seq, event in events:
+                if isinstance(event, Fill):
+                    mine = "maker" if event.maker_account == account else "taker"
+                    coid = event.maker_client_order_id if mine == "maker" else event.taker_client_order_id
+                    oid = event.maker_order_id if mine == "maker" else event.taker_order_id
+                    show(seq, {"evt_seq": evt_seq, **to_wire(event)},
+                         f"{seq:>8}  {event.market_id}  trade {event.trade_id}  {event.qty} @ {event.price}  "
+                         f"{mine} #{oid} ({coid})  taker {event.taker_side}  (JB_EVT {evt_seq})")  # fmt: skip
+                elif all_events:
+                    show(seq, {"evt_seq": evt_seq, **to_wire(event)}, f"{seq:>8}  {json.dumps(to_wire(event))}")
+        else:
+            async for seq, f in log_fills(js, market, from_seq, follow):
+                show(seq, to_wire(f), f"{seq:>8}  {f.market_id}  trade {f.trade_id}  {f.qty} @ {f.price}  "
+                                      f"taker {f.taker_account} {f.taker_side} #{f.taker_order_id}  "
+                                      f"maker {f.maker_account} #{f.maker_order_id}")  # fmt: skip
+        return 0
+
+    try:
+        client_call(nats_url, body)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None

@@ -4,11 +4,17 @@ Children run in their own sessions so that Ctrl-C reaches only this
 supervisor, which then stops them in order: workers first (each finishes its
 batch), the server last. A worker that dies is restarted after a pause; its
 state is in JB_EVT and in its SQLite file, so a restart loses nothing.
+
+The embedded server is locked down unless `--insecure`: each child connects
+as its own role user, with the password handed over in its environment (not
+its argv, which `ps` shows to everyone). The passwords live in
+<data dir>/credentials.json (0600), reused on every restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
@@ -18,10 +24,11 @@ from rich.console import Console
 from events.streams import ensure_streams
 from jetbook.errors import JetbookError
 from jetbook.server import DIE_WITH_PARENT, EmbeddedServer
+from jetbook.settings import CREDENTIALS_FILE, Credentials, register_stack, unregister_stack
 from jetbook.wiring import STOP_GRACE_S, connect
 
 console = Console(highlight=False)
-COLORS = {"engine": "cyan", "project": "magenta"}
+COLORS = {"engine": "cyan", "project": "magenta", "fanout": "green"}
 
 
 async def _pump(name: str, stream: asyncio.StreamReader) -> None:
@@ -29,11 +36,12 @@ async def _pump(name: str, stream: asyncio.StreamReader) -> None:
         console.print(f"[{COLORS.get(name, 'white')}]{name:>8}[/] | {line.decode(errors='replace').rstrip()}")
 
 
-async def _supervise(name: str, args: list[str], stop: asyncio.Event) -> None:
+async def _supervise(name: str, args: list[str], stop: asyncio.Event, env: dict[str, str] | None = None) -> None:
     restarts = 0
     while not stop.is_set():
         proc = await asyncio.create_subprocess_exec(
             *args,
+            env=env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
@@ -81,8 +89,29 @@ async def _watch_server(server: EmbeddedServer, stop: asyncio.Event) -> None:
             pass
 
 
-async def _run(url: str, db: Path, replicas: int, server: EmbeddedServer | None) -> None:
-    nc = await connect(url, "jetbook-up", reconnect=False)
+def role_env(creds: Credentials | None, role: str) -> dict[str, str] | None:
+    """A child's environment: its role's login, so it never falls back to another role's credentials."""
+    if creds is None:
+        return None
+    login = creds.login(role)
+    return {**os.environ, "JETBOOK_NATS_USER": login["user"], "JETBOOK_NATS_PASSWORD": login["password"]}
+
+
+# Where the lead wires more roles in: name -> (argv after `jetbook`, role user). The fan-out worker
+# (projections/fanout.py) goes here as "fanout": (["fanout", "--nats-url", url], "fanout") once it has a command.
+def role_commands(url: str, db: Path, replicas: int) -> dict[str, tuple[list[str], str]]:
+    return {
+        "engine": (["engine", "--nats-url", url, "--replicas", str(replicas)], "engine"),
+        "project": (["project", "--nats-url", url, "--db", str(db)], "projection"),
+        "fanout": (["fanout", "--nats-url", url, "--replicas", str(replicas)], "fanout"),
+    }
+
+
+async def _run(
+    url: str, db: Path, replicas: int, server: EmbeddedServer | None, creds: Credentials | None = None
+) -> None:
+    login = creds.login("engine") if creds is not None else None
+    nc = await connect(url, "jetbook-up", reconnect=False, role="engine", login=login)
     await ensure_streams(nc.jetstream(), replicas)
     await nc.close()
     stop = asyncio.Event()
@@ -90,29 +119,52 @@ async def _run(url: str, db: Path, replicas: int, server: EmbeddedServer | None)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     me = [sys.executable, "-m", "jetbook"]
-    roles = {
-        "engine": [*me, "engine", "--nats-url", url, "--replicas", str(replicas)],
-        "project": [*me, "project", "--nats-url", url, "--db", str(db)],
-    }
+    roles = role_commands(url, db, replicas)
     console.print(f"NATS        [bold]{url}[/]")
+    if creds is not None:
+        console.print(f"users       [bold]{creds.path}[/] (0600; jetbook commands read it; --insecure: none)")
     console.print(f"read model  [bold]{db}[/] (SQLite)")
     console.print("try         jetbook demo   |   jetbook fills --follow   |   Ctrl-C stops everything")
     watchers = [_watch_server(server, stop)] if server is not None else []
-    await asyncio.gather(*(_supervise(name, args, stop) for name, args in roles.items()), *watchers)
+    await asyncio.gather(
+        *(_supervise(name, [*me, *argv], stop, role_env(creds, role)) for name, (argv, role) in roles.items()),
+        *watchers,
+    )
     # Only now, with every worker stopped, may the server's death end the process with an error.
     if server is not None and server.proc is not None and server.proc.returncode is not None:
         raise JetbookError(f"nats-server exited with {server.proc.returncode}")
 
 
-def up(data_dir: Path, nats_url: str | None, port: int, replicas: int) -> None:
+def up(
+    data_dir: Path,
+    nats_url: str | None,
+    port: int,
+    replicas: int,
+    *,
+    insecure: bool = False,
+    traders: list[str] | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> None:
     server: EmbeddedServer | None = None
+    creds: Credentials | None = None
     if nats_url is None:
-        server = EmbeddedServer(data_dir / "nats", port=port, die_with_parent=True)
+        if not insecure:
+            creds = Credentials.load_or_create(data_dir / CREDENTIALS_FILE, traders or [])
+        server = EmbeddedServer(
+            data_dir / "nats", port=port, die_with_parent=True, credentials=creds, tls_cert=tls_cert, tls_key=tls_key
+        )
         nats_url = server.start()
         console.print(f"nats-server started (JetStream store in {data_dir / 'nats'}, log {server.log_path})")
+        if creds is not None:
+            creds.url = nats_url
+            creds.save()
+            register_stack(nats_url, creds.path)
     try:
-        asyncio.run(_run(nats_url, data_dir / "read_model.db", replicas, server))
+        asyncio.run(_run(nats_url, data_dir / "read_model.db", replicas, server, creds))
     finally:
         if server is not None:
             server.stop()
+            if creds is not None:
+                unregister_stack(nats_url, creds.path)
             console.print("nats-server stopped")

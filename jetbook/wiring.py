@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -18,7 +21,7 @@ def setup_logging(level: str = "INFO") -> None:
 
 
 def split_url(url: str) -> tuple[list[str], dict[str, str]]:
-    """Servers and credentials from `nats://[user:password@]host:port[,host:port...]`.
+    """Servers and credentials from `nats://[user:password@]host:port[,host:port...]` (or `tls://`).
 
     Credentials go to the client as options, not inside the URLs: nats-py does
     not reuse URL credentials for the cluster members it discovers, so a
@@ -40,15 +43,73 @@ def split_url(url: str) -> tuple[list[str], dict[str, str]]:
     return servers, auth
 
 
-async def connect(url: str, name: str, *, reconnect: bool = True) -> Any:
+@dataclass(frozen=True)
+class Access:
+    """Who a connection is and how it is secured: resolved once per connect, from flags, environment, data dir.
+
+    `inbox_prefix` is `_INBOX_<user>` for a named user: the server lets each
+    user subscribe only under its own prefix, so no client sees another's
+    replies or consumer deliveries.
+    """
+
+    auth: dict[str, str] = field(default_factory=dict)
+    tls: ssl.SSLContext | None = None
+    inbox_prefix: str = "_INBOX"
+
+
+def tls_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLContext:
+    """A client context that trusts `ca` (the system store if absent) and presents `cert`/`key` if given."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def resolve_access(url: str, role: str, env: Mapping[str, str] | None = None) -> Access:
+    """Credentials for `role` in this order: the URL, JETBOOK_NATS_USER/PASSWORD, the credentials file.
+
+    The credentials file is the one `jetbook up` wrote for the server at this
+    URL (found through JETBOOK_CREDENTIALS, JETBOOK_DATA_DIR, ./.jetbook, or
+    the per-user index of running stacks); a file written for another server
+    is never used, so a local operator password never goes to a remote host.
+    No credentials at all is fine: an open (`--insecure`) server takes any client.
+    """
+    from jetbook.settings import find_for_url
+
+    env = os.environ if env is None else env
+    servers, auth = split_url(url)
+    if not auth and env.get("JETBOOK_NATS_USER"):
+        auth = {"user": env["JETBOOK_NATS_USER"], "password": env.get("JETBOOK_NATS_PASSWORD", "")}
+    if not auth:
+        creds = find_for_url(servers, env)
+        if creds is not None:
+            auth = creds.login(role)
+    ca, cert, key = (env.get(f"JETBOOK_TLS_{k}") or None for k in ("CA", "CERT", "KEY"))
+    secure = any(s.startswith("tls://") for s in servers) or bool(ca or cert)
+    tls = tls_context(ca, cert, key) if secure else None
+    prefix = f"_INBOX_{auth['user']}" if auth.get("user") else "_INBOX"
+    return Access(auth=auth, tls=tls, inbox_prefix=prefix)
+
+
+async def connect(
+    url: str, name: str, *, reconnect: bool = True, role: str = "operator", login: dict[str, str] | None = None
+) -> Any:
+    """Connect as `role` (engine, projection, fanout, gateway, operator, or a trader's account), or as `login`."""
+
     async def on_error(err: Exception) -> None:
         if reconnect:  # a one-shot client reports its own failure once, at the end
             logging.getLogger("jetbook.nats").warning("%s: %s", name, err)
 
-    servers, auth = split_url(url)
+    servers, _ = split_url(url)
+    access = resolve_access(url, role)
+    if login is not None:
+        access = Access(auth=login, tls=access.tls, inbox_prefix=f"_INBOX_{login['user']}")
+    extra: dict[str, Any] = {"tls": access.tls} if access.tls is not None else {}
     return await nats.connect(
         servers=servers,
-        **auth,
+        **access.auth,
+        **extra,
+        inbox_prefix=access.inbox_prefix,
         name=name,
         allow_reconnect=reconnect,
         # nats-py applies this to the first connect too, and reads 0 as "forever":

@@ -35,6 +35,7 @@ from events.model import (
     RiskLimitsSet,
     RunnerAdded,
 )
+from jetbook.errors import CorruptLog
 
 Key = tuple[str, int]
 T = TypeVar("T")
@@ -49,13 +50,14 @@ class Writes:
     rows as running them event by event.
     """
 
+    first_seq: int = 0  # of the batch's first event
     markets: list[tuple[Any, ...]] = field(default_factory=list)
     runners: list[tuple[Any, ...]] = field(default_factory=list)
     states: list[tuple[Any, ...]] = field(default_factory=list)  # (state, phase, seq, market)
     orders: list[tuple[Any, ...]] = field(default_factory=list)
     trades: list[tuple[Any, ...]] = field(default_factory=list)
     amends: list[tuple[Any, ...]] = field(default_factory=list)  # (price, d_qty, d_cancelled, seq, market, order)
-    filled: dict[Key, list[int]] = field(default_factory=dict)  # (market, order) -> [qty, last seq]
+    filled: dict[Key, list[int]] = field(default_factory=dict)  # (market, order) -> [qty, last seq, first seq]
     cancels: list[tuple[Any, ...]] = field(default_factory=list)
     levels: dict[tuple[str, str, str, int], list[int]] = field(default_factory=dict)  # -> [d_qty, d_orders]
     stats: dict[str, list[int]] = field(default_factory=dict)  # market -> [last trade, last price, d_volume]
@@ -79,7 +81,7 @@ def _level(w: Writes, key: tuple[str, str, str, int], qty: int, orders: int) -> 
 def _filled(w: Writes, key: Key, qty: int, seq: int) -> None:
     acc = w.filled.get(key)
     if acc is None:
-        w.filled[key] = [qty, seq]
+        w.filled[key] = [qty, seq, seq]
     else:
         acc[0] += qty
         acc[1] = seq
@@ -110,6 +112,7 @@ def _position(w: Writes, market: str, account: str, runner: str, side: str, pric
 def plan(batch: Iterable[tuple[int, Event]]) -> Writes:
     w = Writes()
     for seq, e in batch:
+        w.first_seq = w.first_seq or seq
         w.last_seq = seq
         m = e.market_id
         if isinstance(e, Fill):
@@ -184,7 +187,7 @@ def plan(batch: Iterable[tuple[int, Event]]) -> Writes:
 
 SCHEMA = resources.files("projections").joinpath("schema.sql").read_text()
 NAME = "read_model"
-SCHEMA_VERSION = 2  # PRAGMA user_version set by schema.sql
+SCHEMA_VERSION = 3  # PRAGMA user_version set by schema.sql
 
 
 def write(con: sqlite3.Connection, w: Writes, name: str = NAME) -> None:
@@ -212,24 +215,32 @@ def write(con: sqlite3.Connection, w: Writes, name: str = NAME) -> None:
         )
     if w.trades:
         con.executemany("INSERT INTO trades VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", w.trades)
+    if w.first_seq:
+        con.execute("INSERT INTO projection_origin VALUES (?, ?) ON CONFLICT DO NOTHING", (name, w.first_seq))
     if w.amends:
-        con.executemany(
+        cur = con.executemany(
             "UPDATE orders SET price = ?, qty = qty + ?, cancelled_qty = cancelled_qty + ?, amends = amends + 1,"
             " updated_seq = MAX(updated_seq, ?) WHERE market_id = ? AND order_id = ?",
             w.amends,
         )
+        if cur.rowcount != len(w.amends):
+            _known_orders(con, name, "amends", [(a[3], a[4], a[5]) for a in w.amends])
     if w.filled:
-        con.executemany(
+        cur = con.executemany(
             "UPDATE orders SET filled_qty = filled_qty + ?, updated_seq = MAX(updated_seq, ?)"
             " WHERE market_id = ? AND order_id = ?",
-            [(q, s, m, o) for (m, o), (q, s) in w.filled.items()],
+            [(q, s, m, o) for (m, o), (q, s, _) in w.filled.items()],
         )
+        if cur.rowcount != len(w.filled):
+            _known_orders(con, name, "fills", [(first, m, o) for (m, o), (_, _, first) in w.filled.items()])
     if w.cancels:
-        con.executemany(
+        cur = con.executemany(
             "UPDATE orders SET cancelled_qty = cancelled_qty + ?, updated_seq = MAX(updated_seq, ?)"
             " WHERE market_id = ? AND order_id = ?",
             w.cancels,
         )
+        if cur.rowcount != len(w.cancels):
+            _known_orders(con, name, "cancels", [(c[1], c[2], c[3]) for c in w.cancels])
     if w.stats:
         con.executemany(
             "UPDATE markets SET last_trade_id = ?, last_price = ?, volume = volume + ? WHERE market_id = ?",
@@ -267,6 +278,24 @@ def write(con: sqlite3.Connection, w: Writes, name: str = NAME) -> None:
     if w.rejections:
         con.executemany("INSERT INTO rejections VALUES (?,?,?,?,?,?,?,?,?,?)", w.rejections)
     set_position(con, w.last_seq, name)
+
+
+def _known_orders(con: sqlite3.Connection, name: str, what: str, refs: list[tuple[int, str, int]]) -> None:
+    """An event that changes an order this model never saw accepted: CorruptLog, if the model holds every order.
+
+    A model folded from JB_EVT 1 holds every order an event can refer to
+    (`order_accepted` comes first, in the same batch at the latest, and its
+    row is written before the batch's updates). One started further on (a
+    rebuild `--from-seq`) may not, so it cannot tell and goes on.
+    """
+    row = con.execute("SELECT first_seq FROM projection_origin WHERE name = ?", (name,)).fetchone()
+    if row is None or int(row[0]) > 1:
+        return
+    for seq, market, order in sorted(refs):
+        if con.execute("SELECT 1 FROM orders WHERE market_id = ? AND order_id = ?", (market, order)).fetchone() is None:
+            raise CorruptLog(
+                seq, f"an event of {market}", f"{what} order {order} of {market}, which was never accepted"
+            )
 
 
 def set_position(con: sqlite3.Connection, seq: int, name: str = NAME) -> None:

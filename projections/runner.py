@@ -24,18 +24,31 @@ from typing import Any
 
 from commands.subjects import EVT_STREAM
 from events.model import Event, decode
-from events.reader import RawMsg, ResumableReader
+from events.reader import LogCheck, RawMsg, ResumableReader
 from jetbook.errors import CorruptLog
-from projections.read_model import ReadModel
+from projections.read_model import ReadModel, plan
 
 log = logging.getLogger("jetbook.projection")
 
 
-def _decode(m: RawMsg) -> Event:
+def _decode(m: RawMsg, check: LogCheck) -> Event:
     try:
-        return decode(m.data)
+        event = decode(m.data)
     except Exception as err:
         raise CorruptLog(m.seq, m.subject, err) from err
+    check.check(m.seq, m.subject, event.cmd_seq)
+    return event
+
+
+def _plan_or_corrupt(batch: list[tuple[int, Event]], subjects: dict[int, str]) -> None:
+    """After a batch failed to fold: the event that does not fold on its own, as CorruptLog."""
+    for seq, event in batch:
+        try:
+            plan([(seq, event)])
+        except Exception as err:
+            raise CorruptLog(
+                seq, subjects.get(seq, ""), f"does not fold into the read model ({type(err).__name__}: {err})"
+            ) from err
 
 
 def _inode(path: Path) -> int:
@@ -76,22 +89,31 @@ class ProjectionRunner:
                 if not self.position:
                     start = max(self.from_seq, 1)
             log.info("projection %s at %d; reading JB_EVT from %d", self.db_path, self.position, start)
+            # From the start of JB_EVT the first event must be of command 1; after a resume the command
+            # before is not stored, so the check starts with the first event read (docs/GUARANTEES.md).
+            check = LogCheck(0 if start == 1 else None)
             # After a reconnect (a restarted server) the reader starts again from our position at once,
             # instead of waiting ~10 s for nats-py to notice its consumer is gone.
             while not stop.is_set() and (until_seq is None or self.position < until_seq):
                 if _inode(self.db_path) != inode:
                     model, inode = await self._reopen(model, reader)
                     start = self.position + 1
+                    check = LogCheck(0 if start == 1 else None)
                     continue
                 msgs = await reader.next_batch(max(start, self.position + 1), self.batch, 0.25)
                 if not msgs:
                     continue
+                batch = [(m.seq, _decode(m, check)) for m in msgs]
                 try:
-                    self.position = await model.apply([(m.seq, _decode(m)) for m in msgs])
+                    self.position = await model.apply(batch)
                 except sqlite3.Error:
                     if _inode(self.db_path) == inode:
                         raise
                     log.info("projection %s: the file was swapped during a batch", self.db_path)
+                    check = LogCheck(None)
+                except Exception:
+                    _plan_or_corrupt(batch, {m.seq: m.subject for m in msgs})
+                    raise
         finally:
             await reader.stop()
             await model.close()

@@ -8,6 +8,12 @@ CREATE TABLE IF NOT EXISTS projection_position (
     last_seq  INTEGER NOT NULL   -- the last JB_EVT sequence folded in; written in the same transaction as the rows
 ) WITHOUT ROWID;
 
+-- The first JB_EVT sequence folded in: a model from 1 holds every order an event can refer to, and checks it.
+CREATE TABLE IF NOT EXISTS projection_origin (
+    name       TEXT PRIMARY KEY,
+    first_seq  INTEGER NOT NULL
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS markets (
     market_id        TEXT PRIMARY KEY,
     base             TEXT NOT NULL,
@@ -29,7 +35,9 @@ CREATE TABLE IF NOT EXISTS markets (
     phase            TEXT NOT NULL DEFAULT 'pre',    -- pre | in_play
     state_seq        INTEGER,                        -- JB_EVT seq of the newest state change
     settled_winner   TEXT,
-    settled_price    INTEGER
+    settled_price    INTEGER,
+    -- exact integers only: SQLite turns an overflowing sum into a REAL, which loses precision
+    CHECK (typeof(volume) = 'integer')
 ) WITHOUT ROWID;
 
 -- Odds markets' runners, in creation order (position).
@@ -68,7 +76,9 @@ CREATE TABLE IF NOT EXISTS orders (
             WHEN filled_qty >= qty THEN 'filled'
             ELSE 'cancelled'
         END) VIRTUAL,
-    PRIMARY KEY (market_id, order_id)
+    PRIMARY KEY (market_id, order_id),
+    -- exact integers only: SQLite turns an overflowing sum into a REAL, which loses precision
+    CHECK (typeof(qty) = 'integer' AND typeof(filled_qty) = 'integer' AND typeof(cancelled_qty) = 'integer')
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS orders_by_account ON orders (account_id, market_id, order_id);
 
@@ -99,7 +109,9 @@ CREATE TABLE IF NOT EXISTS book_levels (
     price      INTEGER NOT NULL,
     qty        INTEGER NOT NULL,
     orders     INTEGER NOT NULL,
-    PRIMARY KEY (market_id, runner, side, price)
+    PRIMARY KEY (market_id, runner, side, price),
+    -- exact integers only: SQLite turns an overflowing sum into a REAL, which loses precision
+    CHECK (typeof(qty) = 'integer' AND typeof(orders) = 'integer')
 ) WITHOUT ROWID;
 
 -- What each account holds, from fills. Pairs (runner ''): net_qty and cash (price x qty units).
@@ -112,7 +124,9 @@ CREATE TABLE IF NOT EXISTS positions (
     cash        INTEGER NOT NULL,
     if_win      INTEGER NOT NULL,
     if_lose     INTEGER NOT NULL,
-    PRIMARY KEY (market_id, account_id, runner)
+    PRIMARY KEY (market_id, account_id, runner),
+    -- exact integers only: SQLite turns an overflowing sum into a REAL, which loses precision
+    CHECK (typeof(net_qty) = 'integer' AND typeof(cash) = 'integer' AND typeof(if_win) = 'integer' AND typeof(if_lose) = 'integer')
 ) WITHOUT ROWID;
 
 -- Realised P&L per account, from market_settled.
@@ -121,7 +135,9 @@ CREATE TABLE IF NOT EXISTS settlements (
     account_id  TEXT NOT NULL,
     pnl         INTEGER NOT NULL,
     seq         INTEGER NOT NULL,
-    PRIMARY KEY (market_id, account_id)
+    PRIMARY KEY (market_id, account_id),
+    -- exact integers only: SQLite turns an overflowing sum into a REAL, which loses precision
+    CHECK (typeof(pnl) = 'integer')
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS risk_limits (
@@ -161,6 +177,8 @@ LEFT JOIN book_levels a ON a.market_id = k.market_id AND a.runner = k.runner AND
      AND a.price = (SELECT MIN(price) FROM book_levels
                     WHERE market_id = k.market_id AND runner = k.runner AND side IN ('sell', 'back'));
 
--- 2: protocol v1.1 (runners, positions, settlements, risk limits, book per runner). A file of an older
--- layout is refused by the worker; rebuild it with `jetbook replay rebuild`.
-PRAGMA user_version = 2;
+-- 2: protocol v1.1 (runners, positions, settlements, risk limits, book per runner).
+-- 3: every amount that is summed in SQL is checked to stay an INTEGER (an int64 overflow would make it a REAL);
+--    projection_origin, so that a model folded from the start checks that every fill, cancel and amend has its order.
+-- A file of an older layout is refused by the worker; rebuild it with `jetbook replay rebuild`.
+PRAGMA user_version = 3;

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from commands.subjects import EVT_STREAM
+from events.reader import LogCheck, read_range
 from events.reader import last_seq as stream_last_seq
-from events.reader import read_range
 from projections.read_model import ReadModel
-from replay.rebuild import RebuildError, decode_chunk
+from replay.fold import decode_chunk, plan_checked
+from replay.rebuild import RebuildError
 
 POSITIONS_SQL = """
 SELECT market_id, account_id, runner, net_qty, cash, if_win, if_lose FROM positions
@@ -73,9 +74,10 @@ async def fold_to(js: Any, seq: int) -> sqlite3.Connection:
         raise RebuildError(f"--seq {seq} is outside JB_EVT (1..{tail})")
     con = sqlite3.connect(":memory:", isolation_level=None)
     con.executescript(ReadModel.SCHEMA)
+    check = LogCheck(0)
     async for chunk in read_range(js, EVT_STREAM, 1, seq):
         con.execute("BEGIN")
-        ReadModel.write(con, ReadModel.plan(decode_chunk(chunk)), ReadModel.NAME)
+        ReadModel.write(con, plan_checked(ReadModel, decode_chunk(chunk, check), chunk.subjects), ReadModel.NAME)
         con.execute("COMMIT")
     return con
 

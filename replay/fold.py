@@ -34,6 +34,7 @@ from typing import Any, BinaryIO, Protocol
 import msgpack
 
 from events.model import EVENT_TYPES, Event, decode
+from events.reader import LogCheck, subject_text
 from jetbook.errors import CorruptLog
 from projections.read_model import ReadModel
 
@@ -100,15 +101,44 @@ def decode_fast(data: bytes, unpackb: Callable[..., Any] = msgpack.unpackb) -> E
     return decode(data)
 
 
-def decode_chunk(chunk: Messages) -> list[tuple[int, Event]]:
+def decode_chunk(chunk: Messages, check: LogCheck | None = None) -> list[tuple[int, Event]]:
+    """The chunk's events; CorruptLog for one that does not decode, or (with `check`) is out of command order."""
     try:
-        return [(seq, decode_fast(data)) for seq, data in zip(chunk.seqs, chunk.data, strict=True)]
+        out = [(seq, decode_fast(data)) for seq, data in zip(chunk.seqs, chunk.data, strict=True)]
     except Exception:
         for seq, subject, data in zip(chunk.seqs, chunk.subjects, chunk.data, strict=True):
             try:
                 decode(data)
             except Exception as err:
-                raise CorruptLog(seq, subject.decode(errors="replace"), err) from err
+                raise CorruptLog(seq, subject_text(subject), err) from err
+        raise
+    if check is not None:
+        for (seq, event), subject in zip(out, chunk.subjects, strict=True):
+            _check(check, seq, subject, event.cmd_seq)
+    return out
+
+
+def _check(check: LogCheck, seq: int, subject: bytes, cmd_seq: object) -> None:
+    """`check.check` without building the subject's text in the common case (this runs for every event)."""
+    last = check.last
+    if type(cmd_seq) is int and cmd_seq >= 1 and (last is None or 0 <= cmd_seq - last <= 1):
+        check.last = cmd_seq
+    else:
+        check.check(seq, subject_text(subject), cmd_seq)
+
+
+def plan_checked(projection: SqliteProjection, batch: list[tuple[int, Event]], subjects: Iterable[bytes]) -> Any:
+    """`projection.plan`, or CorruptLog naming the event that does not fold (a fill of an unknown side, ...)."""
+    try:
+        return projection.plan(batch)
+    except Exception:
+        for (seq, event), subject in zip(batch, subjects, strict=True):
+            try:
+                projection.plan([(seq, event)])
+            except Exception as err:
+                raise CorruptLog(
+                    seq, subject_text(subject), f"does not fold into {projection.NAME} ({type(err).__name__}: {err})"
+                ) from err
         raise
 
 
@@ -133,8 +163,8 @@ def open_new(path: Path, projection: SqliteProjection, first_seq: int) -> sqlite
     return con
 
 
-def fold(con: sqlite3.Connection, projection: SqliteProjection, chunk: Messages) -> None:
-    writes = projection.plan(decode_chunk(chunk))
+def fold(con: sqlite3.Connection, projection: SqliteProjection, chunk: Messages, check: LogCheck | None = None) -> None:
+    writes = plan_checked(projection, decode_chunk(chunk, check), chunk.subjects)
     con.execute("BEGIN")
     projection.write(con, writes, projection.NAME)
     con.execute("COMMIT")
@@ -201,10 +231,12 @@ def main(argv: list[str]) -> int:
     projection = PROJECTIONS[name]
     path = Path(path_text)
     gc.disable()  # every decoded event lives until its chunk is written: the collector would only rescan them
-    con = open_new(path, projection, int(first_text))
+    first_seq = int(first_text)
+    con = open_new(path, projection, first_seq)
+    check = LogCheck(0 if first_seq <= 1 else None)  # from the start, the first event must be of command 1
     try:
         for chunk in prefetched(sys.stdin.buffer):
-            fold(con, projection, chunk)
+            fold(con, projection, chunk, check)
     except CorruptLog as err:
         con.close()
         print(f"CorruptLog {err.seq}: {err}", file=sys.stderr)

@@ -34,8 +34,9 @@ import msgpack
 from commands.subjects import CMD_STREAM, EVT_STREAM
 from engine.core import CHECKPOINT_EVERY, Diverged, Engine
 from events.model import encode
-from events.reader import Chunk, read_range
+from events.reader import Chunk, read_range, subject_text
 from events.reader import last_seq as stream_last_seq
+from jetbook.errors import CorruptLog
 from replay.rebuild import decode_fast
 
 # Re-deciding a command takes ~20 µs and both streams arrive on one connection, whose read loop parses
@@ -125,7 +126,10 @@ async def verify(
         # Fold the log up to the first event of command from_seq.
         while from_seq > 1 and (item := await events.peek()) is not None:
             seq, data = item
-            event = decode_fast(data)
+            try:
+                event = decode_fast(data)
+            except Exception as err:
+                raise CorruptLog(seq, "", err) from err
             if event.cmd_seq >= from_seq:
                 break
             await events.take()
@@ -133,6 +137,8 @@ async def verify(
                 engine.apply(event, verify=True)
             except Diverged as err:
                 return result(Divergence("checkpoint", seq, event.cmd_seq, data, None, str(err)))
+            except Exception as err:  # a fill of an order never accepted, ...
+                raise CorruptLog(seq, "", f"does not apply ({type(err).__name__}: {err})") from err
             folded += 1
         async for cmd_seq, ts, subject, body in commands:
             produced = engine.handle(cmd_seq, ts, subject, body)
@@ -170,7 +176,7 @@ async def verify(
 async def _commands(js: Any, start: int, end: int) -> AsyncGenerator[tuple[int, int, str, bytes], None]:
     async for chunk in read_range(js, CMD_STREAM, start, end):
         for seq, ts, subject, data in zip(chunk.seqs, chunk.ts, chunk.subjects, chunk.data, strict=True):
-            yield seq, ts, subject.decode(), data
+            yield seq, ts, subject_text(subject), data
 
 
 def readable(payload: bytes | None) -> str:

@@ -14,6 +14,12 @@ from events.streams import ensure_streams
 from jetbook.server import EmbeddedServer
 
 
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`jetbook up` lists running stacks under the user's state dir; a test's stacks stay in its own temp dir."""
+    monkeypatch.setenv("JETBOOK_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
     server = EmbeddedServer(tmp_path / "nats", port=0)

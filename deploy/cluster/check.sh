@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Prove the cluster path end to end, on loopback only:
 #   three nats-servers from n1.conf n2.conf n3.conf (with deploy/accounts.conf),
+#   TLS for clients and routes (a throwaway CA made here), routes with a password;
 #   engine on n1, projection on n2, `jetbook demo` on n3, each as its own user;
 #   the demo's fill, R3 streams with every replica current, a trader confined
-#   to its own account who sees committed events live, and the projection
-#   caught up with them.
+#   to its own account, and the projection caught up;
+#   then, under the same permissions: the engine restarted, a hot standby
+#   taking over from the active engine killed with -9, the projection
+#   restarted, each followed by a demo or a read-model check; and the loss of n1.
 # Exit 0 on success. Everything it starts is stopped on exit; the temporary
 # folder is removed on success and kept (logs, stores) on failure.
 #
@@ -45,11 +48,29 @@ trap 'exit 130' INT TERM
 fail() { echo "FAIL: $*" >&2; exit 1; }
 step() { printf '%s  %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
-# Passwords for this run only; the variables are the ones accounts.conf reads.
+# Passwords for this run only; the variables are the ones accounts.conf and nN.conf read.
 pw() { echo "pw-$(head -c 9 /dev/urandom | od -An -tx1 | tr -d ' \n')"; }
-export JETBOOK_ENGINE_PASSWORD=$(pw) JETBOOK_PROJECTION_PASSWORD=$(pw) JETBOOK_OPS_PASSWORD=$(pw)
+export JETBOOK_ENGINE_PASSWORD=$(pw) JETBOOK_PROJECTION_PASSWORD=$(pw) JETBOOK_OPERATOR_PASSWORD=$(pw)
+export JETBOOK_FANOUT_PASSWORD=$(pw) JETBOOK_GATEWAY_PASSWORD=$(pw) JETBOOK_ROUTE_PASSWORD=$(pw)
 export JETBOOK_ALICE_PASSWORD=$(pw) JETBOOK_BOB_PASSWORD=$(pw) JETBOOK_SYS_PASSWORD=$(pw)
-url() { echo "nats://$1:$2@$HOST:${CLIENT[$3]}"; }   # user password node-index
+url() { echo "tls://$1:$2@$HOST:${CLIENT[$3]}"; }   # user password node-index
+export JETBOOK_ROUTES="[$(printf '"nats-route://route:%s@%s:%s", ' "$JETBOOK_ROUTE_PASSWORD" $HOST "${CLUSTER[0]}" \
+  "$JETBOOK_ROUTE_PASSWORD" $HOST "${CLUSTER[1]}" "$JETBOOK_ROUTE_PASSWORD" $HOST "${CLUSTER[2]}")]"
+
+# A throwaway CA and one certificate for 127.0.0.1, used by the servers for clients and for routes
+# (trustme issues it for both server and client auth). Every jetbook process trusts the CA.
+mkdir -p "$tmp/tls"
+"$PYTHON" - "$tmp/tls" <<'PY' || fail "cannot make the test CA (pip install trustme)"
+import sys, trustme
+out = sys.argv[1]
+ca = trustme.CA()
+leaf = ca.issue_cert("127.0.0.1", "localhost")
+ca.cert_pem.write_to_path(f"{out}/ca.pem")
+for kind in ("server", "route"):
+    leaf.cert_chain_pems[0].write_to_path(f"{out}/{kind}-cert.pem")
+    leaf.private_key_pem.write_to_path(f"{out}/{kind}-key.pem")
+PY
+export JETBOOK_TLS_CA="$tmp/tls/ca.pem"
 
 # Small helpers over the monitoring endpoints and nats-py, in one place.
 cat >"$tmp/probe.py" <<'EOF'
@@ -122,8 +143,8 @@ def cmd_engine_ready(ports):
     sys.exit(1)
 
 async def _stream_info(url):
-    import nats
-    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=3)
+    from jetbook.wiring import connect  # TLS from JETBOOK_TLS_CA, the user from the URL, its inbox prefix
+    nc = await connect(url, "check-stream-info", reconnect=False)
     try:
         si = await nc.jetstream().stream_info("JB_EVT")
     finally:
@@ -140,58 +161,45 @@ def cmd_stream_info(url):
     asyncio.run(_stream_info(url))
 
 async def _trader(url, market, jetbook):
-    """As alice: the refusals, then her own order seen live on jb.evt.> and read back by direct get."""
-    import msgpack
-    import nats
-    from nats.js.api import ConsumerConfig
+    """As alice: the refusals (another account, the logs, another's inbox), then her own order accepted."""
+    from jetbook.wiring import connect
 
     errors = []
 
     async def on_error(e):
-        errors.append(str(e))
+        errors.append(str(e).lower())
 
-    async def refused(what, attempt):
-        n = len(errors)
-        try:
-            await attempt
-        except Exception as e:
-            await asyncio.sleep(0.3)
-            print(f"{what}: refused ({errors[n] if len(errors) > n else type(e).__name__})")
-            return True
+    async def refused(what, subject):
+        for _ in range(50):  # the server's -ERR may come after the PONG of a flush
+            if any(f'"{subject.lower()}"' in e for e in errors):
+                print(f"{what}: refused ({subject})")
+                return True
+            await asyncio.sleep(0.1)
         print(f"{what}: ALLOWED")
         return False
 
-    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=3, error_cb=on_error)
-    js = nc.jetstream()
-    live = asyncio.Queue()
-    await nc.subscribe(f"jb.evt.{market}.>", cb=live.put)
-    await nc.flush()
-    ok = await refused(f"alice publishes on jb.cmd.{market}.bob",
-                       js.publish(f"jb.cmd.{market}.bob", b"\x80", timeout=1.5))
-    ok &= await refused("alice creates a JB_EVT consumer",
-                        js._jsm.add_consumer("JB_EVT", ConsumerConfig(deliver_subject="x.y"), timeout=1.5))
+    nc = await connect(url, "check-alice", reconnect=False)
+    nc._error_cb = on_error
+    ok = True
+    for what, subject in ((f"alice publishes on jb.cmd.{market}.bob", f"jb.cmd.{market}.bob"),
+                          ("alice publishes on jb.wal.>", f"jb.wal.{market}.fill"),
+                          ("alice creates a JB_EVT consumer", "$JS.API.CONSUMER.CREATE.JB_EVT"),
+                          ("alice deletes JB_EVT", "$JS.API.STREAM.DELETE.JB_EVT")):
+        await nc.publish(subject, b"\x80", reply=nc.new_inbox())
+        await nc.flush()
+        ok &= await refused(what, subject)
+    for what, subject in (("alice reads JB_EVT live", "jb.evt.>"), ("alice listens on the engine's inbox", "_INBOX_engine.>")):
+        await nc.subscribe(subject)
+        await nc.flush()
+        ok &= await refused(what, subject)
     proc = await asyncio.create_subprocess_exec(
         jetbook, "submit", "place", "-m", market, "-a", "alice", "--side", "sell", "--price", "302000",
         "--qty", "1", "--client-order-id", "check-1", "--no-wait", "--nats-url", url,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out = (await proc.communicate())[0].decode().strip()
     print(f"alice: jetbook submit place -a alice --no-wait -> {out}")
-    if proc.returncode != 0:
-        return False
-    cmd_seq = int(out.split()[-1])
-    while True:
-        m = await asyncio.wait_for(live.get(), 10)
-        event = msgpack.unpackb(m.data, raw=False)
-        if event.get("cmd_seq") == cmd_seq:
-            break
-    seq = int(m.headers["Nats-Sequence"])
-    print(f"alice: live on {m.subject} (core subscription): {event['type']} for cmd_seq {cmd_seq}, "
-          f"Nats-Stream {m.headers.get('Nats-Stream')} Nats-Sequence {seq}")
-    got = await js.get_msg("JB_EVT", seq, direct=True)
-    same = got.data == m.data
-    print(f"alice: direct get JB_EVT seq {seq} -> {got.subject}, {'same bytes' if same else 'DIFFERENT'}")
     await nc.close()
-    return ok and same and m.headers.get("Nats-Stream") == "JB_EVT"
+    return ok and proc.returncode == 0
 
 def cmd_trader(url, market, jetbook):
     if not asyncio.run(_trader(url, market, jetbook)):
@@ -221,7 +229,7 @@ wait_for() {
 }
 
 step "nats-server $("$NATS_SERVER" --version | awk '{print $2}'), three nodes on $HOST, stores under $tmp/data"
-for i in 1 2 3; do "$NATS_SERVER" -t -c "$here/n$i.conf" >/dev/null 2>&1 || fail "n$i.conf does not parse"; done
+for i in 1 2 3; do (cd "$tmp" && "$NATS_SERVER" -t -c "$here/n$i.conf") >/dev/null 2>&1 || fail "n$i.conf does not parse"; done
 for i in 1 2 3; do
   # The configs use store_dir "data/nN", relative to the working directory.
   (cd "$tmp" && exec "$NATS_SERVER" -c "$here/n$i.conf") >"$tmp/n$i.log" 2>&1 &
@@ -233,20 +241,35 @@ wait_for 30 "/healthz on all three nodes" \
 wait_for 30 "routes between all three nodes and one JetStream meta leader" probe meta "${MONITOR[@]}"
 step "cluster jetbook formed: n1 n2 n3 routed to each other, JetStream meta leader $(cat "$tmp/last-poll.out")"
 
-"$JETBOOK" engine --nats-url "$(url engine "$JETBOOK_ENGINE_PASSWORD" 0)" --replicas 3 >"$tmp/engine.log" 2>&1 &
-pids+=($!)
+start_engine() {  # start_engine LOG: an engine on n1 as user engine
+  # --snapshot-every 5: restarts and the standby recover through the snapshot store (JB_SNAP) too.
+  "$JETBOOK" engine --nats-url "$(url engine "$JETBOOK_ENGINE_PASSWORD" 0)" --replicas 3 --snapshot-every 5 \
+    >"$1" 2>&1 &
+  pids+=($!)
+  engine_pid=$!
+}
+start_projection() {
+  "$JETBOOK" project --nats-url "$(url projection "$JETBOOK_PROJECTION_PASSWORD" 1)" \
+    --db "$tmp/rm.db" >>"$tmp/project.log" 2>&1 &
+  pids+=($!)
+  projection_pid=$!
+}
+# demo_ok OUT: a demo through n3 as the operator, with its one fill
+demo_ok() {
+  timeout 40 "$JETBOOK" demo --nats-url "$(url operator "$JETBOOK_OPERATOR_PASSWORD" 2)" >"$1" 2>&1 &&
+    grep -q "took 10 from alice order 1 at 300000" "$1"
+}
+start_engine "$tmp/engine.log"
 wait_for 30 "the engine reading JB_CMD" probe engine_ready "${MONITOR[@]}"
 step "engine on n1 (user engine, --replicas 3) is reading JB_CMD"
 
-"$JETBOOK" project --nats-url "$(url projection "$JETBOOK_PROJECTION_PASSWORD" 1)" \
-  --db "$tmp/rm.db" >"$tmp/project.log" 2>&1 &
-pids+=($!)
+start_projection
 wait_for 30 "the projection's read model" test -s "$tmp/rm.db"
 step "projection on n2 (user projection) started, read model $tmp/rm.db"
 
-step "jetbook demo on n3 (user ops):"
+step "jetbook demo on n3 (user operator):"
 rc=0
-timeout 60 "$JETBOOK" demo --nats-url "$(url ops "$JETBOOK_OPS_PASSWORD" 2)" >"$tmp/demo.out" 2>&1 || rc=$?
+timeout 60 "$JETBOOK" demo --nats-url "$(url operator "$JETBOOK_OPERATOR_PASSWORD" 2)" >"$tmp/demo.out" 2>&1 || rc=$?
 ((rc == 0)) || { cat "$tmp/demo.out"; fail "jetbook demo exited with $rc"; }
 sed 's/^/    | /' "$tmp/demo.out"
 grep -qE '(^|[^0-9])1 fill([^s]|$)' "$tmp/demo.out" || fail "demo output lacks '1 fill'"
@@ -256,13 +279,14 @@ step "demo: '1 fill' and 'took 10 from alice order 1 at 300000' found (market $m
 
 wait_for 30 "JB_CMD and JB_EVT R3 with both replicas current" probe streams_r3 "${MONITOR[@]}"
 sed 's/^/    /' "$tmp/last-poll.out"
-probe stream_info "$(url ops "$JETBOOK_OPS_PASSWORD" 2)" | sed 's/^/    /' || fail "JB_EVT is not R3"
+probe stream_info "$(url operator "$JETBOOK_OPERATOR_PASSWORD" 2)" | sed 's/^/    /' || fail "JB_EVT is not R3"
 
 step "trader alice on n3 (user alice):"
 probe trader "$(url alice "$JETBOOK_ALICE_PASSWORD" 2)" "$market" "$JETBOOK" >"$tmp/alice.out" 2>&1 \
   || { sed 's/^/    /' "$tmp/alice.out"; fail "trader alice: see above"; }
 sed 's/^/    /' "$tmp/alice.out"
 grep -q "user:alice.*Publish Violation.*jb.cmd.$market.bob" "$tmp/n3.log" || fail "n3 did not log alice's violation"
+step "alice's refusals logged by n3, her own order accepted"
 
 # The projection (n2) must fold everything the engine (n1) wrote, alice's order included.
 book_has_alice() {
@@ -277,7 +301,42 @@ sed 's/^/    | /' "$tmp/book.out"
 if grep -h "Violation" "$tmp"/n?.log | grep -v "user:alice" >"$tmp/violations.out"; then
   cat "$tmp/violations.out"; fail "unexpected permission violations (above)"
 fi
-step "no permission violations in the server logs except alice's two refusals"
+step "no permission violations in the server logs except alice's refusals"
+
+# Every role restarts and fails over under these permissions, as its own user.
+# 1. The engine, stopped and started again: it recovers from JB_EVT (and its snapshots) and decides again.
+kill -TERM "$engine_pid"; wait "$engine_pid" 2>/dev/null || true
+start_engine "$tmp/engine2.log"
+wait_for 60 "a demo through n3 after the engine restarted" demo_ok "$tmp/demo-restart.out"
+grep -q "resuming at command" "$tmp/engine2.log" || fail "the restarted engine did not recover (engine2.log)"
+step "engine restarted (user engine): recovered, then $(awk '/^market /{print $2; exit}' "$tmp/demo-restart.out") gave its fill"
+
+# 2. A hot standby beside it; the active one killed with -9; the standby takes the lease and decides.
+active_pid=$engine_pid
+start_engine "$tmp/engine3.log"
+wait_for 30 "the second engine to stand by" grep -q "standby" "$tmp/engine3.log"
+kill -9 "$active_pid"; wait "$active_pid" 2>/dev/null || true
+step "active engine killed (kill -9); its standby (user engine) must take over"
+wait_for 60 "the standby to become active" grep -q "active: deciding" "$tmp/engine3.log"
+wait_for 60 "a demo through n3 after the standby took over" demo_ok "$tmp/demo-standby.out"
+step "standby took over: $(awk '/^market /{print $2; exit}' "$tmp/demo-standby.out") gave its fill"
+
+# 3. The projection, stopped and started again: it resumes from its own position and catches up.
+kill -TERM "$projection_pid"; wait "$projection_pid" 2>/dev/null || true
+standby_market=$(awk '/^market /{print $2; exit}' "$tmp/demo-standby.out")
+wait_for 60 "a demo while the projection is down" demo_ok "$tmp/demo-noproj.out"
+noproj_market=$(awk '/^market /{print $2; exit}' "$tmp/demo-noproj.out")
+start_projection
+book_has_demo() {
+  timeout 10 "$JETBOOK" book -m "$noproj_market" --db "$tmp/rm.db" >"$tmp/book2.out" 2>&1 &&
+    grep -q "buy *300500 *5 " "$tmp/book2.out"
+}
+wait_for 60 "the restarted projection to fold $noproj_market" book_has_demo
+step "projection restarted (user projection): caught up with $standby_market and $noproj_market"
+if grep -h "Violation" "$tmp"/n?.log | grep -v "user:alice" >"$tmp/violations.out"; then
+  cat "$tmp/violations.out"; fail "permission violations while restarting or failing over (above)"
+fi
+step "engine restart, standby takeover and projection restart: no permission violations"
 
 # A writer started with the default --replicas 1 must not turn the R3 log into R1.
 "$PYTHON" - "$(url engine "$JETBOOK_ENGINE_PASSWORD" 1)" <<'PY' || fail "ensure_streams(replicas=1) failed"
@@ -298,13 +357,9 @@ step "ensure_streams with replicas=1 (as user engine) left both streams R3"
 # and a new demo through n3 must still give its one fill.
 kill -9 "${pids[0]}"
 step "n1 killed (kill -9); the engine must fail over to n2 or n3"
-demo_after_failover() {
-  timeout 40 "$JETBOOK" demo --nats-url "$(url ops "$JETBOOK_OPS_PASSWORD" 2)" >"$tmp/demo2.out" 2>&1 &&
-    grep -q "took 10 from alice order 1 at 300000" "$tmp/demo2.out"
-}
-wait_for 90 "a demo through n3 after n1 died" demo_after_failover
+wait_for 90 "a demo through n3 after n1 died" demo_ok "$tmp/demo2.out"
 step "demo after failover: $(awk '/^market /{print $2; exit}' "$tmp/demo2.out"), $(grep -c '^  trade' "$tmp/demo2.out") fill"
-grep -q "Authorization Violation" "$tmp/engine.log" && fail "the engine lost its credentials on failover"
+grep -q "Authorization Violation" "$tmp/engine3.log" && fail "the engine lost its credentials on failover"
 
 ok=1
-step "OK: 3-node cluster, R3 streams kept, engine/projection/demo on different nodes, permissions enforced, failover"
+step "OK: 3-node cluster, TLS and route auth, R3 streams kept, engine/projection/demo on different nodes, permissions enforced, restarts and failover"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import secrets
 from typing import Any
 
@@ -27,18 +26,30 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 EVT_STREAM = "JB_EVT"
 
 
-def place_msg_id(market: str, account: str, order: dict[str, Any]) -> str:
-    """Same id for the same order (a retry is stored once); a corrected order gets a new one."""
-    digest = hashlib.sha256(msgpack.packb(order, use_bin_type=True)).hexdigest()[:16]
-    return f"place.{market}.{account}.{order['client_order_id']}.{digest}"
+def new_msg_id() -> str:
+    """128 random bits, made once per request. Never derive it from the order: another account that can
+    predict your id can publish it first (on its own subject) and the broker then drops your command."""
+    return secrets.token_hex(16)
 
 
-async def send(js: Any, subject: str, command: dict[str, Any], msg_id: str) -> int:
-    """Publish one command to JB_CMD and return its cmd_seq (the PubAck's seq)."""
+async def send(js: Any, subject: str, command: dict[str, Any], attempts: int = 3) -> int:
+    """Publish one command to JB_CMD and return its cmd_seq (the PubAck's seq).
+
+    The same msg id is reused for every retry of this publish, so a retry after a lost ack is stored once.
+    """
     data = msgpack.packb(command, use_bin_type=True)  # strings as msgpack str, ints as ints
-    ack = await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
-    if ack.duplicate:  # same Nats-Msg-Id inside the 2-minute window: ack.seq is the original command's
-        print(f"  (duplicate of cmd_seq {ack.seq}: the broker kept the first copy)")
+    msg_id = new_msg_id()
+    for attempt in range(attempts):
+        try:
+            ack = await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+            break
+        except nats.errors.TimeoutError:
+            if attempt == attempts - 1:
+                raise
+    if ack.duplicate:  # our own earlier attempt was stored: ack.seq is it. Confirm it really is ours.
+        stored = await js.get_msg("JB_CMD", ack.seq, direct=True)
+        if stored.subject != subject or stored.data != data:
+            raise SystemExit(f"msg id {msg_id} was taken by another command (seq {ack.seq}); ours was NOT stored")
     return int(ack.seq)
 
 
@@ -49,7 +60,7 @@ async def main() -> None:
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the engine")
     args = ap.parse_args()
     market = args.market
-    run = secrets.token_hex(4)  # makes client_order_ids and msg ids unique per run
+    run = secrets.token_hex(4)  # makes client_order_ids unique per run
 
     nc = await nats.connect(args.nats_url)
     js = nc.jetstream()
@@ -70,18 +81,15 @@ async def main() -> None:
     #    No need to wait for market_created: the engine applies commands in JB_CMD order.
     cmds: dict[int, str] = {}
     seq = await send(
-        js, f"jb.ctl.{market}",
-        {"type": "create_market", "market_id": market, "base": "ETH", "quote": "USDC"},
-        f"create.{market}.{run}",
-    )  # fmt: skip
+        js, f"jb.ctl.{market}", {"type": "create_market", "market_id": market, "base": "ETH", "quote": "USDC"}
+    )
     cmds[seq] = f"create_market {market}"
     for account, coid, side, price, qty in [
         ("alice", f"a-{run}", "sell", 300_000, 10),
         ("bob", f"b-{run}", "buy", 300_500, 15),
     ]:
         order = {"type": "place_order", "client_order_id": coid, "side": side, "price": price, "qty": qty}
-        # A msg id derived from (market, account, client_order_id): a blind retry is stored once.
-        seq = await send(js, f"jb.cmd.{market}.{account}", order, place_msg_id(market, account, order))
+        seq = await send(js, f"jb.cmd.{market}.{account}", order)
         cmds[seq] = f"{account} {side} {qty} @ {price} ({coid})"
     for seq, what in cmds.items():
         print(f"published cmd_seq {seq:<6} {what}")

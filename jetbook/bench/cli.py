@@ -51,6 +51,9 @@ def bench(
     ] = 1,
     py_spy: Annotated[Path | None, typer.Option(help="Record the engine and projection with py-spy into DIR.")] = None,
     keep: Annotated[bool, typer.Option(help="Keep the temporary directory (server store, logs, read models).")] = False,
+    tls: Annotated[
+        bool, typer.Option(help="TLS on every connection to the bench's own server (a throwaway CA; needs trustme).")
+    ] = False,
 ) -> None:
     """Measure the pipeline against the transport floor: throughput, latency, core, projection, memory."""
     from jetbook.bench.procs import BenchError
@@ -74,6 +77,7 @@ def bench(
         plot_path=plot,
         py_spy=py_spy,
         keep=keep,
+        tls=tls,
         command=["jetbook", *sys.argv[1:]],
     )
     if min(opts.orders, opts.markets, opts.resting, opts.window, opts.runs) < 1:

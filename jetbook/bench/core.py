@@ -20,7 +20,6 @@ import msgpack
 
 from commands.model import parse
 from engine.core import Engine, state_hash
-from events.model import encode
 from jetbook.bench.workload import BASE_TS, Cmd
 
 
@@ -69,29 +68,12 @@ def run_handle(setup: Sequence[Cmd], orders: Sequence[Cmd]) -> tuple[float, int,
     return elapsed, events, state_hash(engine.state)
 
 
-def run_handle_encode(setup: Sequence[Cmd], orders: Sequence[Cmd]) -> tuple[float, int, str]:
-    engine = _fresh(setup)
-    handle = engine.handle
-    seq = len(setup)
-    items = [(c.subject, c.data) for c in orders]
-    events = 0
-    t0 = time.perf_counter()
-    for subject, data in items:
-        seq += 1
-        for e in handle(seq, BASE_TS + seq * 1000, subject, data):
-            encode(e)
-            events += 1
-    elapsed = time.perf_counter() - t0
-    return elapsed, events, state_hash(engine.state)
-
-
 LOOPS = {
     loop.key: loop
     for loop in (
         Loop("decode", "msgpack decode only", run_decode),
         Loop("parse", "parse (decode + validate)", run_parse),
-        Loop("handle", "Engine.handle (the core)", run_handle),
-        Loop("handle_encode", "handle + encode events", run_handle_encode),
+        Loop("handle", "Engine.handle (the core: parse, decide, evolve, encode)", run_handle),
     )
 }
 

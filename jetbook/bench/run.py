@@ -77,6 +77,7 @@ class Options:
     plot_path: Path | None = None
     py_spy: Path | None = None
     keep: bool = False
+    tls: bool = False  # TLS between every client and the bench's own server (a throwaway CA)
     command: list[str] = field(default_factory=list)
 
     def effective_clients(self) -> int:
@@ -666,6 +667,26 @@ def machine(nats_server: str) -> dict[str, Any]:
     }
 
 
+def _throwaway_tls(tmp: Path) -> tuple[Path, Path]:
+    """A CA made for this run (trustme) and a 127.0.0.1 certificate for the server; clients and children trust the CA.
+
+    Set in this process's environment, where jetbook.wiring.connect reads it and the spawned engine and
+    projection inherit it.
+    """
+    try:
+        import trustme
+    except ImportError as err:
+        raise BenchError("--tls needs the trustme package (pip install trustme)") from err
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    ca_path, cert_path, key_path = tmp / "ca.pem", tmp / "server.pem", tmp / "server.key"
+    ca.cert_pem.write_to_path(str(ca_path))
+    server.cert_chain_pems[0].write_to_path(str(cert_path))
+    server.private_key_pem.write_to_path(str(key_path))
+    os.environ["JETBOOK_TLS_CA"] = str(ca_path)
+    return cert_path, key_path
+
+
 def run(opts: Options) -> dict[str, Any]:
     """The whole benchmark; the result document (also written to --json)."""
     from jetbook.server import EmbeddedServer
@@ -689,11 +710,20 @@ def run(opts: Options) -> dict[str, Any]:
         "clients": opts.effective_clients(),
         "window_per_client": opts.window,
         "generated_in_s": round(flow.gen_seconds, 2),
+        "tls": opts.tls,
     }
     events_run = flow.events
     tmp = Path(tempfile.mkdtemp(prefix="jetbook-bench-"))
     children = Children(tmp)
-    server = None if opts.nats_url else EmbeddedServer(tmp / "nats", port=0, host="127.0.0.1", die_with_parent=True)
+    cert = _throwaway_tls(tmp) if opts.tls and not opts.nats_url else None
+    server = (
+        None
+        if opts.nats_url
+        else EmbeddedServer(
+            tmp / "nats", port=0, host="127.0.0.1", die_with_parent=True,
+            tls_cert=cert[0] if cert else None, tls_key=cert[1] if cert else None,
+        )
+    )  # fmt: skip
     try:
         url = opts.nats_url or server.start()  # type: ignore[union-attr]
         pid = server.proc.pid if server is not None and server.proc is not None else None

@@ -37,6 +37,7 @@ from typing import Any
 import msgpack
 from sortedcontainers import SortedDict
 
+from commands.client import new_msg_id
 from commands.subjects import cmd_subject, ctl_subject, wal_subject
 from engine.core import Engine
 from events.model import Event, Fill, MarketCreated, OrderAccepted, OrderCancelled, Rejected, encode
@@ -58,7 +59,7 @@ def market_names(markets: int) -> list[str]:
 class Cmd:
     subject: str
     data: bytes
-    msg_id: str  # the Nats-Msg-Id header, as commands/client.py would derive it
+    msg_id: str  # the Nats-Msg-Id header: commands.client.new_msg_id(), random like every jetbook client's
     market: int  # index into Flow.markets: a publisher keeps each market's commands in order
     kind: str  # "create_market", "place" or "cancel"
 
@@ -143,7 +144,7 @@ class Flow:
         self.setup: list[Cmd] = []
         for i, m in enumerate(self.markets):
             data = pack({"type": "create_market", "market_id": m, "base": m.split("-")[0], "quote": "USD"})
-            cmd = Cmd(ctl_subject(m), data, f"bench.create.{m}", i, "create_market")
+            cmd = Cmd(ctl_subject(m), data, new_msg_id(), i, "create_market")
             self._run(cmd)
             self.setup.append(cmd)
 
@@ -240,7 +241,7 @@ class Flow:
                     body: dict[str, Any] = {"type": "cancel_order", "order_id": oid}
                 else:
                     body = {"type": "cancel_order", "client_order_id": self._owner[(m, oid)][1]}
-                cmd = Cmd(subject, pack(body), f"bench.cancel.{m}.{account}.{oid}", mi, "cancel")
+                cmd = Cmd(subject, pack(body), new_msg_id(), mi, "cancel")
                 self._run(cmd)
                 return cmd
             self.counts["place_instead_of_cancel"] += 1
@@ -268,7 +269,7 @@ class Flow:
         self._next_coid[acct] += 1
         coid = f"c{self._next_coid[acct]}"
         body = {"type": "place_order", "client_order_id": coid, "side": side, "price": max(price, 1), "qty": qty}
-        cmd = Cmd(subject, pack(body), f"place.{m}.{account}.{coid}", mi, "place")
+        cmd = Cmd(subject, pack(body), new_msg_id(), mi, "place")
         self._run(cmd)
         return cmd
 

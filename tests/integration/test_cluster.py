@@ -1,4 +1,10 @@
-"""The cluster path: deploy/cluster/check.sh on three real nats-servers on loopback."""
+"""The cluster path: deploy/cluster/check.sh on three real nats-servers on loopback, TLS and route auth on.
+
+Besides the demo, R3 and the trader's refusals, the script restarts the
+engine, kills the active engine with -9 so that its standby takes over, and
+restarts the projection, each as its own user under deploy/accounts.conf,
+checking progress after each and that no permission was violated.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +28,17 @@ def test_three_node_cluster_check_passes() -> None:
         "took 10 from alice order 1 at 300000",
         "JB_EVT: num_replicas 3",
         "alice publishes on jb.cmd.ETH-USDC.bob: refused",
+        "alice publishes on jb.wal.>: refused",
+        "alice creates a JB_EVT consumer: refused",
+        "alice deletes JB_EVT: refused",
+        "alice reads JB_EVT live: refused",
+        "alice listens on the engine's inbox: refused",
+        "engine restarted (user engine): recovered, then ETH-USDC-2 gave its fill",
+        "standby took over: ETH-USDC-3 gave its fill",
+        "projection restarted (user projection): caught up with ETH-USDC-3 and ETH-USDC-4",
+        "engine restart, standby takeover and projection restart: no permission violations",
         "left both streams R3",
         "demo after failover",
-        "OK: 3-node cluster",
+        "OK: 3-node cluster, TLS and route auth",
     ):
         assert line in out, (line, out[-4000:])

@@ -1,0 +1,172 @@
+"""The engine restarts, and a hot standby takes over, under the shipped deploy/accounts.conf permissions.
+
+A single nats-server runs with the accounts file exactly as shipped; the engine
+connects as its `engine` user and commands come from `ops`. The first start of
+an engine sees an empty log, so only a restart (a snapshot to find, a log to
+fold) and a takeover (the same recovery, on a standby) exercise the calls the
+engine makes with events in JB_EVT. A permission violation is an error here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from commands.subjects import CMD_STREAM
+from engine.lease import Lease
+from engine.service import EngineService
+from events.reader import last_seq
+from jetbook.server import accepts_connections, find_binary
+from tests.conftest import wait_until
+from tests.integration.harness import assert_log_is_exact, running_engine, wait_for_command, workload
+
+ROOT = Path(__file__).resolve().parents[2]
+ACCOUNTS = ROOT / "deploy" / "accounts.conf"
+
+
+def _users() -> list[str]:
+    """Every user whose password deploy/accounts.conf reads from the environment."""
+    import re
+
+    return sorted({m.lower() for m in re.findall(r"\$JETBOOK_([A-Z0-9]+)_PASSWORD", ACCOUNTS.read_text())})
+
+
+def _commander() -> str:
+    """The user that may publish control subjects and commands for any account (renamed ops -> operator)."""
+    return "operator" if "operator" in _users() else "ops"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def secured_server(tmp_path: Path) -> Iterator[str]:
+    """A nats-server with deploy/accounts.conf as shipped; yields its host:port."""
+    port = _free_port()
+    shutil.copy(ACCOUNTS, tmp_path / "accounts.conf")
+    conf = tmp_path / "server.conf"
+    conf.write_text(
+        f'listen: 127.0.0.1:{port}\njetstream {{ store_dir: "{tmp_path / "js"}" }}\ninclude ./accounts.conf\n'
+    )
+    env = {**os.environ, **{f"JETBOOK_{u.upper()}_PASSWORD": f"pw{u}" for u in _users()}}
+    log = (tmp_path / "server.log").open("wb")
+    proc = subprocess.Popen([find_binary(), "-c", str(conf)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        import time
+
+        deadline = time.monotonic() + 15
+        while not accepts_connections(f"nats://127.0.0.1:{port}"):
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            assert time.monotonic() < deadline, "nats-server did not start"
+            time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+class Violations:
+    """Permission violations a connection was told about: the test fails on any."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def callback(self, err: Exception) -> None:
+        if "permission" in str(err).lower():
+            self.seen.append(str(err))
+
+
+async def _connect(addr: str, user: str, violations: Violations) -> Any:
+    own = f"_INBOX_{user}"  # per-user inbox prefixes, once deploy/accounts.conf narrows each user to its own
+    return await nats.connect(
+        f"nats://{user}:pw{user}@{addr}",
+        error_cb=violations.callback,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.2,
+        inbox_prefix=own if own in ACCOUNTS.read_text() else "_INBOX",
+    )
+
+
+@contextlib.asynccontextmanager
+async def _clients(addr: str) -> AsyncIterator[tuple[Any, Any, Violations]]:
+    violations = Violations()
+    engine_nc = await _connect(addr, "engine", violations)
+    ops_nc = await _connect(addr, _commander(), violations)
+    try:
+        yield engine_nc, ops_nc, violations
+    finally:
+        await ops_nc.close()
+        await engine_nc.close()
+
+
+async def test_the_engine_restarts_from_a_snapshot_under_the_shipped_permissions(secured_server: str) -> None:
+    async with _clients(secured_server) as (engine_nc, ops_nc, violations):
+        ejs, ojs = engine_nc.jetstream(), ops_nc.jetstream()
+        options = {"snapshot_every": 50, "fork_snapshots": False}
+        async with running_engine(engine_nc, **options) as first:
+            await wait_until(lambda: _role(first, "active"), what="the first engine to lead")
+            last = await _publish(ojs, ejs, workload(200, seed=3))
+            await wait_for_command(ejs, last)
+
+            async def snapshotted() -> bool:
+                return first.snapshots_written >= 1
+
+            await wait_until(snapshotted, what="a snapshot")
+        async with running_engine(engine_nc, **options) as second:
+            await wait_until(lambda: _role(second, "active"), what="the restarted engine to lead")
+            assert second.recovered_from is not None, "the restart did not load the snapshot"
+            last = await _publish(ojs, ejs, workload(50, seed=4, markets=("M3",)))
+            await wait_for_command(ejs, last)
+        await assert_log_is_exact(ejs)
+        assert not violations.seen, violations.seen
+
+
+async def _publish(ojs: Any, ejs: Any, commands: list[tuple[str, bytes]]) -> int:
+    """Publish as ops (which may not read JB_CMD's info); the last sequence as the engine sees it."""
+    for subject, data in commands:
+        await ojs.publish_async(subject, data)
+    await ojs.publish_async_completed()
+    return await last_seq(ejs, CMD_STREAM)
+
+
+async def _role(service: EngineService, role: str) -> bool:
+    return service.role == role
+
+
+async def test_a_standby_takes_over_under_the_shipped_permissions(secured_server: str) -> None:
+    async with _clients(secured_server) as (engine_nc, ops_nc, violations):
+        ejs, ojs = engine_nc.jetstream(), ops_nc.jetstream()
+
+        def lease() -> Lease:
+            return Lease(lambda: _connect(secured_server, "engine", violations), ttl=0.5)
+
+        standby_nc = await _connect(secured_server, "engine", violations)
+        try:
+            async with running_engine(engine_nc, lease=lease(), snapshot_every=50, fork_snapshots=False) as active:
+                await wait_until(lambda: _role(active, "active"), what="the first engine to lead")
+                last = await _publish(ojs, ejs, workload(200, seed=5))
+                await wait_for_command(ejs, last)
+                async with running_engine(standby_nc, lease=lease(), fork_snapshots=False) as standby:
+                    await wait_until(lambda: _role(standby, "standby"), what="the second engine to follow")
+                    active.stop.set()  # its run() returns and releases the lease
+                    await wait_until(lambda: _role(standby, "active"), what="the standby to take over")
+                    last = await _publish(ojs, ejs, workload(50, seed=6, markets=("M4",)))
+                    await wait_for_command(ejs, last)
+                    assert standby.takeovers == 1
+        finally:
+            await standby_nc.close()
+        await assert_log_is_exact(ejs)
+        assert not violations.seen, violations.seen

@@ -1,0 +1,390 @@
+"""The permission table of docs/DEPLOY.md, row by row, against the locked-down embedded server of `jetbook up`.
+
+Every refusal is read from the server's own -ERR, which nats-py hands to
+error_cb; it can arrive after the PONG of a flush, so a test waits for it
+with a deadline. Every grant is shown by its effect: the message is stored,
+delivered or answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
+from nats.js.api import ConsumerConfig, StreamConfig
+
+from commands.subjects import CMD_STREAM, EVT_STREAM
+from events.streams import ensure_streams
+from jetbook.demo import run_demo
+from jetbook.roles import engine_role, project_role
+from jetbook.server import EmbeddedServer
+from jetbook.settings import CREDENTIALS_FILE, Credentials, find_for_url
+from jetbook.wiring import connect, resolve_access
+from tests.conftest import POLL_INTERVAL_S, wait_until
+
+SERVICES = ("engine", "projection", "fanout", "gateway", "operator")
+EVERYONE = (*SERVICES, "alice", "bob")
+
+
+@pytest.fixture
+def locked(tmp_path: Path) -> Iterator[tuple[EmbeddedServer, Credentials]]:
+    creds = Credentials.load_or_create(tmp_path / CREDENTIALS_FILE, ["alice", "bob"])
+    server = EmbeddedServer(tmp_path / "nats", port=0, credentials=creds)
+    creds.url = server.start()
+    creds.save()
+    yield server, creds
+    server.stop()
+
+
+class Client:
+    """One user's connection, with every error the server sent it."""
+
+    def __init__(self, nc: Any, errors: list[str]) -> None:
+        self.nc, self.errors, self.js = nc, errors, nc.jetstream(timeout=1.0)
+
+    def _seen(self, what: str) -> bool:
+        return any("permissions violation" in e.lower() and f'"{what.lower()}"' in e.lower() for e in self.errors)
+
+    async def refused(self, what: str, timeout: float = 5.0) -> bool:
+        """Whether the server refused `what` (a subject), waiting up to `timeout` for its -ERR."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._seen(what) and loop.time() < deadline:
+            await asyncio.sleep(POLL_INTERVAL_S)
+        return self._seen(what)
+
+    async def publish(self, subject: str, payload: bytes = b"x") -> None:
+        await self.nc.publish(subject, payload)
+        await self.nc.flush()
+
+    async def request_refused(self, subject: str, payload: bytes = b"") -> bool:
+        """A JetStream API request (sent without waiting for its answer): refused by the server's permissions."""
+        await self.nc.publish(subject, payload, reply=self.nc.new_inbox())
+        await self.nc.flush()
+        return await self.refused(subject)
+
+
+async def login(url: str, creds: Credentials, user: str) -> Client:
+    errors: list[str] = []
+
+    async def on_error(err: Exception) -> None:
+        errors.append(str(err))
+
+    nc = await nats.connect(
+        url, user=user, password=creds.users[user], inbox_prefix=f"_INBOX_{user}",
+        error_cb=on_error, allow_reconnect=False,
+    )  # fmt: skip
+    return Client(nc, errors)
+
+
+@pytest.fixture
+async def users(locked: tuple[EmbeddedServer, Credentials]) -> AsyncIterator[dict[str, Client]]:
+    server, creds = locked
+    clients = {u: await login(server.url, creds, u) for u in EVERYONE}
+    await ensure_streams(clients["engine"].js)
+    for name, subjects in (("JB_ACCT", ["jb.acct.>"]), ("JB_TAPE", ["jb.tape.>"])):
+        await clients["fanout"].js.add_stream(StreamConfig(name=name, subjects=subjects))
+    yield clients
+    for c in clients.values():
+        await c.nc.close()
+
+
+async def last_seq(js: Any, stream: str) -> int:
+    return int((await js.stream_info(stream)).state.last_seq)
+
+
+def test_credentials_file_is_0600_and_reused(tmp_path: Path) -> None:
+    path = tmp_path / CREDENTIALS_FILE
+    first = Credentials.load_or_create(path, ["alice"])
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert set(first.users) == {*SERVICES, "alice"}
+    assert len(set(first.users.values())) == len(first.users)  # one random password each
+    again = Credentials.load_or_create(path, ["alice", "zed"])
+    assert {u: again.users[u] for u in first.users} == first.users  # reused on restart
+    assert "zed" in again.users and "zed" in json.loads(path.read_text())["users"]
+
+
+def test_a_credentials_file_is_used_only_for_its_own_server(tmp_path: Path) -> None:
+    creds = Credentials.load_or_create(tmp_path / CREDENTIALS_FILE, [])
+    creds.url = "nats://127.0.0.1:14222"
+    creds.save()
+    env = {"JETBOOK_STATE_DIR": str(tmp_path / "none"), "JETBOOK_DATA_DIR": str(tmp_path)}
+    assert resolve_access("nats://127.0.0.1:14222", "engine", env).auth["user"] == "engine"
+    assert resolve_access("nats://127.0.0.1:14222", "engine", env).inbox_prefix == "_INBOX_engine"
+    assert resolve_access("nats://127.0.0.1:14222", "bob", env).auth["user"] == "operator"
+    env_user = {**env, "JETBOOK_NATS_USER": "alice", "JETBOOK_NATS_PASSWORD": "pw"}
+    assert resolve_access("nats://127.0.0.1:14222", "operator", env_user).auth == {"user": "alice", "password": "pw"}
+    # Not explicit: ./.jetbook and the index only serve the address the file was written for.
+    assert find_for_url(["nats://10.0.0.9:4222"], {"JETBOOK_STATE_DIR": str(tmp_path / "none")}) is None
+
+
+async def test_anonymous_and_wrong_password_are_refused(locked: tuple[EmbeddedServer, Credentials]) -> None:
+    server, creds = locked
+    for kwargs in ({}, {"user": "alice", "password": creds.users["bob"]}):
+        with pytest.raises((nats.errors.NoServersError, nats.errors.Error)):
+            await nats.connect(server.url, allow_reconnect=False, max_reconnect_attempts=1, **kwargs)
+
+
+async def test_a_trader_trades_only_as_itself(users: dict[str, Client]) -> None:
+    alice, op = users["alice"], users["operator"]
+    before = await last_seq(op.js, CMD_STREAM)
+    ack = await alice.js.publish("jb.cmd.M.alice", msgpack.packb({"type": "cancel_all"}))
+    assert ack.seq == before + 1
+    await alice.publish("jb.cmd.M.bob")
+    assert await alice.refused("jb.cmd.M.bob")
+    await alice.publish("jb.ctl.M")
+    assert await alice.refused("jb.ctl.M")
+    assert await last_seq(op.js, CMD_STREAM) == before + 1  # bob's and the control message were never stored
+
+
+async def test_only_the_operator_publishes_control_and_any_account(users: dict[str, Client]) -> None:
+    op = users["operator"]
+    before = await last_seq(op.js, CMD_STREAM)
+    await op.js.publish("jb.ctl.M", msgpack.packb({"type": "noop"}))
+    await op.js.publish("jb.cmd.M.bob", msgpack.packb({"type": "cancel_all"}))
+    assert await last_seq(op.js, CMD_STREAM) == before + 2
+    for user in ("gateway", "engine", "projection", "fanout", "bob"):
+        await users[user].publish("jb.ctl.M")
+        assert await users[user].refused("jb.ctl.M"), user
+    for user in ("engine", "projection", "fanout"):
+        await users[user].publish("jb.cmd.M.bob")
+        assert await users[user].refused("jb.cmd.M.bob"), user
+
+
+@pytest.mark.parametrize("user", [u for u in EVERYONE if u != "engine"])
+async def test_nobody_but_the_engine_writes_the_log(users: dict[str, Client], user: str) -> None:
+    before = await last_seq(users["engine"].js, EVT_STREAM)
+    await users[user].publish("jb.wal.M.fill")
+    assert await users[user].refused("jb.wal.M.fill"), users[user].errors
+    assert await last_seq(users["engine"].js, EVT_STREAM) == before
+
+
+@pytest.mark.parametrize("user", EVERYONE)
+async def test_nobody_publishes_on_jb_evt(users: dict[str, Client], user: str) -> None:
+    await users[user].publish("jb.evt.M.fill")
+    assert await users[user].refused("jb.evt.M.fill")
+
+
+async def test_the_engine_writes_the_log(users: dict[str, Client]) -> None:
+    js = users["engine"].js
+    ack = await js.publish("jb.wal.M.noop", b"e")
+    assert ack.stream == EVT_STREAM and await last_seq(js, EVT_STREAM) == ack.seq
+
+
+@pytest.mark.parametrize("user", EVERYONE)
+async def test_nobody_deletes_or_purges_a_stream(users: dict[str, Client], user: str) -> None:
+    c = users[user]
+    for stream in (CMD_STREAM, EVT_STREAM, "JB_ACCT", "JB_TAPE"):
+        assert await c.request_refused(f"$JS.API.STREAM.DELETE.{stream}"), (user, stream)
+        assert await c.request_refused(f"$JS.API.STREAM.PURGE.{stream}", b"{}"), (user, stream)
+        assert await c.request_refused(f"$JS.API.STREAM.MSG.DELETE.{stream}", b'{"seq": 1}'), (user, stream)
+    info = await users["operator"].js.stream_info(EVT_STREAM)
+    assert info.config.name == EVT_STREAM
+
+
+@pytest.mark.parametrize("user", ["alice", "bob"])
+async def test_a_trader_creates_no_consumer_on_the_command_or_event_log(users: dict[str, Client], user: str) -> None:
+    c = users[user]
+    for stream in (CMD_STREAM, EVT_STREAM):
+        assert await c.request_refused(f"$JS.API.CONSUMER.CREATE.{stream}", b"{}"), stream
+        assert await c.request_refused(f"$JS.API.CONSUMER.CREATE.{stream}.x.jb.evt.>", b"{}"), stream
+
+
+async def test_a_trader_reads_its_own_private_stream_only(users: dict[str, Client]) -> None:
+    alice, fanout = users["alice"], users["fanout"]
+    await fanout.js.publish("jb.acct.alice.M.fill", b"for alice")
+    await fanout.js.publish("jb.acct.bob.M.fill", b"for bob")
+    sub = await alice.js.subscribe(
+        "jb.acct.alice.>", stream="JB_ACCT", durable=None,
+        config=ConsumerConfig(name="alice-view", filter_subject="jb.acct.alice.>"),
+    )  # fmt: skip
+    msg = await sub.next_msg(timeout=5)
+    assert msg.data == b"for alice"
+    await sub.unsubscribe()
+    bobs = "$JS.API.CONSUMER.CREATE.JB_ACCT.peek.jb.acct.bob.>"
+    assert await alice.request_refused(bobs, b"{}")
+    assert await alice.request_refused("$JS.API.CONSUMER.CREATE.JB_ACCT.peek.jb.acct.>", b"{}")
+    assert await alice.request_refused("$JS.API.CONSUMER.CREATE.JB_ACCT", b"{}")
+
+
+async def test_a_trader_follows_its_account_and_the_tape_live_and_nothing_else(users: dict[str, Client]) -> None:
+    alice, fanout = users["alice"], users["fanout"]
+    got: list[str] = []
+
+    async def keep(msg: Any) -> None:
+        got.append(msg.subject)
+
+    for subject in ("jb.acct.alice.>", "jb.tape.>"):
+        await alice.nc.subscribe(subject, cb=keep)
+    for subject in ("jb.acct.bob.>", "jb.evt.>", "jb.cmd.>", "jb.wal.>", "_INBOX.>", "_INBOX_bob.>", ">"):
+        await alice.nc.subscribe(subject, cb=keep)
+        await alice.nc.flush()
+        assert await alice.refused(subject), subject
+    await alice.nc.flush()
+    await fanout.js.publish("jb.acct.alice.M.fill", b"a")
+    await fanout.js.publish("jb.acct.bob.M.fill", b"b")
+    await fanout.js.publish("jb.tape.M", b"t")
+
+    async def both() -> bool:
+        return len(got) >= 2
+
+    await wait_until(both, what="alice's own event and the tape")
+    await alice.nc.flush()
+    assert sorted(got) == ["jb.acct.alice.M.fill", "jb.tape.M"]
+
+
+async def test_nobody_reads_anothers_inbox(users: dict[str, Client]) -> None:
+    """The PubAck of bob's order goes to _INBOX_bob...; alice may not listen there, nor on the shared prefix."""
+    for user, other in (("alice", "bob"), ("gateway", "engine"), ("operator", "engine"), ("engine", "alice")):
+        c = users[user]
+        await c.nc.subscribe(f"_INBOX_{other}.>")
+        await c.nc.flush()
+        assert await c.refused(f"_INBOX_{other}.>"), (user, other)
+
+
+@pytest.mark.parametrize("user", ["projection", "fanout", "gateway", "alice"])
+async def test_only_the_engine_and_operator_read_the_command_log(users: dict[str, Client], user: str) -> None:
+    assert await users[user].request_refused(f"$JS.API.CONSUMER.CREATE.{CMD_STREAM}", b"{}")
+
+
+async def test_services_read_the_event_log(users: dict[str, Client]) -> None:
+    await users["engine"].js.publish("jb.wal.M.noop", b"e")
+    for user in ("projection", "fanout", "gateway", "operator"):
+        sub = await users[user].js.subscribe("jb.evt.>", stream=EVT_STREAM, ordered_consumer=True)
+        msg = await sub.next_msg(timeout=5)
+        assert msg.subject == "jb.evt.M.noop", user
+        await sub.unsubscribe()
+
+
+async def test_the_fanout_writes_only_private_and_tape_subjects(users: dict[str, Client]) -> None:
+    fanout = users["fanout"]
+    ack = await fanout.js.publish("jb.tape.M", b"t")
+    assert ack.stream == "JB_TAPE"
+    for subject in ("jb.cmd.M.alice", "jb.ctl.M"):
+        await fanout.publish(subject)
+        assert await fanout.refused(subject)
+    for user in ("alice", "gateway", "operator", "engine"):
+        await users[user].publish("jb.acct.bob.M.fill")
+        assert await users[user].refused("jb.acct.bob.M.fill"), user
+
+
+async def test_every_role_does_its_job_as_its_own_user(
+    locked: tuple[EmbeddedServer, Credentials], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine, the projection and the operator's demo, each connecting as `jetbook` would, from the file."""
+    server, creds = locked
+    monkeypatch.setenv("JETBOOK_CREDENTIALS", str(creds.path))
+    db = tmp_path / "rm.db"
+    up = await connect(server.url, "test-up", reconnect=False, role="engine")
+    await ensure_streams(up.jetstream())  # what `jetbook up` does first, as the engine
+    await up.close()
+    stop = asyncio.Event()
+    roles = [
+        asyncio.create_task(engine_role(server.url, stop)),
+        asyncio.create_task(project_role(server.url, db, stop)),
+    ]
+    nc = await connect(server.url, "test-operator", reconnect=False)
+    try:
+        result = await asyncio.wait_for(run_demo(nc.jetstream(), say=lambda _: None), 60)
+        assert len(result.fills) == 1
+        log_path = server.log_path
+
+        async def projected() -> bool:
+            import sqlite3
+
+            try:
+                con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+                return bool(con.execute("SELECT COUNT(*) FROM trades").fetchone()[0] == 1)
+            except sqlite3.Error:
+                return False
+
+        await wait_until(projected, what="the projection to fold the demo's fill")
+    finally:
+        stop.set()
+        await asyncio.gather(*roles)
+        await nc.close()
+    assert "Violation" not in log_path.read_text(), log_path.read_text()[-2000:]
+
+
+@pytest.mark.parametrize("insecure", [False, True])
+async def test_jetbook_up_is_locked_unless_insecure(tmp_path: Path, insecure: bool) -> None:
+    """`jetbook up` as a process: a 0600 credentials file and no anonymous clients; `--insecure` is open."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.integration.test_cli import Lines
+
+    data = tmp_path / "data"
+    args = [sys.executable, "-m", "jetbook", "up", "--port", "0", "--data-dir", str(data)]
+    env = {**os.environ, "COLUMNS": "200", "JETBOOK_STATE_DIR": str(tmp_path / "state")}
+    proc = subprocess.Popen(
+        [*args, *(["--insecure"] if insecure else [])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        lines = Lines(proc)
+        url = lines.wait_for(r"NATS\s+(nats://\S+)").group(1)
+        lines.wait_for(r"engine \| .*resuming at command")
+        creds_path = data / CREDENTIALS_FILE
+        if insecure:
+            nc = await nats.connect(url, allow_reconnect=False)
+            assert (await nc.jetstream().stream_info(EVT_STREAM)).config.name == EVT_STREAM
+            await nc.close()
+            assert not creds_path.exists()
+            return
+        assert stat.S_IMODE(os.stat(creds_path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(data / "nats" / "run" / "server.conf").st_mode) == 0o600
+        with pytest.raises((nats.errors.NoServersError, nats.errors.Error)):
+            await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=1)
+        # The index of running stacks points a client given only the URL at this file.
+        creds = find_for_url([url], {"JETBOOK_STATE_DIR": str(tmp_path / "state")})
+        assert creds is not None and creds.path.resolve() == creds_path.resolve()
+        assert set(creds.traders) == {"alice", "bob", "carol", "dave"}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    assert list((tmp_path / "state").glob("*.json")) == []  # unregistered on a clean stop
+
+
+async def test_the_fanout_and_a_traders_private_view_work_as_their_own_users(
+    locked: tuple[EmbeddedServer, Credentials], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fan-out worker as `fanout`, then alice reading her own events and the tape as `alice`."""
+    from events.private import account_events, tape
+    from projections.fanout import FanOut
+
+    server, creds = locked
+    monkeypatch.setenv("JETBOOK_CREDENTIALS", str(creds.path))
+    up = await connect(server.url, "test-up", reconnect=False, role="engine")
+    await ensure_streams(up.jetstream())
+    await up.close()
+    stop = asyncio.Event()
+    engine = asyncio.create_task(engine_role(server.url, stop))
+    op = await connect(server.url, "test-operator", reconnect=False)
+    fanout = await connect(server.url, "test-fanout", reconnect=False, role="fanout")
+    alice = await connect(server.url, "test-alice", reconnect=False, role="alice")
+    try:
+        await asyncio.wait_for(run_demo(op.jetstream(), say=lambda _: None), 60)
+        last = await last_seq(op.jetstream(), EVT_STREAM)
+        assert await asyncio.wait_for(FanOut(fanout).run(asyncio.Event(), until_seq=last), 30) == last
+        mine = [event async for _, _, event in account_events(alice, "alice")]
+        assert mine and all(getattr(e, "account_id", "alice") == "alice" for e in mine), mine
+        trades = [t async for _, t in tape(alice)]
+        assert len(trades) == 1
+    finally:
+        stop.set()
+        await engine
+        for nc in (op, fanout, alice):
+            await nc.close()
+    assert "Violation" not in server.log_path.read_text()
