@@ -38,11 +38,11 @@ import nats
 
 import events.reader
 from engine.service import EngineService
-from events.streams import ensure_streams
 from jetbook.bench.procs import Children, cpu_delta, cpu_snapshot, role_argv
 from jetbook.bench.run import Clients, publish_closed_loop
 from jetbook.bench.workload import Flow
 from jetbook.server import EmbeddedServer
+from protocol.streams import ensure_streams
 
 
 class Timer:

@@ -27,8 +27,8 @@ import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from events.streams import ensure_streams
 from jetbook.server import EmbeddedServer
+from protocol.streams import ensure_streams
 
 
 def _ms(values: list[float], q: float) -> float:

@@ -51,16 +51,16 @@ from typing import Any
 
 import nats
 
-from commands.subjects import EVT_STREAM
 from engine.core import restore, state_hash
 from engine.service import EngineService
 from engine.snapshots import SnapshotStore, capture
 from events.reader import BulkReader, StreamReader, last_seq, read_to_end
-from events.streams import ensure_streams
 from jetbook.bench.floor import AtomicWriter, group
 from jetbook.bench.procs import Children, cpu_seconds, role_argv
 from jetbook.bench.workload import Flow
 from jetbook.server import EmbeddedServer
+from protocol.streams import ensure_streams
+from protocol.subjects import EVT_STREAM
 
 Payloads = list[tuple[str, bytes]]
 

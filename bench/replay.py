@@ -51,13 +51,13 @@ from typing import Any
 
 import nats
 
-from commands.subjects import EVT_STREAM, HDR_MSG_ID
 from events.model import decode
 from events.reader import BulkReader, StreamReader, last_seq, read_to_end
-from events.streams import ensure_streams
 from jetbook.bench.procs import BenchError, Children, cpu_delta, cpu_snapshot, role_argv, tail
 from jetbook.bench.workload import Flow
 from jetbook.server import EmbeddedServer
+from protocol.streams import ensure_streams
+from protocol.subjects import EVT_STREAM, HDR_MSG_ID
 from replay.rebuild import rebuild
 from replay.verify import verify
 

@@ -36,8 +36,8 @@ from commands.model import (
     PlaceOrder,
     encode,
 )
-from commands.subjects import ALL_MARKETS, CMD_STREAM, HDR_MSG_ID, cmd_subject, ctl_subject
-from jetbook.errors import TRANSIENT, JetbookError
+from protocol.errors import TRANSIENT, JetbookError
+from protocol.subjects import ALL_MARKETS, CMD_STREAM, HDR_MSG_ID, cmd_subject, ctl_subject
 
 MSG_ID_BYTES: Final = 16  # 128 bits: nobody guesses one, and two requests never share one by chance
 PUBLISH_ATTEMPTS: Final = 4  # a publish whose ack is lost is sent again, with the same id, this many times in all

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Final
 
 import msgpack
 
-from commands.subjects import ALL_MARKETS, CMD_PREFIX, CTL_PREFIX, UNROUTABLE_MARKET, is_id
+from protocol.subjects import ALL_MARKETS, CMD_PREFIX, CTL_PREFIX, UNROUTABLE_MARKET, is_id
 
 SCHEMA_VERSION: Final = 1
 # Prices and quantities stay well inside SQLite's signed 64-bit integers even

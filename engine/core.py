@@ -47,7 +47,6 @@ from commands.model import (
     VoidMarket,
     parse,
 )
-from commands.subjects import ALL_MARKETS, UNROUTABLE_MARKET, WAL_PREFIX, is_id, wal_subject
 from engine.book import Book, Order
 from events.model import (
     ENGINE_MARKET,
@@ -66,6 +65,7 @@ from events.model import (
     RunnerAdded,
     make_encoders,
 )
+from protocol.subjects import ALL_MARKETS, UNROUTABLE_MARKET, WAL_PREFIX, is_id, wal_subject
 
 # One command's events are published as one ADR-50 atomic batch, which the
 # server caps at 1000 messages. One slot is kept for a checkpoint; an order that

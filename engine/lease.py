@@ -49,7 +49,7 @@ import nats.js.errors
 from nats.js.api import KeyValueConfig, StorageType
 from nats.nuid import NUID
 
-from jetbook.errors import JetbookError
+from protocol.errors import JetbookError
 
 log = logging.getLogger("jetbook.lease")
 

@@ -41,14 +41,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from commands.subjects import (
-    CMD_STREAM,
-    EVT_STREAM,
-    HDR_BATCH_COMMIT,
-    HDR_BATCH_ID,
-    HDR_BATCH_SEQ,
-    HDR_EXPECTED_LAST_SEQ,
-)
 from engine.core import CHECKPOINT_EVERY, MAX_EVENTS_PER_COMMAND, Diverged, Engine
 from engine.lease import Lease
 from engine.snapshots import Captured, SnapshotStore, Tag, finish_capture, start_capture
@@ -62,8 +54,16 @@ from events.reader import (
     check_resume,
     last_seq,
 )
-from events.streams import ensure_streams
-from jetbook.errors import TRANSIENT, CorruptLog, Fenced, JetbookError, parse_puback
+from protocol.errors import TRANSIENT, CorruptLog, Fenced, JetbookError, parse_puback
+from protocol.streams import ensure_streams
+from protocol.subjects import (
+    CMD_STREAM,
+    EVT_STREAM,
+    HDR_BATCH_COMMIT,
+    HDR_BATCH_ID,
+    HDR_BATCH_SEQ,
+    HDR_EXPECTED_LAST_SEQ,
+)
 
 log = logging.getLogger("jetbook.engine")
 

@@ -170,7 +170,7 @@ def _child_write(state: State, fd: int) -> None:
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)  # the parent's event loop owns that fd; a signal here must not wake it
         gc.disable()  # a collection would touch every object and copy the whole heap
-        from jetbook.server import DIE_WITH_PARENT
+        from protocol.process import DIE_WITH_PARENT
 
         if DIE_WITH_PARENT is not None:
             DIE_WITH_PARENT()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from commands.subjects import EVT_STREAM, evt_filter
 from events.model import Fill, decode
 from events.reader import StreamReader, batches
+from protocol.subjects import EVT_STREAM, evt_filter
 
 
 async def fills(

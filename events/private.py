@@ -24,10 +24,10 @@ from typing import Any, Final
 import msgpack
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from commands.subjects import ACCT_STREAM, HDR_EVT_SEQ, TAPE_STREAM, acct_filter, tape_filter
 from events.model import Event, decode
 from events.reader import RawMsg, harden
-from jetbook.errors import TRANSIENT
+from protocol.errors import TRANSIENT
+from protocol.subjects import ACCT_STREAM, HDR_EVT_SEQ, TAPE_STREAM, acct_filter, tape_filter
 
 log = logging.getLogger("jetbook.private")
 

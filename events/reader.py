@@ -30,7 +30,7 @@ from typing import Any
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from jetbook.errors import TRANSIENT, CorruptLog
+from protocol.errors import TRANSIENT, CorruptLog
 
 log = logging.getLogger("jetbook.reader")
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from commands.subjects import EVT_STREAM, HDR_BATCH_COMMIT
 from events.model import Event, decode
 from events.reader import StreamReader, last_seq
+from protocol.subjects import EVT_STREAM, HDR_BATCH_COMMIT
 
 
 class EventWatcher:

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 import typer
 
 from jetbook.cli_common import Market, Url, client_call
-from jetbook.settings import DEFAULT_URL, Settings
+from jetbook.replay_cli import replay_app
+from jetbook.settings import DEFAULT_URL, log_level
 from jetbook.submit_cli import fills as fills_command
 from jetbook.submit_cli import submit_app
-from replay.cli import replay_app
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="jetbook: an event-sourced exchange on NATS JetStream."
@@ -94,9 +94,9 @@ def up(
     The embedded server is locked down: a user per role and per trader, passwords in
     <data dir>/credentials.json (0600). With --tls-cert its clients need `jetbook --tls-ca CA ...`.
     """
-    from jetbook.errors import JetbookError
     from jetbook.settings import DEFAULT_TRADERS, valid_trader
     from jetbook.up import up as run_up
+    from protocol.errors import JetbookError
 
     traders = list(DEFAULT_TRADERS) if trader is None else trader
     if bad := [t for t in traders if not valid_trader(t)]:
@@ -133,11 +133,11 @@ def engine(
     """Run the matching engine: JB_CMD in, JB_EVT out. Started twice, the second one is a hot standby."""
     from functools import partial
 
-    from jetbook.errors import Fenced, JetbookError
     from jetbook.roles import engine_role
     from jetbook.wiring import run_until_signal, setup_logging
+    from protocol.errors import Fenced, JetbookError
 
-    setup_logging(Settings().log_level)
+    setup_logging(log_level())
     try:
         role = partial(
             engine_role, snapshot_every=snapshot_every, checkpoint_every=checkpoint_every, lease_ttl=lease_ttl
@@ -158,11 +158,11 @@ def project(
     from_seq: Annotated[int | None, typer.Option(help="JB_EVT sequence to start at, for a new file.")] = None,
 ) -> None:
     """Run a projection worker: fold JB_EVT into an SQLite read model."""
-    from jetbook.errors import JetbookError
     from jetbook.roles import project_role
     from jetbook.wiring import run_until_signal, setup_logging
+    from protocol.errors import JetbookError
 
-    setup_logging(Settings().log_level)
+    setup_logging(log_level())
     try:
         run_until_signal(lambda stop: project_role(nats_url, db, stop, from_seq))
     except (JetbookError, ValueError) as err:
@@ -173,11 +173,11 @@ def project(
 @app.command()
 def fanout(nats_url: Url = DEFAULT_URL, replicas: Replicas = 1) -> None:
     """Run the fan-out worker: JB_EVT into each account's private feed (JB_ACCT) and the public tape (JB_TAPE)."""
-    from jetbook.errors import JetbookError
     from jetbook.roles import fanout_role
     from jetbook.wiring import run_until_signal, setup_logging
+    from protocol.errors import JetbookError
 
-    setup_logging(Settings().log_level)
+    setup_logging(log_level())
     try:
         run_until_signal(lambda stop: fanout_role(nats_url, stop, replicas))
     except JetbookError as err:

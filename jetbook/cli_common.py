@@ -34,8 +34,8 @@ def client_call(url: str, body: Callable[[Any], Awaitable[int]], name: str = "je
     from nats.errors import ConnectionClosedError, NoServersError, UnexpectedEOF
     from nats.errors import Error as NatsError
 
-    from jetbook.errors import JetbookError
     from jetbook.wiring import connect
+    from protocol.errors import JetbookError
 
     async def main() -> int:
         try:

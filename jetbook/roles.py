@@ -8,14 +8,14 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from commands.subjects import EVT_STREAM
 from engine.core import CHECKPOINT_EVERY
 from engine.lease import DEFAULT_TTL_S, Lease
 from engine.service import DEFAULT_SNAPSHOT_EVERY, EngineService
-from events.streams import wait_for_stream
 from jetbook.wiring import close_quietly, connect
 from projections.fanout import FanOut
 from projections.runner import ProjectionRunner
+from protocol.streams import wait_for_stream
+from protocol.subjects import EVT_STREAM
 
 log = logging.getLogger("jetbook")
 

@@ -13,48 +13,19 @@ test fixtures and `jetbook up --insecure` want it.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jetbook.errors import JetbookError, ServerNotFound
 from jetbook.settings import Credentials
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A preexec_fn that has Linux send the child SIGTERM when its parent dies, however it dies.
-
-    `jetbook up` starts its children in their own sessions (so that Ctrl-C
-    reaches only the supervisor); without this, a supervisor killed with
-    SIGKILL or by the OOM killer would leave the server and workers running
-    headless. libc is looked up here, in the parent, so the child only makes
-    one C call between fork and exec.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def set_signal() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-    return set_signal
-
-
-DIE_WITH_PARENT = _parent_death_signal()
-
+from protocol.errors import JetbookError, ServerNotFound
+from protocol.process import DIE_WITH_PARENT
 
 # Nobody may write the log but the engine, nobody may publish where the server republishes it,
 # and nobody may remove a stream or its messages (the streams also deny delete and purge).

@@ -23,18 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
 DEFAULT_URL = "nats://127.0.0.1:4222"  # where `jetbook up` puts its embedded server by default
 CREDENTIALS_FILE = "credentials.json"
 ROLES = ("engine", "projection", "fanout", "gateway", "operator")  # service users; any other user is a trader
 DEFAULT_TRADERS = ("alice", "bob", "carol", "dave")  # the accounts of the README and the demo
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="JETBOOK_")
-
-    log_level: str = "INFO"
+def log_level() -> str:
+    """JETBOOK_LOG_LEVEL, the one setting that is not a flag (pydantic-settings went: it held only this)."""
+    return os.environ.get("JETBOOK_LOG_LEVEL", "INFO")
 
 
 def valid_trader(name: str) -> bool:

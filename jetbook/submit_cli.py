@@ -44,8 +44,8 @@ def _send(url: str, market: str, account: str | None, command: Any, wait: bool, 
     """
     from commands.client import CommandClient, new_msg_id
     from commands.model import Invalid, encode, parse
-    from commands.subjects import cmd_subject, ctl_subject
     from events.watch import EventWatcher, past_events
+    from protocol.subjects import cmd_subject, ctl_subject
 
     subject = ctl_subject(market) if account is None else cmd_subject(market, account)
     parsed = parse(subject, encode(command))
@@ -249,7 +249,7 @@ def cancel_all(
 ) -> None:
     """Cancel all of an account's open orders, optionally in one market, on one side or one runner."""
     from commands.model import CancelAll
-    from commands.subjects import ALL_MARKETS
+    from protocol.subjects import ALL_MARKETS
 
     _send(nats_url, market or ALL_MARKETS, account, CancelAll(side=side, runner=runner), wait)
 

@@ -21,11 +21,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from events.streams import ensure_streams
-from jetbook.errors import JetbookError
-from jetbook.server import DIE_WITH_PARENT, EmbeddedServer
+from jetbook.server import EmbeddedServer
 from jetbook.settings import CREDENTIALS_FILE, Credentials, register_stack, unregister_stack
 from jetbook.wiring import STOP_GRACE_S, connect
+from protocol.errors import JetbookError
+from protocol.process import DIE_WITH_PARENT
+from protocol.streams import ensure_streams
 
 console = Console(highlight=False)
 COLORS = {"engine": "cyan", "project": "magenta", "fanout": "green"}

@@ -44,17 +44,6 @@ import msgpack
 import nats.errors
 import nats.js.errors
 
-from commands.subjects import (
-    ACCT_STREAM,
-    EVT_STREAM,
-    HDR_EVT_SEQ,
-    HDR_EXPECTED_LAST_SEQ,
-    HDR_MSG_ID,
-    TAPE_STREAM,
-    acct_subject,
-    is_id,
-    tape_subject,
-)
 from events.model import (
     Event,
     Fill,
@@ -69,8 +58,19 @@ from events.model import (
     encode,
 )
 from events.reader import RawMsg, ResumableReader
-from events.streams import ensure_fanout_streams
-from jetbook.errors import TRANSIENT, CorruptLog, JetbookError
+from protocol.errors import TRANSIENT, CorruptLog, JetbookError
+from protocol.streams import ensure_fanout_streams
+from protocol.subjects import (
+    ACCT_STREAM,
+    EVT_STREAM,
+    HDR_EVT_SEQ,
+    HDR_EXPECTED_LAST_SEQ,
+    HDR_MSG_ID,
+    TAPE_STREAM,
+    acct_subject,
+    is_id,
+    tape_subject,
+)
 
 log = logging.getLogger("jetbook.fanout")
 

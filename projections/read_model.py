@@ -35,7 +35,7 @@ from events.model import (
     RiskLimitsSet,
     RunnerAdded,
 )
-from jetbook.errors import CorruptLog
+from protocol.errors import CorruptLog
 
 Key = tuple[str, int]
 T = TypeVar("T")

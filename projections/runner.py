@@ -22,11 +22,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from commands.subjects import EVT_STREAM
 from events.model import Event, decode
 from events.reader import LogCheck, RawMsg, ResumableReader
-from jetbook.errors import CorruptLog
 from projections.read_model import ReadModel, plan
+from protocol.errors import CorruptLog
+from protocol.subjects import EVT_STREAM
 
 log = logging.getLogger("jetbook.projection")
 

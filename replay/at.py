@@ -14,10 +14,10 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from commands.subjects import EVT_STREAM
 from events.reader import LogCheck, read_range
 from events.reader import last_seq as stream_last_seq
 from projections.read_model import ReadModel
+from protocol.subjects import EVT_STREAM
 from replay.fold import decode_chunk, plan_checked
 from replay.rebuild import RebuildError
 

@@ -35,8 +35,8 @@ import msgpack
 
 from events.model import EVENT_TYPES, Event, decode
 from events.reader import LogCheck, subject_text
-from jetbook.errors import CorruptLog
 from projections.read_model import ReadModel
+from protocol.errors import CorruptLog
 
 
 class SqliteProjection(Protocol):

@@ -45,11 +45,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from commands.subjects import EVT_STREAM
 from events.reader import Chunk, read_range
 from events.reader import last_seq as stream_last_seq
-from jetbook.errors import JetbookError
 from projections.read_model import ReadModel
+from protocol.errors import JetbookError
+from protocol.subjects import EVT_STREAM
 from replay.fold import END_FRAME, PROJECTIONS, SqliteProjection, decode_chunk, decode_fast, encode_frame
 
 __all__ = ["PROJECTIONS", "RebuildError", "RebuildResult", "SqliteProjection", "decode_chunk", "decode_fast", "rebuild"]

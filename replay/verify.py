@@ -31,12 +31,12 @@ from typing import Any
 
 import msgpack
 
-from commands.subjects import CMD_STREAM, EVT_STREAM
 from engine.core import CHECKPOINT_EVERY, Diverged, Engine
 from events.model import encode
 from events.reader import Chunk, read_range, subject_text
 from events.reader import last_seq as stream_last_seq
-from jetbook.errors import CorruptLog
+from protocol.errors import CorruptLog
+from protocol.subjects import CMD_STREAM, EVT_STREAM
 from replay.rebuild import decode_fast
 
 # Re-deciding a command takes ~20 µs and both streams arrive on one connection, whose read loop parses

@@ -10,8 +10,8 @@ from typing import Any
 import nats
 import pytest
 
-from events.streams import ensure_streams
 from jetbook.server import EmbeddedServer
+from protocol.streams import ensure_streams
 
 
 @pytest.fixture(autouse=True)

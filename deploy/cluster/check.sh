@@ -341,7 +341,7 @@ step "engine restart, standby takeover and projection restart: no permission vio
 # A writer started with the default --replicas 1 must not turn the R3 log into R1.
 "$PYTHON" - "$(url engine "$JETBOOK_ENGINE_PASSWORD" 1)" <<'PY' || fail "ensure_streams(replicas=1) failed"
 import asyncio, sys
-from events.streams import ensure_streams
+from protocol.streams import ensure_streams
 from jetbook.wiring import connect
 async def main():
     nc = await connect(sys.argv[1], "check-replicas", reconnect=False)

@@ -35,7 +35,11 @@ from typing import Any
 import msgpack
 from nats.nuid import NUID
 
-from commands.subjects import (
+from engine.core import MAX_EVENTS_PER_COMMAND
+from engine.service import batch_frames
+from events.reader import StreamReader
+from protocol.errors import JetbookError, parse_puback
+from protocol.subjects import (
     CMD_STREAM,
     EVT_STREAM,
     HDR_BATCH_COMMIT,
@@ -44,10 +48,6 @@ from commands.subjects import (
     HDR_EXPECTED_LAST_SEQ,
     HDR_MSG_ID,
 )
-from engine.core import MAX_EVENTS_PER_COMMAND
-from engine.service import batch_frames
-from events.reader import StreamReader
-from jetbook.errors import JetbookError, parse_puback
 
 log = logging.getLogger("jetbook.bench.floor")
 

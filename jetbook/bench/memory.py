@@ -26,11 +26,11 @@ from pathlib import Path
 import msgpack
 
 import engine.service  # noqa: F401  (what `jetbook engine` has loaded before it holds any order)
-from commands.subjects import cmd_subject, ctl_subject
 from engine.core import Engine
 from events.model import OrderAccepted
 from jetbook.bench.procs import rss_bytes
 from jetbook.bench.workload import BASE_TS, START_MID, market_names
+from protocol.subjects import cmd_subject, ctl_subject
 
 LEVELS = 4000  # price levels per side per market
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from commands.subjects import CMD_STREAM, EVT_STREAM
 from events.model import decode
-from jetbook.server import DIE_WITH_PARENT
+from protocol.process import DIE_WITH_PARENT
+from protocol.subjects import CMD_STREAM, EVT_STREAM
 
 
 class BenchError(RuntimeError):

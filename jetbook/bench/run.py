@@ -38,7 +38,6 @@ from typing import Any
 
 import msgpack
 
-from commands.subjects import CMD_STREAM, EVT_STREAM, HDR_MSG_ID
 from jetbook.bench.procs import (
     BenchError,
     Children,
@@ -51,6 +50,7 @@ from jetbook.bench.procs import (
     wait_for,
 )
 from jetbook.bench.workload import Cmd, Flow, avg_size
+from protocol.subjects import CMD_STREAM, EVT_STREAM, HDR_MSG_ID
 
 LOADS = (0.1, 0.5, 0.9)
 HDR_MAX_US = 120_000_000  # the slowest latency the histogram can hold: 2 minutes
@@ -199,7 +199,7 @@ class Sampler:
 async def fresh_streams(js: Any) -> None:
     from nats.js.errors import NotFoundError
 
-    from events.streams import ensure_streams
+    from protocol.streams import ensure_streams
 
     for name in (CMD_STREAM, EVT_STREAM):
         try:

@@ -38,9 +38,9 @@ import msgpack
 from sortedcontainers import SortedDict
 
 from commands.client import new_msg_id
-from commands.subjects import cmd_subject, ctl_subject, wal_subject
 from engine.core import Engine
 from events.model import Event, Fill, MarketCreated, OrderAccepted, OrderCancelled, Rejected, encode
+from protocol.subjects import cmd_subject, ctl_subject, wal_subject
 
 MARKET_NAMES = ("BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "ADA-USD", "DOT-USD", "LTC-USD", "AVAX-USD")
 START_MID = 100_000  # ticks

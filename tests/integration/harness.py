@@ -13,12 +13,12 @@ from typing import Any
 
 import nats.errors
 
-from commands.subjects import CMD_STREAM, EVT_STREAM
 from engine.core import CHECKPOINT_EVERY, Engine, state_hash
 from engine.service import EngineService
 from events.model import encode
 from events.reader import RawMsg, StreamReader, last_seq, read_to_end
 from projections.runner import ProjectionRunner
+from protocol.subjects import CMD_STREAM, EVT_STREAM
 from tests.conftest import wait_until
 
 

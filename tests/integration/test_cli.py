@@ -124,7 +124,7 @@ def test_clients_say_clearly_when_nothing_listens(tmp_path: Path) -> None:
 
 def test_missing_nats_server_binary_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from jetbook import server
-    from jetbook.errors import ServerNotFound
+    from protocol.errors import ServerNotFound
 
     monkeypatch.setattr(server.sys, "executable", str(tmp_path / "python"))
     monkeypatch.setenv("PATH", str(tmp_path))

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from commands.subjects import EVT_STREAM
 from engine.service import EngineService
-from events.streams import ensure_streams
-from jetbook.errors import Fenced
+from protocol.errors import Fenced
+from protocol.streams import ensure_streams
+from protocol.subjects import EVT_STREAM
 from tests.conftest import wait_until
 from tests.integration.harness import (
     assert_log_is_exact,
@@ -47,7 +47,7 @@ async def test_graceful_stop_mid_stream_then_restart(nc: Any, js: Any) -> None:
 
 async def test_a_second_writer_is_fenced_by_the_broker(nc: Any, js: Any) -> None:
     await publish_all(js, workload(50))
-    from commands.subjects import CMD_STREAM
+    from protocol.subjects import CMD_STREAM
 
     cmds = await read_all(js, CMD_STREAM)
     active, stale = EngineService(nc), EngineService(nc)
@@ -83,7 +83,7 @@ class _CommitTimesOut:
 @pytest.mark.parametrize("landed", [True, False], ids=["commit-landed", "commit-lost"])
 async def test_ambiguous_commit_is_resolved_from_the_stream_tail(nc: Any, js: Any, landed: bool) -> None:
     await publish_all(js, workload(40))
-    from commands.subjects import CMD_STREAM
+    from protocol.subjects import CMD_STREAM
 
     cmds = await read_all(js, CMD_STREAM)
     flaky = _CommitTimesOut(nc, deliver=landed)
@@ -111,9 +111,9 @@ async def test_engine_rebuilds_its_state_from_the_log_on_start(nc: Any, js: Any)
 
 async def test_a_commit_nobody_answers_backs_off_and_obeys_stop(nc: Any, js: Any) -> None:
     """No stream listening on jb.wal.> (a misconfigured or recovering server): retry slowly, stop on request."""
-    from commands.subjects import CMD_STREAM
     from engine.service import Stopping
-    from events.streams import evt_stream
+    from protocol.streams import evt_stream
+    from protocol.subjects import CMD_STREAM
 
     await publish_all(js, workload(5))
     cmds = await read_all(js, CMD_STREAM)

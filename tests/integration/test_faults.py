@@ -21,9 +21,9 @@ from typing import Any
 
 import nats.errors
 
-from commands.subjects import CMD_STREAM, EVT_STREAM, HDR_MSG_ID
 from events.reader import last_seq
 from jetbook.server import EmbeddedServer
+from protocol.subjects import CMD_STREAM, EVT_STREAM, HDR_MSG_ID
 from tests.conftest import wait_until
 from tests.integration.harness import (
     assert_matches_crash_free,

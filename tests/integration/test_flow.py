@@ -9,11 +9,11 @@ from typing import Any
 import msgpack
 
 from commands.client import CommandClient
-from commands.subjects import CMD_STREAM, EVT_STREAM, HDR_BATCH_ID, HDR_BATCH_SEQ, HDR_EXPECTED_LAST_SEQ
 from events.fills import fills
 from events.model import Fill, OrderAccepted, Rejected, decode
 from events.watch import EventWatcher
 from jetbook.demo import run_demo
+from protocol.subjects import CMD_STREAM, EVT_STREAM, HDR_BATCH_ID, HDR_BATCH_SEQ, HDR_EXPECTED_LAST_SEQ
 from tests.conftest import wait_until
 from tests.integration.harness import assert_log_is_exact, read_all, running_engine, running_projection
 

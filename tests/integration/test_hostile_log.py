@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from commands.subjects import EVT_STREAM, wal_subject
 from engine.service import EngineService
 from events.model import Event, Fill, Rejected, decode, encode
 from events.reader import last_seq
-from jetbook.errors import CorruptLog
 from projections.runner import ProjectionRunner
+from protocol.errors import CorruptLog
+from protocol.subjects import EVT_STREAM, wal_subject
 from replay.at import state_at
 from replay.rebuild import RebuildError, rebuild
 from replay.verify import verify

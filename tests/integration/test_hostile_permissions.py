@@ -21,11 +21,11 @@ from typing import Any
 import nats
 import pytest
 
-from commands.subjects import CMD_STREAM
 from engine.lease import Lease
 from engine.service import EngineService
 from events.reader import last_seq
 from jetbook.server import accepts_connections, find_binary
+from protocol.subjects import CMD_STREAM
 from tests.conftest import wait_until
 from tests.integration.harness import assert_log_is_exact, running_engine, wait_for_command, workload
 

@@ -16,9 +16,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from commands.subjects import CMD_STREAM, EVT_STREAM
 from events.model import decode
 from events.reader import last_seq
+from protocol.subjects import CMD_STREAM, EVT_STREAM
 from replay.verify import verify
 from tests.conftest import wait_until
 from tests.integration.harness import (

@@ -23,13 +23,13 @@ import nats.js.errors
 import pytest
 from nats.js.api import ConsumerConfig, StreamConfig
 
-from commands.subjects import CMD_STREAM, EVT_STREAM
-from events.streams import ensure_streams
 from jetbook.demo import run_demo
 from jetbook.roles import engine_role, project_role
 from jetbook.server import EmbeddedServer
 from jetbook.settings import CREDENTIALS_FILE, Credentials, find_for_url
 from jetbook.wiring import connect, resolve_access
+from protocol.streams import ensure_streams
+from protocol.subjects import CMD_STREAM, EVT_STREAM
 from tests.conftest import POLL_INTERVAL_S, wait_until
 
 SERVICES = ("engine", "projection", "fanout", "gateway", "operator")

@@ -11,7 +11,7 @@ import pytest
 
 from commands.client import CommandClient, MsgIdCollision, new_msg_id
 from commands.model import PlaceOrder, encode
-from commands.subjects import CMD_STREAM, HDR_MSG_ID, cmd_subject
+from protocol.subjects import CMD_STREAM, HDR_MSG_ID, cmd_subject
 
 
 def old_style_id(market: str, account: str, order: PlaceOrder) -> str:

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from commands.subjects import CMD_STREAM
 from engine.service import EngineService
+from protocol.subjects import CMD_STREAM
 from tests.integration.harness import assert_log_is_exact, publish_all, read_all, workload
 
 
@@ -69,10 +69,10 @@ async def test_an_ambiguous_commit_with_later_batches_in_flight(nc: Any, js: Any
 
 async def test_the_fence_is_checked_at_commit_so_frames_may_precede_the_previous_commit(nc: Any, js: Any) -> None:
     """What pipelining relies on: batch B's first message (fenced on A's end) may reach the server before A commits."""
-    from commands.subjects import HDR_BATCH_COMMIT, HDR_BATCH_ID, HDR_BATCH_SEQ
     from engine.service import batch_frames
-    from events.streams import ensure_streams
-    from jetbook.errors import parse_puback
+    from protocol.errors import parse_puback
+    from protocol.streams import ensure_streams
+    from protocol.subjects import HDR_BATCH_COMMIT, HDR_BATCH_ID, HDR_BATCH_SEQ
 
     await ensure_streams(js)
     a = [("jb.wal.M.x", b"a1"), ("jb.wal.M.x", b"a2")]

@@ -11,13 +11,13 @@ import nats
 
 from commands.client import CommandClient
 from commands.model import CloseMarket, SettleMarket
-from commands.subjects import ACCT_STREAM, EVT_STREAM, HDR_EVT_SEQ, HDR_MSG_ID, TAPE_STREAM
 from events.model import Fill, decode, to_wire
 from events.private import account_events, tape
 from events.reader import RawMsg, last_seq
-from events.streams import ensure_fanout_streams
 from jetbook.server import EmbeddedServer
 from projections.fanout import FanOut, outputs
+from protocol.streams import ensure_fanout_streams
+from protocol.subjects import ACCT_STREAM, EVT_STREAM, HDR_EVT_SEQ, HDR_MSG_ID, TAPE_STREAM
 from tests.conftest import wait_until
 from tests.integration.harness import publish_all, read_all, running_engine, wait_for_command, workload
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from commands.subjects import EVT_STREAM
 from events.reader import last_seq
 from jetbook.server import EmbeddedServer
 from projections.runner import ProjectionRunner
+from protocol.subjects import EVT_STREAM
 from replay.hashing import db_content_hash
 from tests.conftest import wait_until
 from tests.integration.harness import projection_position as position

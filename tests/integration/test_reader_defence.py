@@ -9,11 +9,11 @@ from typing import Any
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from commands.subjects import CMD_STREAM, EVT_STREAM
 from events.reader import StreamReader, last_seq
-from events.streams import ensure_streams
 from jetbook.roles import project_role
 from projections.runner import ProjectionRunner
+from protocol.streams import ensure_streams
+from protocol.subjects import CMD_STREAM, EVT_STREAM
 from replay.hashing import db_content_hash
 from tests.conftest import wait_until
 from tests.integration.harness import assert_log_is_exact, publish_all, running_engine, wait_for_command, workload

@@ -17,13 +17,13 @@ import msgpack
 import pytest
 
 from commands.client import CommandClient
-from commands.subjects import CMD_STREAM, EVT_STREAM, wal_subject
 from engine.core import Engine
 from events.model import Checkpoint, Event, decode, encode
 from events.reader import last_seq
 from jetbook.server import EmbeddedServer
 from projections.read_model import ReadModel
 from projections.runner import ProjectionRunner
+from protocol.subjects import CMD_STREAM, EVT_STREAM, wal_subject
 from replay.at import query, state_at
 from replay.hashing import db_content_hash
 from replay.rebuild import RebuildError, rebuild

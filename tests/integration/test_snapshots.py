@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from nats.js.api import ObjectMeta
 
-from commands.subjects import CMD_STREAM, EVT_STREAM, wal_subject
 from engine.core import Engine, snapshot, state_hash
 from engine.service import CheckpointCadence, EngineService, LogDiverged
 from engine.snapshots import SNAP_BUCKET, SnapshotStore, Tag, capture
 from events.model import Checkpoint, decode, encode
 from events.reader import last_seq
+from protocol.subjects import CMD_STREAM, EVT_STREAM, wal_subject
 from tests.conftest import wait_until
 from tests.integration.harness import (
     assert_matches_crash_free,
@@ -126,7 +126,7 @@ async def test_a_snapshot_of_another_log_is_refused(nc: Any, js: Any, caplog: py
     # JB_EVT and JB_CMD recreated, the snapshot bucket kept: an older, different log of the same length.
     await js.delete_stream(EVT_STREAM)
     await js.delete_stream(CMD_STREAM)
-    from events.streams import ensure_streams
+    from protocol.streams import ensure_streams
 
     await ensure_streams(js)
     last = await publish_all(js, workload(900, seed=33))

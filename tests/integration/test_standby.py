@@ -17,11 +17,11 @@ from typing import Any
 
 import nats
 
-from commands.subjects import CMD_STREAM, EVT_STREAM
 from engine.lease import Lease
 from engine.service import EngineService
 from events.reader import last_seq
 from jetbook.server import EmbeddedServer
+from protocol.subjects import CMD_STREAM, EVT_STREAM
 from tests.conftest import wait_until
 from tests.integration.harness import (
     assert_log_is_exact,

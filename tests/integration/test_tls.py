@@ -12,12 +12,12 @@ import pytest
 import trustme
 
 from commands.client import CommandClient
-from events.streams import ensure_streams
 from events.watch import EventWatcher
 from jetbook.roles import engine_role
 from jetbook.server import EmbeddedServer
 from jetbook.settings import CREDENTIALS_FILE, Credentials
 from jetbook.wiring import connect
+from protocol.streams import ensure_streams
 
 
 @pytest.fixture

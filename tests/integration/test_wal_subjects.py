@@ -9,11 +9,11 @@ import pytest
 from nats.js.errors import NoStreamResponseError
 
 from commands.client import CommandClient
-from commands.subjects import CMD_STREAM, EVT_STREAM
 from engine.service import EngineService
 from events.model import OrderAccepted, Rejected
 from events.watch import EventWatcher
-from jetbook.errors import CorruptLog, Fenced
+from protocol.errors import CorruptLog, Fenced
+from protocol.subjects import CMD_STREAM, EVT_STREAM
 from tests.conftest import wait_until
 from tests.integration.harness import assert_log_is_exact, publish_all, read_all, running_engine, workload
 

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 import engine.core as core
 from commands.model import MAX_MARKETS, MAX_OPEN_ORDERS, Invalid, parse
-from commands.subjects import ID_PATTERN
 from engine.core import Engine, state_hash
 from events.model import (
     EVENT_TYPES,
@@ -35,6 +34,7 @@ from events.model import (
     encode,
     make_encoders,
 )
+from protocol.subjects import ID_PATTERN
 from tests.unit.helpers import M, Session, raw
 
 DEEP = b"\x91" * 1010 + b"\x00"  # a list nested 1010 deep: under msgpack's own limit of 1024

@@ -1,6 +1,6 @@
 """The two streams: JB_CMD (what was asked) and JB_EVT (what happened: the write-ahead log).
 
-Subject names live in `commands/subjects.py`; these are the stream settings.
+Subject names live in `protocol/subjects.py`; these are the stream settings.
 Both use file storage, keep everything (no age, size or count limits) and
 deny deleting messages or purging, so neither ever has a gap. JB_EVT accepts
 ADR-50 atomic batches; it listens on jb.wal.> and stores and republishes as
@@ -16,7 +16,7 @@ from typing import Any
 from nats.js.api import DiscardPolicy, RePublish, RetentionPolicy, StorageType, StreamConfig, SubjectTransform
 from nats.js.errors import BadRequestError, NotFoundError
 
-from commands.subjects import (
+from protocol.subjects import (
     ACCT_STREAM,
     ACCT_SUBJECTS,
     CMD_STREAM,
@@ -55,7 +55,7 @@ def evt_stream(replicas: int = 1) -> StreamConfig:
     return StreamConfig(
         name=EVT_STREAM,
         description="jetbook events: the write-ahead log, the only source of truth",
-        # The engine publishes on jb.wal.>; stored and republished as jb.evt.> (see commands/subjects.py).
+        # The engine publishes on jb.wal.>; stored and republished as jb.evt.> (see protocol/subjects.py).
         subjects=list(WAL_SUBJECTS),
         subject_transform=SubjectTransform(src=f"{WAL_PREFIX}.>", dest=f"{EVT_PREFIX}.>"),
         republish=RePublish(src=f"{EVT_PREFIX}.>", dest=f"{EVT_PREFIX}.>"),

@@ -1,0 +1,1 @@
+"""The wire vocabulary every role shares: subjects, streams, broker errors, reject reasons, codec."""
