@@ -38,6 +38,7 @@ from commands.model import (
 )
 from protocol.errors import TRANSIENT, JetbookError
 from protocol.subjects import ALL_MARKETS, CMD_STREAM, HDR_MSG_ID, cmd_subject, ctl_subject
+from protocol.vocab import Side, Tif
 
 MSG_ID_BYTES: Final = 16  # 128 bits: nobody guesses one, and two requests never share one by chance
 PUBLISH_ATTEMPTS: Final = 4  # a publish whose ack is lost is sent again, with the same id, this many times in all
@@ -147,8 +148,8 @@ class CommandClient:
         return await self.control(market_id, CreateMarket(market_id=market_id, base=base, quote=quote, **params))
 
     async def place(
-        self, market_id: str, account_id: str, client_order_id: str, side: str, price: int | None, qty: int,
-        tif: str | None = None, **options: Any,
+        self, market_id: str, account_id: str, client_order_id: str, side: Side, price: int | None, qty: int,
+        tif: Tif | None = None, **options: Any,
     ) -> int:  # fmt: skip
         command = PlaceOrder(client_order_id=client_order_id, side=side, price=price, qty=qty, tif=tif, **options)
         return await self.trade(market_id, account_id, command)

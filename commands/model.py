@@ -24,7 +24,24 @@ from typing import Any, ClassVar, Final
 
 import msgpack
 
+from protocol.reasons import Reason
 from protocol.subjects import ALL_MARKETS, CMD_PREFIX, CTL_PREFIX, UNROUTABLE_MARKET, is_id
+from protocol.vocab import (
+    MARKET_KINDS,
+    ORDER_TYPES,
+    PERSISTENCE,
+    SETTABLE_STATES,
+    SIDES,
+    STP_MODES,
+    TIFS,
+    MarketKind,
+    OrderType,
+    Persistence,
+    SettableState,
+    Side,
+    Stp,
+    Tif,
+)
 
 SCHEMA_VERSION: Final = 1
 # Prices and quantities stay well inside SQLite's signed 64-bit integers even
@@ -42,14 +59,6 @@ MAX_OPEN_ORDERS: Final = 10_000  # resting orders per account per market
 # How deep `show` looks into a value before it gives up and names only its type.
 _SHOW_DEPTH: Final = 16
 
-PAIR_SIDES: Final = ("buy", "sell")
-ODDS_SIDES: Final = ("back", "lay")
-SIDES: Final = PAIR_SIDES + ODDS_SIDES
-TIFS: Final = ("gtc", "ioc", "fok", "post_only")
-STP_MODES: Final = ("cancel_resting", "cancel_newest", "cancel_both")
-PERSISTENCE: Final = ("lapse", "persist")
-SETTABLE_STATES: Final = ("open", "suspended", "halted")
-
 
 # --- the commands -------------------------------------------------------------------------------
 # Slotted, not frozen (frozen dataclasses cost ~2 µs each to build); nothing mutates a command.
@@ -61,7 +70,7 @@ class CreateMarket:
     market_id: str
     quote: str
     base: str = ""
-    kind: str = "pair"
+    kind: MarketKind = "pair"
     tick_size: int = 1
     lot_size: int = 1
     min_qty: int | None = None  # default: lot_size
@@ -82,7 +91,7 @@ class AddRunner:
 @dataclass(slots=True)
 class SetMarketState:
     type: ClassVar[str] = "set_market_state"
-    state: str
+    state: SettableState
 
 
 @dataclass(slots=True)
@@ -125,14 +134,14 @@ class SetRiskLimits:
 class PlaceOrder:
     type: ClassVar[str] = "place_order"
     client_order_id: str
-    side: str
+    side: Side
     qty: int
     price: int | None = None
-    order_type: str = "limit"
+    order_type: OrderType = "limit"
     protection_price: int | None = None
-    tif: str | None = None  # parse resolves it: "gtc" for limit orders, "ioc" for market orders
-    stp: str = "cancel_resting"
-    persistence: str = "lapse"
+    tif: Tif | None = None  # parse resolves it: "gtc" for limit orders, "ioc" for market orders
+    stp: Stp = "cancel_resting"
+    persistence: Persistence = "lapse"
     runner: str | None = None
     market_id: str | None = None
     account_id: str | None = None
@@ -184,7 +193,7 @@ class Parsed:
 class Invalid:
     market_id: str
     account_id: str | None
-    reason: str
+    reason: Reason
     detail: str
     command_type: str | None = None
     client_order_id: str | None = None
@@ -283,7 +292,7 @@ class F:
 
     name: str
     check: Callable[[Any], str | None]
-    reason: str = "invalid_field"
+    reason: Reason = "invalid_field"
     required: bool = False
     nullable: bool = False  # an explicit nil means "absent"
 
@@ -312,7 +321,7 @@ SPECS: Final[dict[str, Spec]] = {
     for s in (
         _spec(CreateMarket, "ctl", (
             F("market_id", _id, "invalid_market_id", required=True),
-            F("kind", _one_of("pair", "odds")),
+            F("kind", _one_of(*MARKET_KINDS)),
             F("base", _text(1, 32)),
             F("quote", _text(1, 32), required=True),
             F("tick_size", _int_in(1, MAX_PRICE)),
@@ -341,7 +350,7 @@ SPECS: Final[dict[str, Spec]] = {
             F("client_order_id", _id, required=True),
             F("side", _one_of(*SIDES), "invalid_side", required=True),
             F("qty", _QTY, "invalid_qty", required=True),
-            F("order_type", _one_of("limit", "market")),
+            F("order_type", _one_of(*ORDER_TYPES)),
             F("price", _PRICE, "invalid_price"),
             F("protection_price", _PRICE, "invalid_price"),
             F("tif", _one_of(*TIFS), "invalid_tif"),
@@ -398,7 +407,7 @@ def _split_subject_once(subject: str) -> tuple[str, str | None, str | None] | In
     return Invalid(market or UNROUTABLE_MARKET, account, "invalid_subject", f"subject {subject[:200]!r}")
 
 
-def _fields(spec: Spec, body: dict[str, Any]) -> dict[str, Any] | tuple[str, str]:
+def _fields(spec: Spec, body: dict[str, Any]) -> dict[str, Any] | tuple[Reason, str]:
     """The validated keyword arguments, or (reason, detail) for the first bad field.
 
     Fields are checked in table order; a rule about how a field relates to the
@@ -432,19 +441,19 @@ def _fields(spec: Spec, body: dict[str, Any]) -> dict[str, Any] | tuple[str, str
     return out
 
 
-def _price_rule(kw: dict[str, Any]) -> tuple[str, str] | None:
+def _price_rule(kw: dict[str, Any]) -> tuple[Reason, str] | None:
     if kw.get("order_type", "limit") == "market":
         return ("invalid_price", "price: not_allowed") if "price" in kw else None
     return None if "price" in kw else ("missing_field", "price: missing")
 
 
-def _protection_rule(kw: dict[str, Any]) -> tuple[str, str] | None:
+def _protection_rule(kw: dict[str, Any]) -> tuple[Reason, str] | None:
     if "protection_price" in kw and kw.get("order_type", "limit") != "market":
         return "invalid_field", "protection_price: not_allowed"
     return None
 
 
-def _tif_rule(kw: dict[str, Any]) -> tuple[str, str] | None:
+def _tif_rule(kw: dict[str, Any]) -> tuple[Reason, str] | None:
     if kw.get("order_type", "limit") == "market":
         if kw.setdefault("tif", "ioc") not in ("ioc", "fok"):
             return "invalid_tif", "tif: not_allowed"
@@ -453,7 +462,7 @@ def _tif_rule(kw: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-_RULES: Final[dict[type[Any], dict[str, Callable[[dict[str, Any]], tuple[str, str] | None]]]] = {
+_RULES: Final[dict[type[Any], dict[str, Callable[[dict[str, Any]], tuple[Reason, str] | None]]]] = {
     PlaceOrder: {"price": _price_rule, "protection_price": _protection_rule, "tif": _tif_rule},
 }
 
@@ -461,8 +470,8 @@ _RULES: Final[dict[type[Any], dict[str, Callable[[dict[str, Any]], tuple[str, st
 _FAST_PLACE: Final = frozenset(("type", "v", "client_order_id", "side", "price", "qty", "tif"))
 _FAST_CANCEL: Final = frozenset(("type", "v", "client_order_id", "order_id"))
 # Canonical side strings: msgpack makes a new str per message, and every resting order keeps its side.
-_SIDES: Final = {s: s for s in SIDES}
-_TIFS: Final = {t: t for t in TIFS}
+_SIDES: Final[dict[str, Side]] = {s: s for s in SIDES}
+_TIFS: Final[dict[str, Tif]] = {t: t for t in TIFS}
 _CANON: Final = {c: c for c in (*SIDES, *TIFS, *STP_MODES, *PERSISTENCE, "limit", "market")}
 
 

@@ -89,14 +89,14 @@ class LeaseRecord:
 _TRANSIENT: Final = (asyncio.TimeoutError, OSError, nats.errors.Error)
 
 
-async def lease_bucket(js: Any, replicas: int = 1) -> Any:
+async def lease_bucket(js: Any, replicas: int = 1, bucket: str = LEASE_BUCKET) -> Any:
     """Bind to JB_LEASE, creating it if needed (two engines creating it at once is harmless)."""
     try:
-        return await js.key_value(LEASE_BUCKET)
+        return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
         return await js.create_key_value(
             KeyValueConfig(
-                bucket=LEASE_BUCKET,
+                bucket=bucket,
                 description="jetbook: which engine may write JB_EVT",
                 history=1,
                 ttl=RECORD_MAX_AGE_S,
@@ -119,6 +119,7 @@ class Lease:
         *,
         ttl: float = DEFAULT_TTL_S,
         key: str = LEASE_KEY,
+        bucket: str = LEASE_BUCKET,
         replicas: int = 1,
         watchdog: float = WATCHDOG_S,
         poll: float = 0.1,
@@ -128,6 +129,7 @@ class Lease:
         self._connect = connect
         self.ttl = ttl
         self.key = key
+        self.bucket = bucket  # an application's own (framework.app.Streams.lease_bucket); JB_LEASE for the exchange
         self.replicas = replicas
         self.watchdog = watchdog
         self.poll = poll
@@ -160,7 +162,7 @@ class Lease:
         self._thread.start()
         self._ready.wait(15)
         if self._error is not None:
-            raise JetbookError(f"cannot use the lease bucket {LEASE_BUCKET}: {self._error!r}") from self._error
+            raise JetbookError(f"cannot use the lease bucket {self.bucket}: {self._error!r}") from self._error
 
     @property
     def failure(self) -> BaseException | None:
@@ -207,7 +209,7 @@ class Lease:
     async def _main(self) -> None:
         nc = await self._connect()
         try:
-            kv = await lease_bucket(nc.jetstream(), self.replicas)
+            kv = await lease_bucket(nc.jetstream(), self.replicas, self.bucket)
             self._ready.set()
             seen_rev, seen_at, seen_ttl = -1, 0.0, self.ttl
             while not self._closing:
@@ -277,7 +279,7 @@ class Lease:
         self.current_holder = self.holder
         log.info(
             "lease %s/%s acquired (%s; revision %d, TTL %.2fs)",
-            LEASE_BUCKET, self.key, "it was free" if free else "the previous holder stopped renewing", rev, self.ttl,
+            self.bucket, self.key, "it was free" if free else "the previous holder stopped renewing", rev, self.ttl,
         )  # fmt: skip
 
     async def _renew(self, kv: Any) -> None:
@@ -320,14 +322,14 @@ class Lease:
             return  # not renewed: validity runs out by itself, and the next renewal asks again
         if not free and record is not None and record.holder == self.holder:
             log.info("lease %s/%s: the record at revision %d is ours (a renewal answered late or lost in a "
-                     "reconnect); renewing from there", LEASE_BUCKET, self.key, rev)  # fmt: skip
+                     "reconnect); renewing from there", self.bucket, self.key, rev)  # fmt: skip
             self._rev = rev
             return
         if free or record is None:
             self.lost_reason = "the lease record is gone (it expired, or a restarted server lost it)"
         else:
             self.lost_reason = f"the lease was taken by engine {record.holder} (host {record.host}, pid {record.pid})"
-        log.warning("lease %s/%s: %s; stepping down", LEASE_BUCKET, self.key, self.lost_reason)
+        log.warning("lease %s/%s: %s; stepping down", self.bucket, self.key, self.lost_reason)
         self._lose()
 
     def _lose(self) -> None:
@@ -338,7 +340,7 @@ class Lease:
     async def _release(self, kv: Any) -> None:
         try:
             await kv.delete(self.key, last=self._rev)
-            log.info("lease %s/%s released", LEASE_BUCKET, self.key)
+            log.info("lease %s/%s released", self.bucket, self.key)
         except Exception as err:  # a standby then waits one TTL instead
             log.warning("lease not released (%s); a standby takes over after its TTL", err)
         self._holding = False

@@ -16,64 +16,49 @@ when the broker's fence refuses a batch (someone else wrote), it has lost:
 it drops its state (which may be ahead of the log), rebuilds it from snapshot
 and log, and becomes a standby. That is a step down, not a crash loop.
 
-Each batch of commands is decided, and its events are published as ADR-50
-atomic batches of at most 1000 messages, never splitting one command's events.
-The first message carries `Nats-Expected-Last-Sequence`: if anyone else wrote
-to JB_EVT since we last did, the broker refuses the whole batch. A commit that
-times out is ambiguous: the engine reads the stream tail to learn whether its
-batch landed before it tries again, so a command's events are never written
-twice. Retries back off (50 ms doubling to 2 s) and give way to a stop request.
+Each batch of commands is decided, and its events are committed to JB_EVT by
+the commit pipeline (engine/commit.py): ADR-50 atomic batches of at most 1000
+messages, never splitting one command's events, fenced with
+`Nats-Expected-Last-Sequence` (if anyone else wrote to JB_EVT since we last
+did, the broker refuses the whole batch), several in flight, an ambiguous
+commit resolved from the stream tail so that a command's events are never
+written twice. Before every batch is sent the pipeline asks this service
+whether the lease is still good (`_hold`).
 
 The active engine also writes a snapshot every `snapshot_every` events, at a
 batch boundary (so the state is exactly the log up to a sequence), forking a
 child to serialise it so matching does not wait.
+
+Nothing here is about the exchange: the service runs for an application
+(`app`, framework/app.py), whose decider gives the core that decides and folds,
+the codec, the state hash and snapshots, and whose `Streams` name the two
+streams, the snapshot bucket and the lease. JB_CMD and JB_EVT above are the
+exchange's (`engine.exchange.APP`, the default); examples/ledger is another.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import gc
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from engine.core import CHECKPOINT_EVERY, MAX_EVENTS_PER_COMMAND, Diverged, Engine
+from engine.commit import BACKOFF_FIRST_S, DEFAULT_INFLIGHT, CommitPipeline, Stopping
+from engine.exchange import APP as EXCHANGE
 from engine.lease import Lease
 from engine.snapshots import Captured, SnapshotStore, Tag, finish_capture, start_capture
-from events.model import Checkpoint, Event, UnknownEvent, decode
-from events.reader import (
-    BulkReader,
-    RawMsg,
-    ResumableReader,
-    StreamReader,
-    check_cmd_seq,
-    check_resume,
-    last_seq,
-)
-from protocol.errors import TRANSIENT, CorruptLog, Fenced, JetbookError, parse_puback
-from protocol.streams import ensure_streams
-from protocol.subjects import (
-    CMD_STREAM,
-    EVT_STREAM,
-    HDR_BATCH_COMMIT,
-    HDR_BATCH_ID,
-    HDR_BATCH_SEQ,
-    HDR_EXPECTED_LAST_SEQ,
-)
+from events.logged import check_cmd_seq, check_resume, decode_logged
+from events.stream_readers import BulkReader, RawMsg, ResumableReader, StreamReader, last_seq
+from framework.app import App, Core
+from framework.streams import ensure_app_streams
+from protocol.errors import TRANSIENT, CorruptLog, Fenced, JetbookError
 
 log = logging.getLogger("jetbook.engine")
 
-BACKOFF_FIRST_S = 0.05
-BACKOFF_MAX_S = 2.0
 DEFAULT_SNAPSHOT_EVERY = 100_000
-# Atomic batches whose commit may be in flight at once. Each one's expected last sequence is
-# the previous one's end, so the broker's fence holds for all of them: if one fails, every later
-# one is refused too, and the engine settles them in order (see _unwind).
-DEFAULT_INFLIGHT = 4
 FOLD_BATCH = 10_000
 FREEZE_EVERY = 10_000  # events between gc.freeze() calls
 IDLE_SNAPSHOT_AFTER = 10_000  # an idle engine snapshots once its tail is this long
@@ -92,10 +77,6 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-class Stopping(JetbookError):
-    """Asked to stop while a batch could not be committed; the next start resumes from the log."""
-
-
 class LeaseLost(JetbookError):
     """This engine's lease lapsed or was taken: it must not write, and its state may be ahead of the log."""
 
@@ -103,9 +84,9 @@ class LeaseLost(JetbookError):
 class LogDiverged(JetbookError):
     """The state folded from JB_EVT disagrees with a checkpoint in JB_EVT."""
 
-    def __init__(self, seq: int, cause: Diverged) -> None:
+    def __init__(self, seq: int, cause: Exception, stream: str = "JB_EVT") -> None:
         super().__init__(
-            f"JB_EVT {seq}: {cause}. The log was not produced by this core (or the state is corrupt); "
+            f"{stream} {seq}: {cause}. The log was not produced by this core (or the state is corrupt); "
             "refusing to go on. Compare with `jetbook replay verify`."
         )
         self.seq = seq
@@ -129,25 +110,27 @@ class _Cadence:
     finds out at the first command where the two disagree.
     """
 
-    __slots__ = ("cmd", "end", "every", "seen", "start")
+    __slots__ = ("cmd", "covers", "end", "every", "seen", "start")
 
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, covers: Callable[[Any], int | None]) -> None:
         self.every = every
+        self.covers = covers  # the sequence a checkpoint event covers; None for any other event
         self.cmd = -1  # the command whose events are being folded; -1 at a command boundary
         self.start = 0  # event count before its first event
         self.end = 0  # event count after its last non-checkpoint event
         self.seen = False  # its checkpoint was folded
 
-    def before(self, event: Event, count: int) -> None:
+    def before(self, event: Any, count: int) -> None:
         """Called with the event count before `event` is folded."""
         if event.cmd_seq != self.cmd:
             self.close()
             self.cmd, self.start, self.end, self.seen = event.cmd_seq, count, count, False
-        if isinstance(event, Checkpoint):
+        covers = self.covers(event)
+        if covers is not None:
             due = count // self.every > self.start // self.every
-            if self.seen or not due or event.covers_seq != count:
+            if self.seen or not due or covers != count:
                 raise CheckpointCadence(
-                    f"JB_EVT {count + 1} is a checkpoint covering {event.covers_seq} where an engine with "
+                    f"JB_EVT {count + 1} is a checkpoint covering {covers} where an engine with "
                     f"--checkpoint-every {self.every} would put none; start the engine with the interval the "
                     "log was written with"
                 )
@@ -168,33 +151,6 @@ class _Cadence:
         self.cmd = -1
 
 
-def batch_frames(batch_id: str, expected: int, payloads: list[tuple[str, bytes]]) -> bytes:
-    """HPUB frames for the first messages of an atomic batch (everything but the commit), in one buffer.
-
-    The same bytes nats-py's publish would write for each message with these
-    headers. The server checks `Nats-Expected-Last-Sequence` when the batch
-    commits (tested), so these frames may even precede the previous batch's
-    commit on the wire; the commits themselves go out in order.
-    """
-    head = f"NATS/1.0\r\n{HDR_BATCH_ID}: {batch_id}\r\n{HDR_BATCH_SEQ}: ".encode()
-    frames = []
-    for i, (subject, data) in enumerate(payloads, 1):
-        fence = f"{HDR_EXPECTED_LAST_SEQ}: {expected}\r\n" if i == 1 else ""
-        hdr = head + f"{i}\r\n{fence}\r\n".encode()
-        frames.append(b"HPUB %s %d %d\r\n%s%s\r\n" % (subject.encode(), len(hdr), len(hdr) + len(data), hdr, data))
-    return b"".join(frames)
-
-
-@dataclass(slots=True)
-class _Batch:
-    """An atomic batch whose commit request is out: its fence, its messages, and the pending reply."""
-
-    batch_id: str
-    expected: int  # Nats-Expected-Last-Sequence of its first message
-    payloads: list[tuple[str, bytes]]
-    reply: asyncio.Task[Any]
-
-
 class EngineService:
     def __init__(
         self,
@@ -203,20 +159,28 @@ class EngineService:
         max_batch: int = 1000,
         commit_timeout: float = 5.0,
         replicas: int = 1,
-        checkpoint_every: int = CHECKPOINT_EVERY,
+        checkpoint_every: int | None = None,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
         snapshot_keep: int = 3,
         fork_snapshots: bool = True,
         load_snapshots: bool = True,
         lease: Lease | None = None,
         inflight: int = DEFAULT_INFLIGHT,
+        app: App = EXCHANGE,
     ) -> None:
+        """`app` is the application this engine decides for (framework/app.py); checkpoint_every defaults to its
+        decider's interval."""
+        self.app = app
+        self.decider = app.decider
+        self.streams = app.streams
+        if checkpoint_every is None:
+            checkpoint_every = self.decider.checkpoint_every
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
         self.nc = nc
         self.js = nc.jetstream()
         self.checkpoint_every = checkpoint_every
-        self.engine = Engine(checkpoint_every=checkpoint_every)
+        self.engine: Core = self.decider.core(checkpoint_every=checkpoint_every)
         self.max_batch = max_batch
         self.commit_timeout = commit_timeout
         self.replicas = replicas
@@ -226,10 +190,11 @@ class EngineService:
         self.load_snapshots = load_snapshots  # False: always replay JB_EVT from the start (benchmarks, audits)
         self.lease = lease
         self.role = "starting"  # then "standby" / "active" (with a lease), "active" (without)
-        self.last_evt_seq = 0  # JB_EVT sequence of the newest event we know is stored
+        # JB_EVT out: atomic batches, fenced, `inflight` at once, each sent only while `_hold` says the lease is ours.
+        self.commits = CommitPipeline(
+            nc, js=self.js, inflight=inflight, timeout=commit_timeout, hold=self._hold, stream=self.streams.evt
+        )
         self.commands_done = 0
-        self.events_written = 0
-        self.commit_retries = 0
         self.takeovers = 0
         self.step_downs = 0
         self.recovered_from: Tag | None = None  # the snapshot the last recovery started from
@@ -239,27 +204,56 @@ class EngineService:
         self.snapshots_written = 0
         self.last_capture: Captured | None = None
         self.snapshots: SnapshotStore | None = None
-        self.stop = asyncio.Event()
         self.cmd_reader: StreamReader | None = None
-        self._cadence = _Cadence(checkpoint_every)
-        self._last_event = b""  # payload of JB_EVT[last_evt_seq], to tie a snapshot to this log
+        self._cadence = _Cadence(checkpoint_every, self.decider.checkpoint_covers)
+        self._last_folded = b""  # payload of the newest event folded into the state (b"": none, or not known)
         self._snapshot_task: asyncio.Task[None] | None = None
         self._frozen_at = 0  # event count at the last gc.freeze()
-        self.inflight = max(1, inflight)  # atomic batches committing at once
-        self._inflight: collections.deque[_Batch] = collections.deque()
-        from nats.nuid import NUID
 
-        self._nuid = NUID()
+    @property
+    def stop(self) -> asyncio.Event:
+        """Set: stop deciding; retries (commits, reads of a tail) give up with `Stopping`."""
+        return self.commits.stop
+
+    @stop.setter
+    def stop(self, event: asyncio.Event) -> None:
+        self.commits.stop = event
+
+    @property
+    def last_evt_seq(self) -> int:
+        """JB_EVT sequence of the newest event we know is stored (state and log agree up to it at a batch boundary)."""
+        return self.commits.last_seq
+
+    @property
+    def _last_event(self) -> bytes:
+        """The payload of JB_EVT[last_evt_seq], to tie a snapshot to this log (b"" when not known)."""
+        return self.commits.last_payload
+
+    @property
+    def events_written(self) -> int:
+        return self.commits.events
+
+    @property
+    def commit_retries(self) -> int:
+        """Back-offs: ambiguous commits, and reads of a stream's tail that JetStream did not answer."""
+        return self.commits.retries
+
+    @property
+    def inflight(self) -> int:
+        return self.commits.inflight
 
     # --- recovery ---------------------------------------------------------------------------------
 
     async def _open_snapshots(self) -> SnapshotStore:
         if self.snapshots is None:
-            self.snapshots = await SnapshotStore(self.js, keep=self.snapshot_keep).open(self.replicas)
+            store = SnapshotStore(
+                self.js, keep=self.snapshot_keep, bucket=self.streams.snapshot_bucket, decider=self.decider
+            )
+            self.snapshots = await store.open(self.replicas)
         return self.snapshots
 
     async def _event_at(self, seq: int) -> bytes:
-        msg = await self.js.get_msg(EVT_STREAM, seq)
+        msg = await self.js.get_msg(self.streams.evt, seq)
         return bytes(msg.data or b"")
 
     async def recover(self) -> None:
@@ -288,35 +282,35 @@ class EngineService:
 
     async def _recover(self) -> None:
         t0 = time.perf_counter()
-        target = await last_seq(self.js, EVT_STREAM)
-        self.engine = Engine(checkpoint_every=self.checkpoint_every)
-        self._cadence = _Cadence(self.checkpoint_every)
-        self._last_event = b""
+        target = await last_seq(self.js, self.streams.evt)
+        self.engine = self.decider.core(checkpoint_every=self.checkpoint_every)
+        self._cadence = _Cadence(self.checkpoint_every, self.decider.checkpoint_covers)
+        self._last_folded = b""
         self.recovered_from = None
         if target and self.load_snapshots:
             store = await self._open_snapshots()
             loaded = await store.load(target, self._event_at)
             if loaded is not None:
                 state, tag = loaded
-                self.engine = Engine(state, checkpoint_every=self.checkpoint_every)
+                self.engine = self.decider.core(state, checkpoint_every=self.checkpoint_every)
                 self.recovered_from = tag
                 self.snapshot_seq = max(self.snapshot_seq, tag.seq)
-                self._last_event = await self._event_at(tag.seq)
+                self._last_folded = await self._event_at(tag.seq)
             elif await store.tags():
-                log.warning("no usable snapshot: replaying JB_EVT from the start")
+                log.warning("no usable snapshot: replaying %s from the start", self.streams.evt)
         start = self.engine.state.event_count + 1
         if target >= start:
-            # A known range: read it without nats-py's per-message objects (events/reader.py BulkReader).
-            async with BulkReader(self.js, EVT_STREAM, start, target, chunk=FOLD_BATCH) as reader:
+            # A known range: read it without nats-py's per-message objects (events/stream_readers.py BulkReader).
+            async with BulkReader(self.js, self.streams.evt, start, target, chunk=FOLD_BATCH) as reader:
                 async for chunk in reader:
                     for seq, subject, data in zip(chunk.seqs, chunk.subjects, chunk.data, strict=True):
                         self._fold_one(seq, data, subject)
         self._cadence.close()
         await self._check_resume()
-        self.last_evt_seq = target
+        self.commits.reset(target, self._last_folded)
         self.recovery_folded = max(target - start + 1, 0)
         self.recovery_s = time.perf_counter() - t0
-        source = f"snapshot {self.recovered_from.name}" if self.recovered_from else "the start of JB_EVT"
+        source = f"snapshot {self.recovered_from.name}" if self.recovered_from else f"the start of {self.streams.evt}"
         log.info(
             "recovered %d events in %.2fs (from %s, %d events folded); resuming at command %d",
             target, self.recovery_s, source, self.recovery_folded, self.engine.state.last_cmd_seq + 1,
@@ -329,38 +323,34 @@ class EngineService:
         """One stored event into the state, checking sequence, checkpoint cadence and checkpoint hashes."""
         state = self.engine.state
         if seq != state.event_count + 1:
-            raise JetbookError(f"JB_EVT {seq} arrived while the state is at {state.event_count}")
-        try:
-            event = decode(data)
-        except UnknownEvent as err:
-            raise JetbookError(
-                f"JB_EVT {seq} ({_text(subject)}) is an event this engine does not know ({err}): "
-                "it was written by a newer jetbook; upgrade this engine"
-            ) from err
-        except Exception as err:
-            raise CorruptLog(seq, _text(subject), err) from err
-        check_cmd_seq(seq, _text(subject), state.last_cmd_seq if state.event_count else 0, event.cmd_seq)
+            raise JetbookError(f"{self.streams.evt} {seq} arrived while the state is at {state.event_count}")
+        text = _text(subject)
+        decider = self.decider
+        event = decode_logged(
+            seq, text, data, unknown_is_newer=True, decode=decider.decode, unknown=decider.unknown_event
+        )
+        check_cmd_seq(seq, text, state.last_cmd_seq if state.event_count else 0, event.cmd_seq)
         self._cadence.before(event, state.event_count)
         try:
             self.engine.apply(event, verify=True)
-        except Diverged as err:
-            raise LogDiverged(seq, err) from err
+        except decider.diverged as err:
+            raise LogDiverged(seq, err, self.streams.evt) from err
         except Exception as err:  # e.g. a fill of an order the state has never seen
             raise CorruptLog(
                 seq, _text(subject), f"does not apply to the state before it ({type(err).__name__}: {err})"
             ) from err
-        self._last_event = data
+        self._last_folded = data
 
     async def _check_resume(self) -> None:
         """Before deciding: the newest folded event names no command beyond JB_CMD's end (CorruptLog)."""
-        cmd_tail = await self._retry(lambda: last_seq(self.js, CMD_STREAM))
+        cmd_tail = await self._retry(lambda: last_seq(self.js, self.streams.cmd))
         check_resume(self.engine.state.event_count, self.engine.state.last_cmd_seq, cmd_tail)
 
     # --- roles --------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         self.stop = stop
-        await ensure_streams(self.js, self.replicas)
+        await ensure_app_streams(self.js, self.app, self.replicas)
         await self.recover()
         if self.lease is None:
             await self._lead(stop)
@@ -395,14 +385,15 @@ class EngineService:
         """Hot standby: fold JB_EVT as it is stored until the lease is ours, then up to the tail. False if stopped."""
         self.role = "standby"
         lease.want_lease()
-        log.info("standby: following JB_EVT from %d until the lease is ours", self.engine.state.event_count + 1)
-        reader = ResumableReader(self.nc, EVT_STREAM)
+        log.info("standby: following %s from %d until the lease is ours", self.streams.evt,
+                 self.engine.state.event_count + 1)  # fmt: skip
+        reader = ResumableReader(self.nc, self.streams.evt)
         try:
             while not stop.is_set():
                 if lease.failure is not None:
                     raise JetbookError(f"the lease thread stopped: {lease.failure!r}")
                 if lease.held():
-                    tail = await self._retry(lambda: last_seq(self.js, EVT_STREAM))
+                    tail = await self._retry(lambda: last_seq(self.js, self.streams.evt))
                     while self.engine.state.event_count < tail and not stop.is_set():
                         batch = await reader.next_batch(self.engine.state.event_count + 1, FOLD_BATCH, 1.0)
                         with _gc_paused():
@@ -424,12 +415,12 @@ class EngineService:
     async def _lead(self, stop: asyncio.Event) -> None:
         """Decide commands from the one after the last applied, until stopped (or the lease is lost)."""
         self.role = "active"
-        self.last_evt_seq = self.engine.state.event_count
+        self.commits.reset(self.engine.state.event_count, self._last_folded)
         if self.lease is not None:
             self.takeovers += 1
-        log.info("active: deciding from command %d (JB_EVT at %d)", self.engine.state.last_cmd_seq + 1,
+        log.info("active: deciding from command %d (%s at %d)", self.engine.state.last_cmd_seq + 1, self.streams.evt,
                  self.last_evt_seq)  # fmt: skip
-        reader = ResumableReader(self.nc, CMD_STREAM)
+        reader = ResumableReader(self.nc, self.streams.cmd)
         try:
             while not stop.is_set():
                 if self.lease is not None and self.lease.lost:
@@ -444,7 +435,7 @@ class EngineService:
                             await self.decide_and_send(batch)
                     # Commits stay in flight while commands keep coming; they are settled when the
                     # engine goes idle, and before a snapshot (which must match the log exactly).
-                    if self._inflight and (not batch or self._snapshot_due()):
+                    if self.commits.in_flight and (not batch or self._snapshot_due()):
                         await self.drain()
                 except Stopping:
                     log.warning("stopped with an uncommitted batch; the next start resumes from the log")
@@ -456,7 +447,7 @@ class EngineService:
             except Stopping:
                 pass
         finally:
-            self._abandon()
+            self.commits.abandon()
             await reader.stop()
 
     async def _retry(self, call: Any) -> Any:
@@ -466,16 +457,7 @@ class EngineService:
                 return await call()
             except TRANSIENT as err:
                 log.warning("JetStream not answering (%s); retrying", err)
-                delay = await self._back_off(delay)
-
-    async def _back_off(self, delay: float) -> float:
-        """Wait `delay` unless asked to stop; the next delay."""
-        self.commit_retries += 1
-        try:
-            await asyncio.wait_for(self.stop.wait(), delay)
-        except TimeoutError:
-            return min(delay * 2, BACKOFF_MAX_S)
-        raise Stopping("stop requested while retrying")
+                delay = await self.commits.back_off(delay)
 
     # --- snapshots ----------------------------------------------------------------------------------
 
@@ -503,7 +485,8 @@ class EngineService:
             or not self._last_event
         ):
             return
-        taken = start_capture(state, self._last_event, fork=self.fork_snapshots)  # synchronous: nothing slips in
+        # Synchronous: nothing slips in.
+        taken = start_capture(state, self._last_event, fork=self.fork_snapshots, decider=self.decider)
         self.snapshot_seq = state.event_count
         self._snapshot_task = asyncio.create_task(self._write_snapshot(taken))
 
@@ -546,10 +529,11 @@ class EngineService:
     async def decide_and_send(self, batch: list[Any]) -> None:
         """Decide each command and send its events; commits may still be in flight on return."""
         pending: list[tuple[str, bytes]] = []
+        max_events = self.decider.max_events_per_command  # one atomic batch
         for m in batch:
             self.engine.handle(m.seq, m.ts, m.subject, m.data)
             payloads = self.engine.payloads  # the core encodes: an event that cannot be encoded is a decision too
-            if len(pending) + len(payloads) > MAX_EVENTS_PER_COMMAND:
+            if len(pending) + len(payloads) > max_events:
                 await self.publish(pending)
                 pending = []
             pending.extend(payloads)
@@ -575,142 +559,9 @@ class EngineService:
             await asyncio.sleep(0.02)
 
     async def publish(self, payloads: list[tuple[str, bytes]]) -> None:
-        """Start appending encoded events (WAL subject, bytes) to JB_EVT as one atomic batch.
-
-        At most `inflight` commits wait at once.
-
-        The batch's fence is the end of the one before it, whether that one is
-        committed yet or not. `drain` waits for all of them; state and log
-        agree up to `last_evt_seq`, which only moves when a commit is confirmed.
-        """
-        while len(self._inflight) >= self.inflight:
-            await self._settle_oldest()
-        await self._hold()
-        expected = (
-            self._inflight[-1].expected + len(self._inflight[-1].payloads) if self._inflight else self.last_evt_seq
-        )
-        batch_id = self._nuid.next().decode()
-        reply = await self._start_batch(batch_id, expected, payloads)
-        self._inflight.append(_Batch(batch_id, expected, payloads, reply))
+        """Start committing one atomic batch of encoded events (engine/commit.py); `drain` waits for it."""
+        await self.commits.send(payloads)
 
     async def drain(self) -> None:
         """Wait until every batch in flight is committed (or the failure that stops us is known)."""
-        while self._inflight:
-            await self._settle_oldest()
-
-    def _abandon(self) -> None:
-        """Forget batches in flight (stopping, or stepping down): the log decides what landed."""
-        for b in self._inflight:
-            b.reply.cancel()
-        self._inflight.clear()
-
-    def _confirmed(self, expected: int, payloads: list[tuple[str, bytes]]) -> None:
-        self.last_evt_seq = expected + len(payloads)
-        self.events_written += len(payloads)
-        self._last_event = payloads[-1][1]
-
-    async def _settle_oldest(self) -> None:
-        b = self._inflight[0]
-        try:
-            ack = parse_puback((await b.reply).data)
-        except TRANSIENT as err:
-            log.warning("commit of batch %s is ambiguous (%s); reading the stream tail", b.batch_id, err)
-            await self._unwind()
-            return
-        except BaseException:
-            self._abandon()
-            raise
-        if int(ack["seq"]) != b.expected + len(b.payloads):
-            self._abandon()
-            raise JetbookError(f"batch stored at {ack['seq']}, expected {b.expected + len(b.payloads)}")
-        self._inflight.popleft()
-        self._confirmed(b.expected, b.payloads)
-
-    async def _unwind(self) -> None:
-        """The oldest batch in flight has an ambiguous commit; the ones after it were fenced on its end.
-
-        Wait for every later reply, then learn from the stream tail which
-        prefix of the batches landed (a batch can only land after the one
-        before it), and commit the rest again, one by one, each with the same
-        ambiguity check. Never writes a command's events twice.
-        """
-        batches = list(self._inflight)
-        self._inflight.clear()
-        await asyncio.gather(*(b.reply for b in batches[1:]), return_exceptions=True)
-        for i, b in enumerate(batches):
-            if not await self._landed(b.batch_id, b.expected, len(b.payloads)):
-                for rest in batches[i:]:
-                    await self._commit_serial(rest.payloads)
-                return
-            self._confirmed(b.expected, b.payloads)
-
-    async def _commit_serial(self, payloads: list[tuple[str, bytes]]) -> None:
-        """Append one batch and wait for its commit, retrying ambiguous commits (nothing else in flight)."""
-        expected = self.last_evt_seq
-        delay = BACKOFF_FIRST_S
-        while True:
-            await self._hold()
-            batch_id = self._nuid.next().decode()
-            try:
-                ack = parse_puback((await (await self._start_batch(batch_id, expected, payloads))).data)
-            except TRANSIENT as err:
-                log.warning("commit of batch %s is ambiguous (%s); reading the stream tail", batch_id, err)
-                if await self._landed(batch_id, expected, len(payloads)):
-                    break
-                delay = await self._back_off(delay)
-                continue
-            if int(ack["seq"]) != expected + len(payloads):
-                raise JetbookError(f"batch stored at {ack['seq']}, expected {expected + len(payloads)}")
-            break
-        self._confirmed(expected, payloads)
-
-    async def _start_batch(self, batch_id: str, expected: int, payloads: list[tuple[str, bytes]]) -> asyncio.Task[Any]:
-        """Publish a batch's messages; the commit's reply (the PubAck) arrives on the returned task.
-
-        All but the commit message go out as one buffer of HPUB frames: nats-py's publish costs
-        about 10 µs of Python per message (a header dict encoded, three buffer appends, a flush
-        check), which was a quarter of the engine's time. The commit goes through `request`,
-        behind them on the same connection, so the server sees the same frames in the same order.
-        """
-        n = len(payloads)
-        if not n:
-            raise AssertionError("empty batch")
-        send_raw = getattr(self.nc, "_send_command", None)  # nats-py's write buffer; fall back if it moves
-        if n > 1 and send_raw is not None:
-            await send_raw(batch_frames(batch_id, expected, payloads[:-1]))
-        else:
-            for i, (subject, data) in enumerate(payloads[:-1], 1):
-                headers = {HDR_BATCH_ID: batch_id, HDR_BATCH_SEQ: str(i)}
-                if i == 1:
-                    headers[HDR_EXPECTED_LAST_SEQ] = str(expected)
-                await self.nc.publish(subject, data, headers=headers)
-        subject, data = payloads[-1]
-        headers = {HDR_BATCH_ID: batch_id, HDR_BATCH_SEQ: str(n), HDR_BATCH_COMMIT: "1"}
-        if n == 1:
-            headers[HDR_EXPECTED_LAST_SEQ] = str(expected)
-        return asyncio.ensure_future(self.nc.request(subject, data, timeout=self.commit_timeout, headers=headers))
-
-    async def _landed(self, batch_id: str, expected: int, n: int) -> bool:
-        """After an ambiguous commit: True if our batch is in JB_EVT, False if nothing was written after `expected`.
-
-        The batch landed iff the log reaches its end and the message there is
-        ours (batches after it may have landed too). If the server applies the
-        lost commit only after we read an unchanged tail, our retry carries the
-        same expected sequence and is refused by the fence: the engine steps
-        down and rebuilds from the log, which holds the batch once. A slow
-        commit costs a resync, never a duplicate.
-        """
-        delay = BACKOFF_FIRST_S
-        while True:
-            try:
-                tail = await last_seq(self.js, EVT_STREAM)
-                if tail == expected:
-                    return False
-                if tail >= expected + n:
-                    msg = await self.js.get_msg(EVT_STREAM, expected + n)
-                    if (msg.headers or {}).get(HDR_BATCH_ID) == batch_id:
-                        return True
-                raise Fenced(400, 10071, f"JB_EVT moved from {expected} to {tail} under another writer")
-            except TRANSIENT as err:
-                log.warning("stream tail not readable yet (%s); retrying", err)
-                delay = await self._back_off(delay)
+        await self.commits.drain()

@@ -30,6 +30,10 @@ lease with it, so `capture` forks: the child serialises its copy-on-write
 image of the state and writes the bytes to a pipe, and the parent only pays
 for the fork (like Redis's BGSAVE). Where fork is missing, it serialises
 inline.
+
+The state's bytes, hash and fingerprint are the decider's (framework/app.py):
+the exchange's by default, whose `CORE` is computed below; an application
+passes its own decider and bucket (`SnapshotStore(..., bucket=, decider=)`).
 """
 
 from __future__ import annotations
@@ -50,9 +54,17 @@ from typing import Any, Final
 import nats.js.errors
 from nats.js.api import DeliverPolicy, ObjectInfo, ObjectMeta, ObjectMetaOptions, StorageType
 
+import commands.model
 import engine.book
 import engine.core
-from engine.core import State, restore, snapshot, state_hash
+import engine.decide
+import engine.evolve
+import engine.state
+import events.model
+import protocol.reasons
+import protocol.subjects
+import protocol.vocab
+from framework.app import Decider
 
 log = logging.getLogger("jetbook.snapshots")
 
@@ -68,10 +80,19 @@ H_EVENT: Final = "Jetbook-Event-Digest"
 H_CORE: Final = "Jetbook-Core"
 
 
+# Every module whose source decides what a state is or what events a command gives: the engine's parts,
+# the command parser, the event models and the vocabularies they share. A snapshot made by any other
+# version of any of them is not trusted on its digest alone.
+CORE_MODULES: Final = (
+    engine.core, engine.state, engine.decide, engine.evolve, engine.book, commands.model, events.model,
+    protocol.reasons, protocol.vocab, protocol.subjects,
+)  # fmt: skip
+
+
 def core_fingerprint() -> str:
-    """Changes whenever the code that defines the state or its encoding changes."""
+    """Changes whenever the code that defines the state, the rules or the encoding changes."""
     digest = hashlib.sha256()
-    for module in (engine.core, engine.book):
+    for module in CORE_MODULES:
         digest.update(inspect.getsource(module).encode())
     return digest.hexdigest()[:16]
 
@@ -128,26 +149,41 @@ def _event_digest(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def _hash_is_sha256_of_snapshot() -> bool:
-    """The tag's hash is computed as sha256 of the bytes; that is only `state_hash` if the core defines it so."""
-    empty = State()
-    return state_hash(empty) == hashlib.sha256(snapshot(empty)).hexdigest()
+def _decider(decider: Decider | None) -> Decider:
+    """The application's decider; the exchange's when none is named (imported late: it imports this module)."""
+    if decider is not None:
+        return decider
+    from engine.exchange import DECIDER
+
+    return DECIDER
 
 
-HASH_OF_BYTES: Final = _hash_is_sha256_of_snapshot()
+_HASH_OF_BYTES: dict[int, bool] = {}
 
 
-def _hash(state: State, data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest() if HASH_OF_BYTES else state_hash(state)
+def hash_of_bytes(decider: Decider) -> bool:
+    """The tag's hash is computed as sha256 of the bytes; that is only `state_hash` if the decider defines it so."""
+    known = _HASH_OF_BYTES.get(id(decider))
+    if known is None:
+        empty = decider.initial_state()
+        known = _HASH_OF_BYTES[id(decider)] = (
+            decider.state_hash(empty) == hashlib.sha256(decider.snapshot(empty)).hexdigest()
+        )
+    return known
 
 
-def capture_inline(state: State, last_event: bytes) -> Captured:
+def _hash(decider: Decider, state: Any, data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest() if hash_of_bytes(decider) else decider.state_hash(state)
+
+
+def capture_inline(state: Any, last_event: bytes, decider: Decider | None = None) -> Captured:
+    d = _decider(decider)
     t0 = time.perf_counter()
-    data = snapshot(state)
-    digest = _hash(state, data)
+    data = d.snapshot(state)
+    digest = _hash(d, state, data)
     took = time.perf_counter() - t0
-    return Captured(data, Tag(state.event_count, state.last_cmd_seq, digest, _event_digest(last_event), CORE),
-                    took, took, False)  # fmt: skip
+    tag = Tag(state.event_count, state.last_cmd_seq, digest, _event_digest(last_event), d.fingerprint)
+    return Captured(data, tag, took, took, False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,9 +196,10 @@ class Forked:
     cmd_seq: int
     event_digest: str
     stall_s: float
+    core: str  # the decider's fingerprint
 
 
-def _child_write(state: State, fd: int) -> None:
+def _child_write(state: Any, fd: int, decider: Decider) -> None:
     """In the forked child: serialise and write to the pipe, then leave without running any cleanup."""
     status = 1
     try:
@@ -175,8 +212,8 @@ def _child_write(state: State, fd: int) -> None:
         if DIE_WITH_PARENT is not None:
             DIE_WITH_PARENT()
         t0 = time.perf_counter()
-        data = snapshot(state)
-        digest = _hash(state, data)
+        data = decider.snapshot(state)
+        digest = _hash(decider, state, data)
         took = time.perf_counter() - t0
         with os.fdopen(fd, "wb") as pipe:
             pipe.write(f"{took:.6f} {digest}\n".encode())
@@ -186,22 +223,27 @@ def _child_write(state: State, fd: int) -> None:
         os._exit(status)
 
 
-def start_capture(state: State, last_event: bytes, *, fork: bool = True) -> Forked | Captured:
+def start_capture(
+    state: Any, last_event: bytes, *, fork: bool = True, decider: Decider | None = None
+) -> Forked | Captured:
     """Take a snapshot of `state` as it is at this instant; synchronous, so no event can slip in.
 
     With fork, returns at once (the loop pays only for the fork) and
     `finish_capture` collects the bytes; without, serialises here.
     """
+    d = _decider(decider)
     if not fork or not hasattr(os, "fork"):
-        return capture_inline(state, last_event)
+        return capture_inline(state, last_event, d)
+    hash_of_bytes(d)  # known before the fork, so the child does not work it out
     t0 = time.perf_counter()
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child never returns
         os.close(r)
-        _child_write(state, w)
+        _child_write(state, w, d)
     os.close(w)
-    return Forked(pid, r, state.event_count, state.last_cmd_seq, _event_digest(last_event), time.perf_counter() - t0)
+    return Forked(pid, r, state.event_count, state.last_cmd_seq, _event_digest(last_event), time.perf_counter() - t0,
+                  d.fingerprint)  # fmt: skip
 
 
 def _read_all(fd: int) -> bytes:
@@ -219,19 +261,22 @@ async def finish_capture(taken: Forked | Captured) -> Captured:
     if status != 0 or not sep:
         raise RuntimeError(f"snapshot child exited with status {status}")
     took, digest = head.decode().split()
-    tag = Tag(taken.seq, taken.cmd_seq, digest, taken.event_digest, CORE)
+    tag = Tag(taken.seq, taken.cmd_seq, digest, taken.event_digest, taken.core)
     return Captured(data, tag, taken.stall_s, float(took), True)
 
 
-async def capture(state: State, last_event: bytes, *, fork: bool = True) -> Captured:
-    return await finish_capture(start_capture(state, last_event, fork=fork))
+async def capture(state: Any, last_event: bytes, *, fork: bool = True, decider: Decider | None = None) -> Captured:
+    return await finish_capture(start_capture(state, last_event, fork=fork, decider=decider))
 
 
 class SnapshotStore:
-    def __init__(self, js: Any, *, keep: int = DEFAULT_KEEP, bucket: str = SNAP_BUCKET) -> None:
+    def __init__(
+        self, js: Any, *, keep: int = DEFAULT_KEEP, bucket: str = SNAP_BUCKET, decider: Decider | None = None
+    ) -> None:
         self.js = js
         self.keep = max(keep, 1)
         self.bucket = bucket
+        self.decider = _decider(decider)  # restores and checks what it loads
         self._obj: Any = None
 
     async def open(self, replicas: int = 1) -> SnapshotStore:
@@ -340,7 +385,7 @@ class SnapshotStore:
             raise nats.js.errors.DigestMismatchError
         return b"".join(parts)
 
-    async def load(self, evt_tail: int, event_at: Any) -> tuple[State, Tag] | None:
+    async def load(self, evt_tail: int, event_at: Any) -> tuple[Any, Tag] | None:
         """The newest snapshot that checks out against this log, restored; None means replay from the start.
 
         `event_at(seq)` returns the JB_EVT payload at `seq` (to tie a snapshot to this very log).
@@ -375,14 +420,15 @@ class SnapshotStore:
             return f"it was taken from another log (JB_EVT {tag.seq} differs)"
         return None
 
-    @staticmethod
-    def _restore(tag: Tag, data: bytes) -> tuple[State | None, str]:
-        if HASH_OF_BYTES and hashlib.sha256(data).hexdigest() != tag.state_hash:
+    def _restore(self, tag: Tag, data: bytes) -> tuple[Any, str]:
+        decider = self.decider
+        of_bytes = hash_of_bytes(decider)
+        if of_bytes and hashlib.sha256(data).hexdigest() != tag.state_hash:
             return None, "its bytes do not hash to its tag"
         enabled = gc.isenabled()
         gc.disable()  # restore builds the whole state: a cyclic collection would traverse it again and again
         try:
-            state = restore(data)
+            state = decider.restore(data)
         except Exception as err:
             return None, f"undecodable ({type(err).__name__}: {err})"
         finally:
@@ -390,12 +436,13 @@ class SnapshotStore:
                 gc.enable()
         if state.event_count != tag.seq or state.last_cmd_seq != tag.cmd_seq:
             return None, f"it restores to event {state.event_count}, command {state.last_cmd_seq}, not its tag"
-        if tag.core != CORE or not HASH_OF_BYTES:
+        if tag.core != decider.fingerprint or not of_bytes:
             # Written by another build of the core: restore and snapshot may no longer be inverses.
-            actual = state_hash(state)
+            actual = decider.state_hash(state)
             if actual != tag.state_hash:
                 return None, f"written by core {tag.core}; restored here it hashes to {actual[:16]}"
-            log.info("snapshot %s from core %s re-hashed under core %s: identical", tag.name, tag.core, CORE)
+            log.info("snapshot %s from core %s re-hashed under core %s: identical", tag.name, tag.core,
+                     decider.fingerprint)  # fmt: skip
         return state, ""
 
 

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from events.model import Fill, decode
-from events.reader import StreamReader, batches
+from events.stream_readers import StreamReader, batches
 from protocol.subjects import EVT_STREAM, evt_filter
 
 

@@ -13,23 +13,28 @@ from typing import Any, ClassVar, Final
 
 import msgpack
 
+from protocol.reasons import Reason
+from protocol.vocab import MarketKind, MarketState, Phase
+
 # Events are slotted dataclasses without `frozen`: a frozen dataclass costs about 2 µs to build
 # with this many fields (object.__setattr__ per field), 7x a plain one, and the engine builds
 # one per fill. Nothing mutates an event after decide returns it.
+# They are keyword-only: an event has up to 16 fields, and a positional call that swaps two ints
+# would still type-check. `type` is the wire name of the event, as `type` is a command's.
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Event:
-    TYPE: ClassVar[str] = ""
+    type: ClassVar[str] = ""
     market_id: str
     cmd_seq: int  # JB_CMD sequence of the command that caused this event
     ts: int  # that command's JetStream timestamp, ns since the epoch
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class MarketCreated(Event):
-    TYPE: ClassVar[str] = "market_created"
-    kind: str  # "pair" | "odds"
+    type: ClassVar[str] = "market_created"
+    kind: MarketKind
     base: str
     quote: str
     tick_size: int
@@ -42,35 +47,35 @@ class MarketCreated(Event):
     runners: list[list[str]]  # [[runner_id, label], ...]; [] for pairs
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class RunnerAdded(Event):
-    TYPE: ClassVar[str] = "runner_added"
+    type: ClassVar[str] = "runner_added"
     runner_id: str
     label: str
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class MarketStateChanged(Event):
-    TYPE: ClassVar[str] = "market_state_changed"
-    state: str
-    phase: str
-    previous_state: str
-    previous_phase: str
+    type: ClassVar[str] = "market_state_changed"
+    state: MarketState
+    phase: Phase
+    previous_state: MarketState
+    previous_phase: Phase
     cause: str  # the command type that caused it
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class RiskLimitsSet(Event):
-    TYPE: ClassVar[str] = "risk_limits_set"
+    type: ClassVar[str] = "risk_limits_set"
     account_id: str
     max_order_qty: int | None
     max_open_orders: int | None
     max_open_exposure: int | None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class OrderAccepted(Event):
-    TYPE: ClassVar[str] = "order_accepted"
+    type: ClassVar[str] = "order_accepted"
     order_id: int
     account_id: str
     client_order_id: str
@@ -85,9 +90,9 @@ class OrderAccepted(Event):
     persistence: str
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class OrderAmended(Event):
-    TYPE: ClassVar[str] = "order_amended"
+    type: ClassVar[str] = "order_amended"
     order_id: int
     account_id: str
     client_order_id: str
@@ -101,9 +106,9 @@ class OrderAmended(Event):
     runner: str | None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Fill(Event):
-    TYPE: ClassVar[str] = "fill"
+    type: ClassVar[str] = "fill"
     trade_id: int
     price: int
     qty: int
@@ -119,9 +124,9 @@ class Fill(Event):
     runner: str | None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class OrderCancelled(Event):
-    TYPE: ClassVar[str] = "order_cancelled"
+    type: ClassVar[str] = "order_cancelled"
     order_id: int
     account_id: str
     client_order_id: str
@@ -133,28 +138,28 @@ class OrderCancelled(Event):
     was_resting: bool  # False for the unfilled rest of a taker, which never reached the book
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class OrdersCancelled(Event):
     """Many orders at once (cancel_all, close, void, going in play), chunked to fit one atomic batch."""
 
-    TYPE: ClassVar[str] = "orders_cancelled"
+    type: ClassVar[str] = "orders_cancelled"
     reason: str  # "cancel_all" | "market_closed" | "market_voided" | "lapsed"
     account_id: str | None  # the account of a cancel_all; None for market-wide cancels
     orders: list[list[Any]]  # [[order_id, account_id, client_order_id, side, price, cancelled_qty, runner], ...]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class MarketSettled(Event):
-    TYPE: ClassVar[str] = "market_settled"
+    type: ClassVar[str] = "market_settled"
     winner: str | None  # odds markets
     price: int | None  # pair markets: the settlement price
     pnl: list[list[Any]]  # [[account_id, realised pnl], ...] by account id
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Rejected(Event):
-    TYPE: ClassVar[str] = "rejected"
-    reason: str
+    type: ClassVar[str] = "rejected"
+    reason: Reason
     detail: str
     account_id: str | None = None
     command_type: str | None = None
@@ -166,17 +171,17 @@ class Rejected(Event):
 ENGINE_MARKET: Final = "_engine"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Checkpoint(Event):
     """Every N events the engine states its hash, so any follower can detect divergence where it happens."""
 
-    TYPE: ClassVar[str] = "checkpoint"
+    type: ClassVar[str] = "checkpoint"
     covers_seq: int  # the JB_EVT sequence of the last event the hash covers (the one before this checkpoint)
     state_hash: str  # engine.core.state_hash of the state right after event `covers_seq`
 
 
 EVENT_TYPES: Final[dict[str, type[Event]]] = {
-    cls.TYPE: cls
+    cls.type: cls
     for cls in (
         MarketCreated, RunnerAdded, MarketStateChanged, RiskLimitsSet, OrderAccepted, OrderAmended, Fill,
         OrderCancelled, OrdersCancelled, MarketSettled, Rejected, Checkpoint,
@@ -188,7 +193,7 @@ _FIELDS: Final[dict[type[Event], tuple[str, ...]]] = {
 
 
 def to_wire(event: Event) -> dict[str, Any]:
-    body: dict[str, Any] = {"type": event.TYPE}
+    body: dict[str, Any] = {"type": event.type}
     for name in _FIELDS[type(event)]:
         body[name] = getattr(event, name)
     return body
@@ -199,7 +204,7 @@ def encode(event: Event) -> bytes:
 
 
 def _encoder_source(cls: type[Event]) -> str:
-    items = ", ".join([f"'type': {cls.TYPE!r}", *(f"{name!r}: e.{name}" for name in _FIELDS[cls])])
+    items = ", ".join([f"'type': {cls.type!r}", *(f"{name!r}: e.{name}" for name in _FIELDS[cls])])
     return f"lambda e: pack({{{items}}})"
 
 

@@ -25,7 +25,7 @@ import msgpack
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from events.model import Event, decode
-from events.reader import RawMsg, harden
+from events.stream_readers import RawMsg, harden
 from protocol.errors import TRANSIENT
 from protocol.subjects import ACCT_STREAM, HDR_EVT_SEQ, TAPE_STREAM, acct_filter, tape_filter
 

@@ -15,7 +15,7 @@ import asyncio
 from typing import Any
 
 from events.model import Event, decode
-from events.reader import StreamReader, last_seq
+from events.stream_readers import StreamReader, last_seq
 from protocol.subjects import EVT_STREAM, HDR_BATCH_COMMIT
 
 

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from jetbook.cli_common import Market, Url, client_call
+from jetbook.query_cli import query as query_command
+from jetbook.query_cli import query_service as query_service_command
 from jetbook.replay_cli import replay_app
 from jetbook.settings import DEFAULT_URL, log_level
 from jetbook.submit_cli import fills as fills_command
@@ -203,6 +205,8 @@ def demo(nats_url: Url = DEFAULT_URL, market: Market = "ETH-USDC") -> None:
 
 
 app.command("fills")(fills_command)
+app.command("query-service")(query_service_command)
+app.command("query")(query_command)
 
 
 @app.command()
@@ -213,38 +217,25 @@ def book(
     runner: Annotated[str | None, typer.Option(help="Odds markets: one runner; all if absent.")] = None,
 ) -> None:
     """Print a market's book from the read model (what the projection has folded so far)."""
+    from projections import queries
+
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        con.execute("SELECT 1 FROM projection_position")
+        queries.position(con)
     except sqlite3.Error as err:
         typer.echo(f"error: no read model at {db} ({err}); is `jetbook up` or `jetbook project` running?", err=True)
         raise typer.Exit(2) from err
-    (pos,) = con.execute("SELECT COALESCE(MAX(last_seq), 0) FROM projection_position").fetchone()
-    row = con.execute("SELECT kind, state, phase FROM markets WHERE market_id = ?", (market,)).fetchone()
-    if row is None:
-        typer.echo(f"{market}: no such market at JB_EVT seq {pos}")
+    answer = queries.at(con, lambda c: queries.snapshot(c, market, depth, runner))
+    snap = answer.value
+    if snap is None:
+        typer.echo(f"{market}: no such market at JB_EVT seq {answer.at_seq}")
         raise typer.Exit(1)
-    kind, state, phase = row
-    typer.echo(f"{market} ({kind}, {state}, {phase}) at JB_EVT seq {pos}")
-    if kind == "pair":
-        books, (ask_side, bid_side) = [("", "")], ("sell", "buy")
-    else:
-        books = con.execute(
-            "SELECT runner_id, label FROM runners WHERE market_id = ? AND (? IS NULL OR runner_id = ?)"
-            " ORDER BY added_seq, runner_id",
-            (market, runner, runner),
-        ).fetchall()
-        ask_side, bid_side = "back", "lay"
-    q = (
-        "SELECT price, qty, orders FROM book_levels WHERE market_id = ? AND runner = ? AND side = ?"
-        " ORDER BY price {} LIMIT ?"
-    )
-    for runner_id, label in books:
-        if runner_id:
-            typer.echo(f" {runner_id} ({label})")
-        asks = con.execute(q.format("ASC"), (market, runner_id, ask_side, depth)).fetchall()
-        bids = con.execute(q.format("DESC"), (market, runner_id, bid_side, depth)).fetchall()
-        for price, qty, n in reversed(asks):
-            typer.echo(f"  {ask_side:<4} {price:>12} {qty:>10}  ({n} orders)")
-        for price, qty, n in bids:
-            typer.echo(f"  {bid_side:<4} {price:>12} {qty:>10}  ({n} orders)")
+    m = snap["market"]
+    typer.echo(f"{market} ({m['kind']}, {m['state']}, {m['phase']}) at JB_EVT seq {answer.at_seq}")
+    for ladder in snap["ladders"]:
+        if ladder["runner"]:
+            typer.echo(f" {ladder['runner']} ({ladder['label']})")
+        for level in reversed(ladder["asks"]):
+            typer.echo(f"  {ladder['ask_side']:<4} {level['price']:>12} {level['qty']:>10}  ({level['orders']} orders)")
+        for level in ladder["bids"]:
+            typer.echo(f"  {ladder['bid_side']:<4} {level['price']:>12} {level['qty']:>10}  ({level['orders']} orders)")

@@ -17,8 +17,9 @@ from commands.client import CommandClient
 from engine.core import Engine
 from events.model import Event, Fill, MarketCreated, OrderAccepted, Rejected
 from events.watch import EventWatcher
+from protocol.vocab import Side
 
-ORDERS = [
+ORDERS: list[tuple[str, Side, int, int]] = [
     ("alice", "sell", 300_000, 10),
     ("alice", "sell", 301_000, 5),
     ("bob", "buy", 299_000, 8),

@@ -68,9 +68,13 @@ ROLE_PUBLISH: dict[str, list[str]] = {
     "fanout": [*_read("JB_EVT"), *_define("JB_ACCT", "JB_TAPE"), *_read("JB_ACCT"), *_read("JB_TAPE"),
                "jb.acct.>", "jb.tape.>"],
     # Trades on behalf of its logged-in users; serves each one their private view. No market control.
-    "gateway": ["jb.cmd.>", *_read("JB_EVT"), *_read("JB_ACCT"), *_read("JB_TAPE")],
+    "gateway": ["jb.cmd.>", "jb.qry.>", *_read("JB_EVT"), *_read("JB_ACCT"), *_read("JB_TAPE")],
     # Market control and commands for any account (demo, submit, replay, fills, bench clients).
-    "operator": ["jb.ctl.>", "jb.cmd.>", *_read("JB_CMD"), *_read("JB_EVT"), *_read("JB_ACCT"), *_read("JB_TAPE")],
+    "operator": ["jb.ctl.>", "jb.cmd.>", "jb.qry.>", "$SRV.>",
+                 *_read("JB_CMD"), *_read("JB_EVT"), *_read("JB_ACCT"), *_read("JB_TAPE")],
+    # The query service (projections/query_service.py): JB_CMD's last sequence and JB_EVT's last message, for
+    # strong reads; it answers requests through allow_responses. It may ask queries too (`jetbook query`).
+    "query": ["jb.qry.>", "$JS.API.STREAM.INFO.JB_CMD", "$JS.API.DIRECT.GET.JB_EVT"],
 }  # fmt: skip
 
 ROLE_SUBSCRIBE: dict[str, list[str]] = {
@@ -79,7 +83,15 @@ ROLE_SUBSCRIBE: dict[str, list[str]] = {
     "fanout": [],
     "gateway": ["jb.evt.>", "jb.acct.>", "jb.tape.>"],
     "operator": ["jb.evt.>", "jb.acct.>", "jb.tape.>"],
+    # its endpoints, and nats.micro's discovery subjects for its own service name only
+    "query": ["jb.qry.>", "$SRV.PING", "$SRV.INFO", "$SRV.STATS", "$SRV.*.jetbook-query", "$SRV.*.jetbook-query.*"],
 }
+
+# Services that answer requests: they may publish a reply to the reply subject of a request they received
+# (nats-server's allow_responses), whoever's inbox it is, and nowhere else through it. max 2: the query service's
+# connection gets each request twice (its endpoint, and the catch-all that answers unknown names), and with max 1
+# the server refuses the one real answer (tried).
+RESPONDERS = ("query",)
 
 
 def trader_publish(account: str) -> list[str]:
@@ -109,10 +121,13 @@ def permissions(user: str) -> dict[str, Any]:
         if user == "engine"
         else DENY_ALL_BUT_ENGINE
     )
-    return {
+    perms: dict[str, Any] = {
         "publish": {"allow": pub, "deny": deny},
         "subscribe": {"allow": [f"_INBOX_{user}.>", *sub], "deny": ["_INBOX.>"]},
     }
+    if user in RESPONDERS:
+        perms["allow_responses"] = {"max": 2}
+    return perms
 
 
 def server_config(

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 DEFAULT_URL = "nats://127.0.0.1:4222"  # where `jetbook up` puts its embedded server by default
 CREDENTIALS_FILE = "credentials.json"
-ROLES = ("engine", "projection", "fanout", "gateway", "operator")  # service users; any other user is a trader
+ROLES = ("engine", "projection", "fanout", "gateway", "operator", "query")  # service users; any other user is a trader
 DEFAULT_TRADERS = ("alice", "bob", "carol", "dave")  # the accounts of the README and the demo
 
 

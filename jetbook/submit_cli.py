@@ -9,12 +9,13 @@ reason code, and there is no second copy of the validation rules.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
 from jetbook.cli_common import Account, Market, Url, client_call
 from jetbook.settings import DEFAULT_URL
+from protocol.vocab import MarketKind, OrderType, Persistence, SettableState, Side, Stp, Tif
 
 submit_app = typer.Typer(no_args_is_help=True, help="Publish one command and print the events it caused.")
 
@@ -105,7 +106,8 @@ def create_market(
     if runner:
         runners = [list(r.split("=", 1)) if "=" in r else [r, r] for r in runner]
     command = CreateMarket(
-        market_id=market, base=base if kind == "pair" else "", quote=quote, kind=kind, tick_size=tick_size,
+        market_id=market, base=base if kind == "pair" else "", quote=quote, kind=cast(MarketKind, kind),
+        tick_size=tick_size,
         lot_size=lot_size, min_qty=min_qty, max_qty=max_qty or MAX_QTY, min_price=min_price, max_price=max_price,
         band_bps=band_bps, runners=runners,
     )  # fmt: skip
@@ -136,7 +138,7 @@ def market_state(
     commands: dict[str, Any] = {
         "await-live": AwaitLive(), "go-live": GoLive(), "close": CloseMarket(), "void": VoidMarket(),
     }  # fmt: skip
-    command = commands.get(to) or SetMarketState(state=to)
+    command = commands.get(to) or SetMarketState(state=cast(SettableState, to))  # parse checks it before sending
     _send(nats_url, market, None, command, wait)
 
 
@@ -197,10 +199,13 @@ def place(
 
     from commands.model import PlaceOrder
 
+    # The option values are plain strings here; _send checks the whole command with the engine's own parse
+    # before connecting, so the casts only carry them to that check.
     command = PlaceOrder(
-        client_order_id=client_order_id or f"cli-{NUID().next().decode()}", side=side, qty=qty, price=price,
-        order_type=order_type, protection_price=protection_price, tif=tif, stp=stp or "cancel_resting",
-        persistence=persistence or "lapse", runner=runner,
+        client_order_id=client_order_id or f"cli-{NUID().next().decode()}", side=cast(Side, side), qty=qty,
+        price=price, order_type=cast(OrderType, order_type), protection_price=protection_price,
+        tif=cast(Tif | None, tif), stp=cast(Stp, stp or "cancel_resting"),
+        persistence=cast(Persistence, persistence or "lapse"), runner=runner,
     )  # fmt: skip
     _send(nats_url, market, account, command, wait, msg_id)
 

@@ -29,7 +29,7 @@ from protocol.process import DIE_WITH_PARENT
 from protocol.streams import ensure_streams
 
 console = Console(highlight=False)
-COLORS = {"engine": "cyan", "project": "magenta", "fanout": "green"}
+COLORS = {"engine": "cyan", "project": "magenta", "fanout": "green", "query": "yellow"}
 
 
 async def _pump(name: str, stream: asyncio.StreamReader) -> None:
@@ -105,6 +105,7 @@ def role_commands(url: str, db: Path, replicas: int) -> dict[str, tuple[list[str
         "engine": (["engine", "--nats-url", url, "--replicas", str(replicas)], "engine"),
         "project": (["project", "--nats-url", url, "--db", str(db)], "projection"),
         "fanout": (["fanout", "--nats-url", url, "--replicas", str(replicas)], "fanout"),
+        "query": (["query-service", "--nats-url", url, "--db", str(db)], "query"),
     }
 
 

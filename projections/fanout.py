@@ -44,6 +44,7 @@ import msgpack
 import nats.errors
 import nats.js.errors
 
+from events.logged import decode_logged
 from events.model import (
     Event,
     Fill,
@@ -54,11 +55,10 @@ from events.model import (
     OrdersCancelled,
     Rejected,
     RiskLimitsSet,
-    decode,
     encode,
 )
-from events.reader import RawMsg, ResumableReader
-from protocol.errors import TRANSIENT, CorruptLog, JetbookError
+from events.stream_readers import ResumableReader
+from protocol.errors import TRANSIENT, JetbookError
 from protocol.streams import ensure_fanout_streams
 from protocol.subjects import (
     ACCT_STREAM,
@@ -105,7 +105,7 @@ def trade(seq: int, fill: Fill) -> dict[str, Any]:
 
 
 def _acct(seq: int, account: str, event: Event, data: bytes) -> Out:
-    return Out(ACCT_STREAM, acct_subject(account, event.market_id, event.TYPE), data, f"{seq}.{account}")
+    return Out(ACCT_STREAM, acct_subject(account, event.market_id, event.type), data, f"{seq}.{account}")
 
 
 def outputs(seq: int, event: Event, raw: bytes) -> list[Out]:
@@ -211,7 +211,11 @@ class FanOut:
                 msgs = await reader.next_batch(self.position + 1, self.batch, 0.25)
                 if not msgs:
                     continue
-                outs = [o for m in msgs for o in _skip(tails, m.seq, outputs(m.seq, _decode(m), m.data))]
+                outs = [
+                    o
+                    for m in msgs
+                    for o in _skip(tails, m.seq, outputs(m.seq, decode_logged(m.seq, m.subject, m.data), m.data))
+                ]
                 await self._publish(outs, expected)
                 self.position = msgs[-1].seq
         finally:
@@ -243,13 +247,6 @@ class FanOut:
 
 class _Resync(JetbookError):
     """Our picture of an output stream's end is stale: read the tails again."""
-
-
-def _decode(m: RawMsg) -> Event:
-    try:
-        return decode(m.data)
-    except Exception as err:
-        raise CorruptLog(m.seq, m.subject, err) from err
 
 
 def _skip(tails: dict[str, Tail], seq: int, outs: list[Out]) -> list[tuple[int, Out]]:

@@ -35,6 +35,7 @@ from events.model import (
     RiskLimitsSet,
     RunnerAdded,
 )
+from projections import queries
 from protocol.errors import CorruptLog
 
 Key = tuple[str, int]
@@ -186,7 +187,7 @@ def plan(batch: Iterable[tuple[int, Event]]) -> Writes:
 
 
 SCHEMA = resources.files("projections").joinpath("schema.sql").read_text()
-NAME = "read_model"
+NAME = queries.READ_MODEL
 SCHEMA_VERSION = 3  # PRAGMA user_version set by schema.sql
 
 
@@ -277,7 +278,7 @@ def write(con: sqlite3.Connection, w: Writes, name: str = NAME) -> None:
         )
     if w.rejections:
         con.executemany("INSERT INTO rejections VALUES (?,?,?,?,?,?,?,?,?,?)", w.rejections)
-    set_position(con, w.last_seq, name)
+    queries.set_position(con, w.last_seq, name)
 
 
 def _known_orders(con: sqlite3.Connection, name: str, what: str, refs: list[tuple[int, str, int]]) -> None:
@@ -296,19 +297,6 @@ def _known_orders(con: sqlite3.Connection, name: str, what: str, refs: list[tupl
             raise CorruptLog(
                 seq, f"an event of {market}", f"{what} order {order} of {market}, which was never accepted"
             )
-
-
-def set_position(con: sqlite3.Connection, seq: int, name: str = NAME) -> None:
-    con.execute(
-        "INSERT INTO projection_position VALUES (?, 'JB_EVT', ?)"
-        " ON CONFLICT DO UPDATE SET last_seq = excluded.last_seq",
-        (name, seq),
-    )
-
-
-def get_position(con: sqlite3.Connection, name: str = NAME) -> int:
-    row = con.execute("SELECT last_seq FROM projection_position WHERE name = ?", (name,)).fetchone()
-    return int(row[0]) if row else 0
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -364,7 +352,7 @@ class ReadModel:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def position(self) -> int:
-        return await self._run(get_position, self.con, self.NAME)
+        return await self._run(queries.position, self.con, self.NAME)
 
     def _commit(self, w: Writes) -> int:
         con = self.con

@@ -12,31 +12,41 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
-from events.reader import LogCheck, read_range
-from events.reader import last_seq as stream_last_seq
+from events.logged import LogCheck, decode_chunk
+from events.stream_readers import last_seq as stream_last_seq
+from events.stream_readers import read_range
+from projections import queries
 from projections.read_model import ReadModel
 from protocol.subjects import EVT_STREAM
-from replay.fold import decode_chunk, plan_checked
+from replay.fold import plan_checked
 from replay.rebuild import RebuildError
 
-POSITIONS_SQL = """
-SELECT market_id, account_id, runner, net_qty, cash, if_win, if_lose FROM positions
-WHERE (:market IS NULL OR market_id = :market) ORDER BY market_id, account_id, runner
-"""
 
-TOP_SQL = """
-SELECT market_id, runner, bid_price, bid_qty, ask_price, ask_qty FROM top_of_book
-WHERE (:market IS NULL OR market_id = :market) ORDER BY market_id, runner
-"""
+class OpenOrder(TypedDict):
+    """The columns `replay at` shows of an open order (its JSON keys, in this order)."""
 
-OPEN_ORDERS_SQL = """
-SELECT market_id, runner, order_id, account_id, client_order_id, side, price, qty, filled_qty, open_qty, status,
-       created_seq
-FROM orders WHERE status IN ('open', 'partially_filled') AND (:market IS NULL OR market_id = :market)
-ORDER BY market_id, order_id
-"""
+    market_id: str
+    runner: str
+    order_id: int
+    account_id: str
+    client_order_id: str
+    side: str
+    price: int | None
+    qty: int
+    filled_qty: int
+    open_qty: int
+    status: str
+    created_seq: int
+
+
+def _open(o: queries.Order) -> OpenOrder:
+    return OpenOrder(
+        market_id=o["market_id"], runner=o["runner"], order_id=o["order_id"], account_id=o["account_id"],
+        client_order_id=o["client_order_id"], side=o["side"], price=o["price"], qty=o["qty"],
+        filled_qty=o["filled_qty"], open_qty=o["open_qty"], status=o["status"], created_seq=o["created_seq"],
+    )  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -44,27 +54,22 @@ class View:
     """The read model's answers at one position; the same queries work on the live file."""
 
     seq: int
-    top: list[dict[str, Any]] = field(default_factory=list)
-    open_orders: list[dict[str, Any]] = field(default_factory=list)
-    positions: list[dict[str, Any]] = field(default_factory=list)
+    top: list[queries.Top] = field(default_factory=list)
+    open_orders: list[OpenOrder] = field(default_factory=list)
+    positions: list[queries.Position] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {"seq": self.seq, "top": self.top, "open_orders": self.open_orders, "positions": self.positions}
 
 
-def _rows(con: sqlite3.Connection, sql: str, market: str | None) -> list[dict[str, Any]]:
-    cur = con.execute(sql, {"market": market})
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
 def query(con: sqlite3.Connection, seq: int, market: str | None = None) -> View:
-    return View(
-        seq,
-        _rows(con, TOP_SQL, market),
-        _rows(con, OPEN_ORDERS_SQL, market),
-        _rows(con, POSITIONS_SQL, market),
-    )
+    with queries.reading(con):
+        return View(
+            seq,
+            queries.top_of_book(con, market),
+            [_open(o) for o in queries.orders(con, market)],
+            queries.positions(con, market),
+        )
 
 
 async def fold_to(js: Any, seq: int) -> sqlite3.Connection:

@@ -1,6 +1,8 @@
 """The writing half of a rebuild, in its own process: decode, plan and write chunks of events into a new file.
 
-    python -m replay.fold PROJECTION PATH FIRST_SEQ < frames
+    python -m replay.fold PROJECTION PATH FIRST_SEQ [APP] < frames
+
+(APP: the module of another application's `APP`, framework/app.py; the exchange when absent.)
 
 Why a process: decoding, planning and the SQL of one event cost about 10 µs
 of Python, reading it from NATS about 3 µs more, and Python runs one thread
@@ -27,47 +29,24 @@ import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 import msgpack
 
-from events.model import EVENT_TYPES, Event, decode
-from events.reader import LogCheck, subject_text
-from projections.read_model import ReadModel
+from engine.exchange import APP as EXCHANGE
+from events.logged import LogCheck, Messages, decode_chunk, decode_fast
+from events.stream_readers import subject_text
+from framework.app import App, SqliteProjection, load_app
+from projections import queries
 from protocol.errors import CorruptLog
 
+__all__ = ["PROJECTIONS", "SqliteProjection", "fold", "main", "open_new"]
 
-class SqliteProjection(Protocol):
-    """What a projection offers so that it can be rebuilt: its schema, and its fold split in plan and write."""
-
-    @property
-    def NAME(self) -> str: ...
-
-    @property
-    def SCHEMA(self) -> str: ...
-
-    def plan(self, batch: Iterable[tuple[int, Event]], /) -> Any: ...
-
-    def write(self, con: sqlite3.Connection, writes: Any, name: str, /) -> None: ...
-
-
-# Name -> projection. Each owns one SQLite file, and its `write` stores the position with the rows.
-PROJECTIONS: dict[str, SqliteProjection] = {ReadModel.NAME: ReadModel}
-
-
-class Messages(Protocol):
-    """Consecutive JB_EVT messages as parallel lists (events.reader.Chunk, or a Frame)."""
-
-    @property
-    def seqs(self) -> list[int]: ...
-
-    @property
-    def subjects(self) -> list[bytes]: ...
-
-    @property
-    def data(self) -> list[bytes]: ...
+# The exchange's projections, by name. Each owns one SQLite file, and its `write` stores the position with the rows.
+# Another application's are in its `App.projections` (framework/app.py).
+PROJECTIONS: dict[str, SqliteProjection] = dict(EXCHANGE.projections)
 
 
 @dataclass(slots=True)
@@ -77,57 +56,7 @@ class Frame:
     data: list[bytes]
 
 
-def _wire_layouts() -> dict[str, tuple[type[Event], tuple[str, ...]]]:
-    return {kind: (cls, ("type", *(f.name for f in fields(cls)))) for kind, cls in EVENT_TYPES.items()}
-
-
-_LAYOUTS = _wire_layouts()
-
-
-def decode_fast(data: bytes, unpackb: Callable[..., Any] = msgpack.unpackb) -> Event:
-    """`events.model.decode`, about 20% cheaper for a payload in exactly the layout `encode` writes.
-
-    `encode` writes "type" and then every field in declaration order, so for
-    such a payload the values are the constructor's positional arguments, and
-    building the keyword dict that `from_wire` needs is skipped. Anything else
-    (fields missing, extra, reordered, an unknown type) goes through `decode`.
-    tests/unit/test_replay_decode.py holds the two equal for every event type.
-    """
-    body = unpackb(data)
-    layout = _LAYOUTS.get(body.get("type", "")) if type(body) is dict else None
-    if layout is not None and tuple(body) == layout[1]:
-        values = list(body.values())
-        return layout[0](*values[1:])
-    return decode(data)
-
-
-def decode_chunk(chunk: Messages, check: LogCheck | None = None) -> list[tuple[int, Event]]:
-    """The chunk's events; CorruptLog for one that does not decode, or (with `check`) is out of command order."""
-    try:
-        out = [(seq, decode_fast(data)) for seq, data in zip(chunk.seqs, chunk.data, strict=True)]
-    except Exception:
-        for seq, subject, data in zip(chunk.seqs, chunk.subjects, chunk.data, strict=True):
-            try:
-                decode(data)
-            except Exception as err:
-                raise CorruptLog(seq, subject_text(subject), err) from err
-        raise
-    if check is not None:
-        for (seq, event), subject in zip(out, chunk.subjects, strict=True):
-            _check(check, seq, subject, event.cmd_seq)
-    return out
-
-
-def _check(check: LogCheck, seq: int, subject: bytes, cmd_seq: object) -> None:
-    """`check.check` without building the subject's text in the common case (this runs for every event)."""
-    last = check.last
-    if type(cmd_seq) is int and cmd_seq >= 1 and (last is None or 0 <= cmd_seq - last <= 1):
-        check.last = cmd_seq
-    else:
-        check.check(seq, subject_text(subject), cmd_seq)
-
-
-def plan_checked(projection: SqliteProjection, batch: list[tuple[int, Event]], subjects: Iterable[bytes]) -> Any:
+def plan_checked(projection: SqliteProjection, batch: list[tuple[int, Any]], subjects: Iterable[bytes]) -> Any:
     """`projection.plan`, or CorruptLog naming the event that does not fold (a fill of an unknown side, ...)."""
     try:
         return projection.plan(batch)
@@ -142,7 +71,7 @@ def plan_checked(projection: SqliteProjection, batch: list[tuple[int, Event]], s
         raise
 
 
-def open_new(path: Path, projection: SqliteProjection, first_seq: int) -> sqlite3.Connection:
+def open_new(path: Path, projection: SqliteProjection, first_seq: int, stream: str = "") -> sqlite3.Connection:
     """A fresh file set up for bulk writing: no journal, no fsync, secondary indexes off until `finish`."""
     con = sqlite3.connect(path, isolation_level=None)
     con.executescript(projection.SCHEMA)
@@ -155,16 +84,20 @@ def open_new(path: Path, projection: SqliteProjection, first_seq: int) -> sqlite
     for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL").fetchall():
         con.execute(f'DROP INDEX "{name}"')
     # From N, a model that has folded nothing yet still says where it starts.
-    con.execute(
-        "INSERT INTO projection_position VALUES (?, 'JB_EVT', ?)"
-        " ON CONFLICT DO UPDATE SET last_seq = excluded.last_seq",
-        (projection.NAME, first_seq - 1),
-    )
+    queries.set_position(con, first_seq - 1, projection.NAME)
+    if stream:  # another application's event stream (set_position names JB_EVT)
+        con.execute("UPDATE projection_position SET stream = ? WHERE name = ?", (stream, projection.NAME))
     return con
 
 
-def fold(con: sqlite3.Connection, projection: SqliteProjection, chunk: Messages, check: LogCheck | None = None) -> None:
-    writes = plan_checked(projection, decode_chunk(chunk, check), chunk.subjects)
+def fold(
+    con: sqlite3.Connection,
+    projection: SqliteProjection,
+    chunk: Messages,
+    check: LogCheck | None = None,
+    decode_event: Callable[[bytes], Any] = decode_fast,
+) -> None:
+    writes = plan_checked(projection, decode_chunk(chunk, check, decode_event), chunk.subjects)
     con.execute("BEGIN")
     projection.write(con, writes, projection.NAME)
     con.execute("COMMIT")
@@ -227,16 +160,19 @@ END_FRAME = (0).to_bytes(4, "big")
 
 
 def main(argv: list[str]) -> int:
-    name, path_text, first_text = argv
-    projection = PROJECTIONS[name]
+    name, path_text, first_text, *rest = argv
+    app: App = load_app(rest[0]) if rest else EXCHANGE
+    projection = app.projections[name]
+    decode_event = app.decider.decode
+    stream = app.streams.evt if app is not EXCHANGE else ""
     path = Path(path_text)
     gc.disable()  # every decoded event lives until its chunk is written: the collector would only rescan them
     first_seq = int(first_text)
-    con = open_new(path, projection, first_seq)
+    con = open_new(path, projection, first_seq, stream)
     check = LogCheck(0 if first_seq <= 1 else None)  # from the start, the first event must be of command 1
     try:
         for chunk in prefetched(sys.stdin.buffer):
-            fold(con, projection, chunk, check)
+            fold(con, projection, chunk, check, decode_event)
     except CorruptLog as err:
         con.close()
         print(f"CorruptLog {err.seq}: {err}", file=sys.stderr)

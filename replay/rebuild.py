@@ -1,7 +1,7 @@
 """Rebuild a projection from JB_EVT into a new SQLite file, then swap it in under the live path.
 
 How it is fast (bench/replay.py measures it): two processes, so that both
-cores work. This one reads JB_EVT with events.reader.BulkReader (raw
+cores work. This one reads JB_EVT with events.stream_readers.BulkReader (raw
 deliveries, no nats-py message objects) and pipes chunks of 10,000 raw
 messages to a child, `python -m replay.fold`, which decodes them in bulk,
 plans them with the projection's own `plan` and writes them with its own
@@ -45,19 +45,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from events.reader import Chunk, read_range
-from events.reader import last_seq as stream_last_seq
-from projections.read_model import ReadModel
+from engine.exchange import APP as EXCHANGE
+from events.stream_readers import Chunk, read_range
+from events.stream_readers import last_seq as stream_last_seq
+from framework.app import App
 from protocol.errors import JetbookError
-from protocol.subjects import EVT_STREAM
-from replay.fold import END_FRAME, PROJECTIONS, SqliteProjection, decode_chunk, decode_fast, encode_frame
+from replay.fold import END_FRAME, PROJECTIONS, SqliteProjection, encode_frame
 
-__all__ = ["PROJECTIONS", "RebuildError", "RebuildResult", "SqliteProjection", "decode_chunk", "decode_fast", "rebuild"]
+__all__ = ["PROJECTIONS", "RebuildError", "RebuildResult", "SqliteProjection", "rebuild"]
 
 log = logging.getLogger("jetbook.replay")
 
 
-CHUNK = 10_000  # events decoded, planned and committed together
+CHUNK = 10_000  # events decoded, planned and written together (one SQLite transaction)
 REMAINDER_ROUNDS = 3  # after the tail seen at start, read what arrived meanwhile this many times at most
 GEN_MARK = ".gen-"
 
@@ -91,16 +91,18 @@ class RebuildResult:
 class _Folder:
     """The writing half (replay/fold.py) as a child process, fed chunks of raw messages through a pipe."""
 
-    def __init__(self, path: Path, projection: str, first_seq: int) -> None:
+    def __init__(self, path: Path, projection: str, first_seq: int, app_ref: str | None = None) -> None:
         self.path = path
         self.projection = projection
         self.first_seq = first_seq
+        self.app_ref = app_ref  # another application's module (framework.app.load_app); None: the exchange
         self.proc: asyncio.subprocess.Process | None = None
         self._stderr = tempfile.TemporaryFile()
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "replay.fold", self.projection, str(self.path), str(self.first_seq),
+            *([self.app_ref] if self.app_ref else []),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=self._stderr,
         )  # fmt: skip
         pipe = self.proc.stdin.get_extra_info("pipe") if self.proc.stdin is not None else None
@@ -215,40 +217,46 @@ def _remove_leftovers(target: Path, keep: set[str]) -> None:
 async def rebuild(
     js: Any,
     target: Path | str,
-    projection: str = ReadModel.NAME,
+    projection: str | None = None,
     *,
     from_seq: int = 1,
     to_seq: int | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     chunk: int = CHUNK,
     swap: bool = True,
+    app: App = EXCHANGE,
 ) -> RebuildResult:
     """Fold JB_EVT from `from_seq` to `to_seq` (default: the tail, then whatever arrived meanwhile) into a new file.
 
-    With `swap`, the new file then replaces `target` atomically (see the module docstring).
+    With `swap`, the new file then replaces `target` atomically (see the module docstring). `projection` is
+    one of `app`'s (framework/app.py), by name: by default its first (the exchange: the read model).
     """
-    if projection not in PROJECTIONS:
-        raise RebuildError(f"unknown projection {projection!r}; known: {', '.join(sorted(PROJECTIONS))}")
+    known = app.projections
+    if projection is None:
+        projection = next(iter(known), "")
+    if projection not in known:
+        raise RebuildError(f"unknown projection {projection!r}; known: {', '.join(sorted(known))}")
+    stream = app.streams.evt
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     start = max(from_seq, 1)
-    tail = await stream_last_seq(js, EVT_STREAM)
+    tail = await stream_last_seq(js, stream)
     if to_seq is not None and to_seq > tail:
-        raise RebuildError(f"--to-seq {to_seq} is past the end of JB_EVT ({tail})")
+        raise RebuildError(f"--to-seq {to_seq} is past the end of {stream} ({tail})")
     if to_seq is not None and to_seq < start - 1:
         raise RebuildError(f"--to-seq {to_seq} is before --from-seq {start}")
     end = tail if to_seq is None else to_seq
     with _rebuild_lock(target):
         generation = generation_path(target)
         started = time.perf_counter()
-        writer = _Folder(generation, projection, start)
+        writer = _Folder(generation, projection, start, None if app is EXCHANGE else app.ref)
         done = 0
         position = start - 1
         try:
             await writer.start()
             rounds = 0
             while True:
-                async for part in read_range(js, EVT_STREAM, position + 1, end, chunk=chunk):
+                async for part in read_range(js, stream, position + 1, end, chunk=chunk):
                     await writer.put(part)
                     done += len(part)
                     position = part.seqs[-1]
@@ -256,7 +264,7 @@ async def rebuild(
                         on_progress(Progress(done, end - start + 1, position))
                 if to_seq is not None or rounds >= REMAINDER_ROUNDS:
                     break
-                newest = await stream_last_seq(js, EVT_STREAM)
+                newest = await stream_last_seq(js, stream)
                 if newest <= end:
                     break
                 end, rounds = newest, rounds + 1
@@ -268,7 +276,7 @@ async def rebuild(
                     Path(f"{generation}{suffix}").unlink()
             raise
         if position != end:
-            raise RebuildError(f"read JB_EVT to {position}, expected {end}")
+            raise RebuildError(f"read {stream} to {position}, expected {end}")
         if swap:
             swap_in(generation, target)
         seconds = time.perf_counter() - started

@@ -3,7 +3,7 @@
 JB_EVT must equal, byte for byte and in order, the events a fresh
 `engine.core.Engine` makes of JB_CMD (with the same checkpoint interval, since
 checkpoint events are part of the log). Both streams are read in bulk
-(events.reader.BulkReader) and compared one event at a time, so the first
+(events.stream_readers.BulkReader) and compared one event at a time, so the first
 divergence is reported exactly where it is, with both payloads.
 
 With `from_seq` = N, the engine's state is first folded from JB_EVT up to just
@@ -31,13 +31,12 @@ from typing import Any
 
 import msgpack
 
-from engine.core import CHECKPOINT_EVERY, Diverged, Engine
-from events.model import encode
-from events.reader import Chunk, read_range, subject_text
-from events.reader import last_seq as stream_last_seq
+from engine.exchange import APP as EXCHANGE
+from events.logged import decode_logged
+from events.stream_readers import Chunk, read_range, subject_text
+from events.stream_readers import last_seq as stream_last_seq
+from framework.app import App
 from protocol.errors import CorruptLog
-from protocol.subjects import CMD_STREAM, EVT_STREAM
-from replay.rebuild import decode_fast
 
 # Re-deciding a command takes ~20 µs and both streams arrive on one connection, whose read loop parses
 # 32 KiB a turn: a turn every 16 commands keeps reading well ahead of re-deciding.
@@ -64,6 +63,8 @@ class VerifyResult:
     pending: int  # commands in JB_CMD not decided yet (no events in JB_EVT, nor any after them)
     digest: str  # sha256 over the compared events, each as a 4-byte big-endian length and its bytes
     checkpoint_every: int
+    evt_stream: str = "JB_EVT"  # the application's streams (framework/app.py), for `describe`
+    cmd_stream: str = "JB_CMD"
 
     @property
     def identical(self) -> bool:
@@ -103,39 +104,48 @@ async def verify(
     js: Any,
     from_seq: int = 1,
     *,
-    checkpoint_every: int = CHECKPOINT_EVERY,
+    checkpoint_every: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    app: App = EXCHANGE,
 ) -> VerifyResult:
-    """Re-decide JB_CMD from command `from_seq` and compare with JB_EVT; see the module docstring."""
-    evt_tail = await stream_last_seq(js, EVT_STREAM)  # first: every event there is of a command in JB_CMD now
-    cmd_tail = await stream_last_seq(js, CMD_STREAM)
+    """Re-decide JB_CMD from command `from_seq` and compare with JB_EVT; see the module docstring.
+
+    `app` names the streams and the decider (framework/app.py); `checkpoint_every` defaults to the decider's.
+    """
+    decider = app.decider
+    evt_stream, cmd_stream = app.streams.evt, app.streams.cmd
+    if checkpoint_every is None:
+        checkpoint_every = decider.checkpoint_every
+    evt_tail = await stream_last_seq(js, evt_stream)  # first: every event there is of a command in JB_CMD now
+    cmd_tail = await stream_last_seq(js, cmd_stream)
     from_seq = max(from_seq, 1)
-    engine = Engine(checkpoint_every=checkpoint_every)
-    events = _Cursor(aiter(read_range(js, EVT_STREAM, 1, evt_tail)))
-    commands = _commands(js, from_seq, cmd_tail)
+    engine = decider.core(checkpoint_every=checkpoint_every)
+    encode = decider.encode
+    events = _Cursor(aiter(read_range(js, evt_stream, 1, evt_tail)))
+    commands = _commands(js, cmd_stream, from_seq, cmd_tail)
     digest = hashlib.sha256()
+    every = checkpoint_every
     compared = folded = decided = 0
     first_seq = 0
 
     def result(divergence: Divergence | None, pending: int = 0) -> VerifyResult:
         return VerifyResult(
-            divergence, compared, decided, first_seq, folded, pending, digest.hexdigest(), checkpoint_every
-        )
+            divergence, compared, decided, first_seq, folded, pending, digest.hexdigest(), every,
+            evt_stream, cmd_stream,
+        )  # fmt: skip
 
     try:
         # Fold the log up to the first event of command from_seq.
         while from_seq > 1 and (item := await events.peek()) is not None:
             seq, data = item
-            try:
-                event = decode_fast(data)
-            except Exception as err:
-                raise CorruptLog(seq, "", err) from err
+            # A cursor keeps no subjects.
+            event = decode_logged(seq, "", data, decode=decider.decode, unknown=decider.unknown_event)
             if event.cmd_seq >= from_seq:
                 break
             await events.take()
             try:
                 engine.apply(event, verify=True)
-            except Diverged as err:
+            except decider.diverged as err:
                 return result(Divergence("checkpoint", seq, event.cmd_seq, data, None, str(err)))
             except Exception as err:  # a fill of an order never accepted, ...
                 raise CorruptLog(seq, "", f"does not apply ({type(err).__name__}: {err})") from err
@@ -144,7 +154,7 @@ async def verify(
             produced = engine.handle(cmd_seq, ts, subject, body)
             decided += 1
             if decided % YIELD_EVERY == 0:
-                await asyncio.sleep(0)  # a turn for the connection's read loop (events.reader.BulkReader)
+                await asyncio.sleep(0)  # a turn for the connection's read loop (events.stream_readers.BulkReader)
             for i, event in enumerate(produced):
                 expected = encode(event)
                 item = await events.take()
@@ -152,7 +162,7 @@ async def verify(
                     if i == 0:  # JB_EVT ends before this command: it and all after it are not decided yet
                         return result(None, pending=cmd_tail - cmd_seq + 1)
                     return result(Divergence("missing", evt_tail + 1, cmd_seq, None, expected,
-                                             "JB_EVT ends in the middle of this command's events"))  # fmt: skip
+                                             f"{evt_stream} ends in the middle of this command's events"))  # fmt: skip
                 seq, data = item
                 if not first_seq:
                     first_seq = seq
@@ -166,15 +176,15 @@ async def verify(
         item = await events.take()
         if item is not None:
             seq, data = item
-            return result(Divergence("extra", seq, None, data, None, "JB_EVT has events no command produces"))
+            return result(Divergence("extra", seq, None, data, None, f"{evt_stream} has events no command produces"))
         return result(None)
     finally:
         await events.close()
         await commands.aclose()
 
 
-async def _commands(js: Any, start: int, end: int) -> AsyncGenerator[tuple[int, int, str, bytes], None]:
-    async for chunk in read_range(js, CMD_STREAM, start, end):
+async def _commands(js: Any, stream: str, start: int, end: int) -> AsyncGenerator[tuple[int, int, str, bytes], None]:
+    async for chunk in read_range(js, stream, start, end):
         for seq, ts, subject, data in zip(chunk.seqs, chunk.ts, chunk.subjects, chunk.data, strict=True):
             yield seq, ts, subject_text(subject), data
 
@@ -193,8 +203,9 @@ def readable(payload: bytes | None) -> str:
 def describe(result: VerifyResult) -> list[str]:
     """What `jetbook replay verify` prints."""
     d = result.divergence
+    evt, cmd = result.evt_stream, result.cmd_stream
     if d is None:
-        where = f"from JB_EVT seq {result.first_seq}" if result.folded else "from the start"
+        where = f"from {evt} seq {result.first_seq}" if result.folded else "from the start"
         lines = [
             "identical",
             f"events: {result.events} ({where}; {result.commands} commands re-decided,"
@@ -204,20 +215,20 @@ def describe(result: VerifyResult) -> list[str]:
         if result.folded:
             lines.append(f"folded first: {result.folded} events (checkpoints among them verified)")
         if result.pending:
-            lines.append(f"pending: {result.pending} commands at the end of JB_CMD have no events yet (not decided)")
+            lines.append(f"pending: {result.pending} commands at the end of {cmd} have no events yet (not decided)")
         return lines
     title = {
-        "differs": "JB_EVT differs from re-deciding",
-        "extra": "JB_EVT has an event that re-deciding does not produce",
-        "missing": "re-deciding produces an event that JB_EVT lacks",
-        "checkpoint": "a checkpoint in JB_EVT disagrees with the state folded from the events before it",
+        "differs": f"{evt} differs from re-deciding",
+        "extra": f"{evt} has an event that re-deciding does not produce",
+        "missing": f"re-deciding produces an event that {evt} lacks",
+        "checkpoint": f"a checkpoint in {evt} disagrees with the state folded from the events before it",
     }[d.kind]
-    lines = [f"DIVERGED at JB_EVT seq {d.evt_seq}: {title}"]
+    lines = [f"DIVERGED at {evt} seq {d.evt_seq}: {title}"]
     if d.cmd_seq is not None:
-        lines.append(f"  command:     JB_CMD seq {d.cmd_seq}")
+        lines.append(f"  command:     {cmd} seq {d.cmd_seq}")
     if d.detail:
         lines.append(f"  detail:      {d.detail}")
-    lines.append(f"  JB_EVT:      {readable(d.logged)}")
+    lines.append(f"  {evt + ':':<12} {readable(d.logged)}")
     if d.kind != "checkpoint":
         lines.append(f"  re-decided:  {readable(d.redecided)}")
     lines.append(f"  identical before it: {result.events} events")

@@ -51,7 +51,7 @@ step() { printf '%s  %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 # Passwords for this run only; the variables are the ones accounts.conf and nN.conf read.
 pw() { echo "pw-$(head -c 9 /dev/urandom | od -An -tx1 | tr -d ' \n')"; }
 export JETBOOK_ENGINE_PASSWORD=$(pw) JETBOOK_PROJECTION_PASSWORD=$(pw) JETBOOK_OPERATOR_PASSWORD=$(pw)
-export JETBOOK_FANOUT_PASSWORD=$(pw) JETBOOK_GATEWAY_PASSWORD=$(pw) JETBOOK_ROUTE_PASSWORD=$(pw)
+export JETBOOK_FANOUT_PASSWORD=$(pw) JETBOOK_GATEWAY_PASSWORD=$(pw) JETBOOK_QUERY_PASSWORD=$(pw) JETBOOK_ROUTE_PASSWORD=$(pw)
 export JETBOOK_ALICE_PASSWORD=$(pw) JETBOOK_BOB_PASSWORD=$(pw) JETBOOK_SYS_PASSWORD=$(pw)
 url() { echo "tls://$1:$2@$HOST:${CLIENT[$3]}"; }   # user password node-index
 export JETBOOK_ROUTES="[$(printf '"nats-route://route:%s@%s:%s", ' "$JETBOOK_ROUTE_PASSWORD" $HOST "${CLUSTER[0]}" \

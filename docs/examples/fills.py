@@ -1,4 +1,4 @@
-"""Print jetbook fills from any JB_EVT sequence, then live, with only nats-py and msgpack (see docs/PROTOCOL.md).
+"""Print jetbook fills from any JB_EVT sequence, then live, with only nats-py and msgpack (docs/QUICKSTART.md).
 
     python docs/examples/fills.py --nats-url nats://127.0.0.1:4222                 # all fills so far, then exit
     python docs/examples/fills.py --market ETH-USDC --from-seq 1200 --follow       # from seq 1200, then live

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every command of protocol v1.1 through `jetbook submit`, against a running stack: the source of
-# the examples in docs/PROTOCOL.md. Run it once on a fresh stack (the market ids are fixed):
+# the examples in docs/QUICKSTART.md and docs/PROTOCOL.md. Run it once on a fresh stack (the market ids are fixed):
 #
 #   jetbook up --data-dir "$(mktemp -d)" --port 0        # prints the NATS URL
 #   JETBOOK_NATS_URL=nats://127.0.0.1:PORT bash docs/examples/tour.sh

@@ -1,4 +1,4 @@
-"""Trade on jetbook with nothing but a NATS client and msgpack (see docs/PROTOCOL.md).
+"""Trade on jetbook with nothing but a NATS client and msgpack (docs/QUICKSTART.md).
 
     python docs/examples/trade.py --nats-url nats://127.0.0.1:4222
 

@@ -1,4 +1,12 @@
-"""The pure core's loops: the same raw commands through msgpack alone, parse, Engine.handle, handle + encode.
+"""The pure core's loops: the same raw commands through msgpack alone, parse, and Engine.handle.
+
+    python -m jetbook.bench.core [--orders 200000] [--seed 1] [--markets 4] [--repeat 3] [--json PATH] [--profile]
+
+`jetbook bench` runs the decode and handle loops for its core figure; run as a
+module, this adds the parse loop (decode + validation alone) and, with
+--profile, a cProfile of one Engine.handle pass. `Engine.handle` encodes its
+events too, so the handle loop is everything the engine does per command before
+any I/O.
 
 Each loop runs over pre-encoded commands in this process, with no I/O, a fresh
 `Engine` per run and the setup commands folded in untimed. The figure is the
@@ -9,18 +17,26 @@ flow generator expects, and all runs end in the same state hash.
 
 from __future__ import annotations
 
+import argparse
+import cProfile
 import gc
+import json
+import os
+import platform
+import pstats
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from commands.model import parse
 from engine.core import Engine, state_hash
-from jetbook.bench.workload import BASE_TS, Cmd
+from jetbook.bench.workload import BASE_TS, Cmd, Flow
 
 
 @dataclass(frozen=True)
@@ -115,3 +131,49 @@ def measure(
     if len(hashes) > 1:
         problems.append(f"the state hash differs between runs: {sorted(hashes)}")
     return out, problems
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--orders", type=int, default=200_000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--markets", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+
+    flow = Flow(args.seed, args.markets)
+    orders = flow.take(args.orders)
+    print(f"flow: {flow.summary()} (generated in {flow.gen_seconds:.1f}s)")
+    rows, problems = measure(flow.setup, orders, list(LOOPS), args.repeat, flow.events - len(flow.setup))
+    print(f"\n{'loop':<58}{'orders/s':>12}{'(median)':>12}{'us/order':>10}{'events/s':>12}")
+    for r in rows.values():
+        ev = f"{r['events_per_s']:>12,}" if "events_per_s" in r else f"{'':>12}"
+        print(f"{r['title']:<58}{r['orders_per_s']:>12,}{r['orders_per_s_median']:>12,}{r['us_per_order']:>10}{ev}")
+    print("checks: " + ("ok (events as expected, one state hash)" if not problems else "; ".join(problems)))
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        run_handle(flow.setup, orders)
+        prof.disable()
+        print("\ncProfile of one Engine.handle pass (top 25 by own time; cProfile slows everything ~2x):")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    if args.json:
+        doc = {
+            "bench": "core",
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(["python", "-m", "jetbook.bench.core", *sys.argv[1:]]),
+            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+            "workload": flow.summary(),
+            "results": rows,
+            "problems": problems,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

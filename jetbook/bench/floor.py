@@ -6,126 +6,57 @@ Two stand-ins run as subprocesses, like the roles they replace:
   python -m jetbook.bench.floor reader --nats-url URL
 
 The null engine reads JB_CMD in order with the engine's own reader
-(events/reader.py, batches of up to --max-batch), looks each command's events
-up by its Nats-Msg-Id in FILE (the encoded events the core made of that
+(events/stream_readers.py, batches of up to --max-batch), looks each command's
+events up by its Nats-Msg-Id in FILE (the encoded events the core made of that
 command when the flow was generated: the same number of messages, of the same
-sizes, on the same jb.wal.<market>.<kind> subjects) and publishes them to
-JB_EVT as ADR-50 atomic batches exactly as engine/service.py does: at most
-1000 messages, one command's events never split, Nats-Expected-Last-Sequence
-on the first message, core publishes then a request for the commit. The null
+sizes, on the same jb.wal.<market>.<kind> subjects) and commits them to JB_EVT
+with the engine's own writer (engine/commit.py `CommitPipeline`): ADR-50 atomic
+batches of at most 1000 messages, one command's events never split,
+Nats-Expected-Last-Sequence on the first message, the first messages as one
+buffer of frames then a request for the commit, up to --inflight commits
+outstanding and settled in order, drained when JB_CMD goes quiet. The null
 reader follows JB_EVT with the same reader as the projection and drops what it
 gets. So the floor is what the pipeline costs when decide, evolve, encode and
 SQLite cost nothing: the limit the engine is measured against.
 
---inflight K > 1 lets K commits be outstanding at once (each batch's expected
-sequence is known in advance, so the fence still holds). The engine commits one
-batch at a time today; the option is here for when it does not.
+--inflight K is the pipeline's commits in flight; the engine's default is
+engine.commit.DEFAULT_INFLIGHT, `jetbook bench` gives the floor its own
+`floor_inflight`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 import msgpack
-from nats.nuid import NUID
 
+from engine.commit import CommitPipeline, Payloads
 from engine.core import MAX_EVENTS_PER_COMMAND
-from engine.service import batch_frames
-from events.reader import StreamReader
-from protocol.errors import JetbookError, parse_puback
-from protocol.subjects import (
-    CMD_STREAM,
-    EVT_STREAM,
-    HDR_BATCH_COMMIT,
-    HDR_BATCH_ID,
-    HDR_BATCH_SEQ,
-    HDR_EXPECTED_LAST_SEQ,
-    HDR_MSG_ID,
-)
+from events.stream_readers import StreamReader
+from protocol.errors import JetbookError
+from protocol.subjects import CMD_STREAM, EVT_STREAM, HDR_MSG_ID
 
 log = logging.getLogger("jetbook.bench.floor")
 
-Payloads = list[tuple[str, bytes]]
 
-
-def batch_headers(batch_id: str, i: int, n: int, expected: int) -> dict[str, str]:
-    """The headers of message i (1-based) of an atomic batch of n, as engine/service.py sets them."""
-    headers = {HDR_BATCH_ID: batch_id, HDR_BATCH_SEQ: str(i)}
-    if i == 1:
-        headers[HDR_EXPECTED_LAST_SEQ] = str(expected)
-    if i == n:
-        headers[HDR_BATCH_COMMIT] = "1"
-    return headers
-
-
-class AtomicWriter:
-    """Appends batches of payloads to JB_EVT as fenced atomic batches, up to `inflight` commits outstanding."""
+class AtomicWriter(CommitPipeline):
+    """The engine's commit pipeline with nothing in front of it: no lease to hold, no state to keep in step."""
 
     def __init__(self, nc: Any, expected: int = 0, *, inflight: int = 1, timeout: float = 5.0) -> None:
-        self.nc = nc
-        self.expected = expected  # JB_EVT last seq once every batch sent so far is stored
-        self.inflight = max(1, inflight)
-        self.timeout = timeout
-        self.batches = 0
-        self._nuid = NUID()
-        self._inbox = ""
-        self._sub: Any = None
-        self._waiting: collections.deque[tuple[asyncio.Future[Any], int]] = collections.deque()
-        self._futures: dict[str, asyncio.Future[Any]] = {}
+        super().__init__(nc, last_seq=expected, inflight=inflight, timeout=timeout)
 
     async def write(self, payloads: Payloads) -> None:
-        n = len(payloads)
-        batch_id = self._nuid.next().decode()
-        expected, self.expected = self.expected, self.expected + n
-        self.batches += 1
-        send_raw = getattr(self.nc, "_send_command", None)
-        if n > 1 and send_raw is not None:  # as engine/service.py sends them: one buffer of frames
-            await send_raw(batch_frames(batch_id, expected, payloads[:-1]))
-        else:
-            for i, (subject, data) in enumerate(payloads[:-1], 1):
-                await self.nc.publish(subject, data, headers=batch_headers(batch_id, i, n, expected))
-        subject, data = payloads[-1]
-        headers = batch_headers(batch_id, n, n, expected)
-        if self.inflight == 1:  # what the engine does: request, wait for the PubAck
-            reply = await self.nc.request(subject, data, timeout=self.timeout, headers=headers)
-            self._check(reply.data, self.expected)
-            return
-        if self._sub is None:
-            self._inbox = self.nc.new_inbox()
-            self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
-        token = self._nuid.next().decode()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._futures[token] = future
-        # a plain publish keeps the commits in the order of the batches on the wire, as the fence needs
-        await self.nc.publish(subject, data, reply=f"{self._inbox}.{token}", headers=headers)
-        self._waiting.append((future, self.expected))
-        while len(self._waiting) >= self.inflight:
-            await self._wait_oldest()
+        await self.send(payloads)
 
-    async def _on_reply(self, msg: Any) -> None:
-        future = self._futures.pop(msg.subject.rpartition(".")[2], None)
-        if future is not None and not future.done():
-            future.set_result(msg.data)
-
-    async def _wait_oldest(self) -> None:
-        future, want = self._waiting.popleft()
-        self._check(await asyncio.wait_for(future, self.timeout), want)
-
-    @staticmethod
-    def _check(raw: bytes, want: int) -> None:
-        ack = parse_puback(raw)
-        if int(ack["seq"]) != want:
-            raise JetbookError(f"batch stored at {ack['seq']}, expected {want}")
-
-    async def drain(self) -> None:
-        while self._waiting:
-            await self._wait_oldest()
+    @property
+    def expected(self) -> int:
+        """JB_EVT's last sequence once every batch sent so far is stored."""
+        return self.end_seq
 
 
 def group(per_command: list[Payloads], limit: int = MAX_EVENTS_PER_COMMAND) -> list[Payloads]:

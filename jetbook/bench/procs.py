@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from events.model import decode
+from projections import queries
 from protocol.process import DIE_WITH_PARENT
 from protocol.subjects import CMD_STREAM, EVT_STREAM
 
@@ -203,15 +204,20 @@ class Probe:
                 if not self.db.exists():
                     return 0
                 self._con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
-            row = self._con.execute("SELECT MAX(last_seq) FROM projection_position").fetchone()
-            return int(row[0]) if row and row[0] is not None else 0
+            return queries.position(self._con)
         except sqlite3.Error:
             return 0  # not created yet
 
-    def query(self, sql: str) -> Any:
+    def _model(self) -> sqlite3.Connection:
         if self._con is None:
             raise BenchError(f"no read model at {self.db}")
-        return self._con.execute(sql).fetchall()
+        return self._con
+
+    def counts(self) -> queries.Counts:
+        return queries.counts(self._model())
+
+    def book_levels(self) -> list[queries.BookLevel]:
+        return queries.book_levels(self._model())
 
     def close(self) -> None:
         if self._con is not None:

@@ -70,7 +70,7 @@ class Options:
     latency_seconds: float = 5.0
     core_repeat: int = 3
     runs: int = 3  # floor and end-to-end runs, alternated; the best of each is reported
-    floor_inflight: int = 1
+    floor_inflight: int = 4  # as many commits in flight as the engine (engine.commit.DEFAULT_INFLIGHT)
     poll: float = 0.02
     stall: float = 60.0
     json_path: Path | None = None
@@ -498,20 +498,20 @@ async def phase_latency(
 def read_model_checks(probe: Probe, flow: Flow) -> dict[str, list[Any]]:
     """The read model against the flow generator's own fold: every command arrived and was applied once."""
     c = flow.counts
-
-    def one(sql: str) -> Any:
-        return probe.query(sql)[0][0]
-
-    levels = {(m, side, price): (qty, n) for m, side, price, qty, n in probe.query(
-        "SELECT market_id, side, price, qty, orders FROM book_levels WHERE orders > 0")}  # fmt: skip
+    n = probe.counts()
+    levels = {
+        (lv["market_id"], lv["side"], lv["price"]): (lv["qty"], lv["orders"])
+        for lv in probe.book_levels()
+        if lv["orders"] > 0
+    }
     want = flow.book_levels()
     differing = sum(1 for k in levels.keys() | want.keys() if levels.get(k) != want.get(k))
     return {
         "projection_position": [probe.projection(), flow.events],
-        "read_model_orders": [one("SELECT COUNT(*) FROM orders"), c["accepted"]],
-        "read_model_trades": [one("SELECT COUNT(*) FROM trades"), c["fills"]],
-        "read_model_cancelled": [one("SELECT COUNT(*) FROM orders WHERE status = 'cancelled'"), c["cancelled"]],
-        "read_model_rejections": [one("SELECT COUNT(*) FROM rejections"), c["rejected"]],
+        "read_model_orders": [n["orders"], c["accepted"]],
+        "read_model_trades": [n["trades"], c["fills"]],
+        "read_model_cancelled": [n["cancelled_orders"], c["cancelled"]],
+        "read_model_rejections": [n["rejections"], c["rejected"]],
         "read_model_book_levels_differing": [differing, 0],
     }  # fmt: skip
 

@@ -164,7 +164,7 @@ class Flow:
         events = self._engine.handle(self._seq, BASE_TS + self._seq * 1000, cmd.subject, cmd.data)
         self.counts["events"] += len(events)
         if self.keep_events:
-            self.events_by_msg_id[cmd.msg_id] = [(wal_subject(e.market_id, e.TYPE), encode(e)) for e in events]
+            self.events_by_msg_id[cmd.msg_id] = [(wal_subject(e.market_id, e.type), encode(e)) for e in events]
         self._fold(events)
 
     def _fold(self, events: Iterable[Event]) -> None:

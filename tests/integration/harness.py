@@ -16,7 +16,7 @@ import nats.errors
 from engine.core import CHECKPOINT_EVERY, Engine, state_hash
 from engine.service import EngineService
 from events.model import encode
-from events.reader import RawMsg, StreamReader, last_seq, read_to_end
+from events.stream_readers import RawMsg, StreamReader, last_seq, read_to_end
 from projections.runner import ProjectionRunner
 from protocol.subjects import CMD_STREAM, EVT_STREAM
 from tests.conftest import wait_until
@@ -186,13 +186,14 @@ def projection_position(db: Path) -> int:
     """The position a projection's SQLite file has committed (0 before its first commit)."""
     import sqlite3
 
+    from projections import queries
+
     if not db.exists():
         return 0
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
-        row = con.execute("SELECT last_seq FROM projection_position").fetchone()
+        return queries.position(con)
     except sqlite3.OperationalError:  # schema not created yet
         return 0
     finally:
         con.close()
-    return int(row[0]) if row else 0

@@ -90,3 +90,27 @@ async def test_refuses_a_server_whose_streams_hold_data(nats_server: Any, js: An
     assert proc.returncode == 1, proc.stderr
     assert "JB_CMD on this server holds 1 messages" in proc.stderr
     assert (await js.stream_info("JB_CMD")).state.messages == 1  # untouched
+
+
+SCRIPTS = {
+    "core": ["--orders", "2000", "--repeat", "1"],
+    "core_mix": ["--commands", "2000", "--runs", "1"],
+    "model_cost": [],
+    "atomic_floor": ["--messages", "2000"],
+    "latency_probe": ["--orders", "20", "--gap-ms", "5"],
+    "engine_phases": ["--orders", "2000"],
+    "replay": ["--orders", "2000", "--runs", "1"],
+    "recovery": ["--events", "20000", "--tail", "5000"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_standalone_benchmark_runs_at_a_tiny_size(name: str) -> None:
+    """The `python -m jetbook.bench.<name>` measurements `jetbook bench` does not make: each runs and its checks pass.
+
+    They exit non-zero when a check fails (events missing, a state hash differs), so the exit code is the
+    assertion; nothing here looks at a figure.
+    """
+    argv = [sys.executable, "-m", f"jetbook.bench.{name}", *SCRIPTS[name]]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, f"{' '.join(argv[1:])} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"

@@ -111,7 +111,7 @@ async def test_engine_rebuilds_its_state_from_the_log_on_start(nc: Any, js: Any)
 
 async def test_a_commit_nobody_answers_backs_off_and_obeys_stop(nc: Any, js: Any) -> None:
     """No stream listening on jb.wal.> (a misconfigured or recovering server): retry slowly, stop on request."""
-    from engine.service import Stopping
+    from engine.commit import Stopping
     from protocol.streams import evt_stream
     from protocol.subjects import CMD_STREAM
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import nats.errors
 
-from events.reader import last_seq
+from events.stream_readers import last_seq
 from jetbook.server import EmbeddedServer
 from protocol.subjects import CMD_STREAM, EVT_STREAM, HDR_MSG_ID
 from tests.conftest import wait_until

@@ -68,7 +68,7 @@ async def test_events_carry_the_commands_jetstream_time_and_sequence(nc: Any, js
     for m in events:
         e = decode(m.data)
         assert e.ts == cmds[e.cmd_seq].ts  # the command's broker timestamp, to the nanosecond
-        assert m.subject == f"jb.evt.M1.{e.TYPE}"
+        assert m.subject == f"jb.evt.M1.{e.type}"
 
 
 async def test_a_commands_events_are_one_fenced_atomic_batch(nc: Any, js: Any) -> None:

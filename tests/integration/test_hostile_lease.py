@@ -83,7 +83,7 @@ async def test_a_real_takeover_names_the_holder_and_a_lost_record_says_so(nats_s
 async def test_after_a_server_restart_the_engine_keeps_its_lease(
     nats_server: EmbeddedServer, tmp_path: Any, caplog: Any
 ) -> None:
-    from events.reader import last_seq
+    from events.stream_readers import last_seq
     from protocol.subjects import CMD_STREAM
     from tests.integration.harness import publish_all, running_engine, wait_for_command, workload
 

@@ -16,7 +16,7 @@ import pytest
 
 from engine.service import EngineService
 from events.model import Event, Fill, Rejected, decode, encode
-from events.reader import last_seq
+from events.stream_readers import last_seq
 from projections.runner import ProjectionRunner
 from protocol.errors import CorruptLog
 from protocol.subjects import EVT_STREAM, wal_subject
@@ -36,16 +36,41 @@ async def _decided_log(nc: Any, js: Any, n: int = 120) -> int:
 
 
 async def _forge(js: Any, event: Event) -> int:
-    ack = await js.publish(wal_subject(event.market_id, event.TYPE), encode(event))
+    ack = await js.publish(wal_subject(event.market_id, event.type), encode(event))
     return int(ack.seq)
 
 
 def _fill(cmd_seq: int) -> Fill:
-    return Fill("M1", cmd_seq, 1, 10**6, 1000, 5, 999_998, 999_999, "a", "b", "buy", "x", "y", 0, 0, None)
+    return Fill(
+        market_id="M1",
+        cmd_seq=cmd_seq,
+        ts=1,
+        trade_id=10**6,
+        price=1000,
+        qty=5,
+        maker_order_id=999_998,
+        taker_order_id=999_999,
+        maker_account="a",
+        taker_account="b",
+        taker_side="buy",
+        maker_client_order_id="x",
+        taker_client_order_id="y",
+        maker_remaining=0,
+        taker_remaining=0,
+        runner=None,
+    )
 
 
 def _rejected(cmd_seq: int) -> Rejected:
-    return Rejected("M1", cmd_seq, 1, "forged", "forged", "a", "place_order")
+    return Rejected(
+        market_id="M1",
+        cmd_seq=cmd_seq,
+        ts=1,
+        reason="forged",  # type: ignore[arg-type]  # not a reason the engine has: a forged event
+        detail="forged",
+        account_id="a",
+        command_type="place_order",
+    )
 
 
 async def _every_reader_names(nc: Any, js: Any, forged: int, tmp_path: Path, *, projection: bool = True) -> None:

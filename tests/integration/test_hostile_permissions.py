@@ -23,7 +23,7 @@ import pytest
 
 from engine.lease import Lease
 from engine.service import EngineService
-from events.reader import last_seq
+from events.stream_readers import last_seq
 from jetbook.server import accepts_connections, find_binary
 from protocol.subjects import CMD_STREAM
 from tests.conftest import wait_until

@@ -17,7 +17,7 @@ import msgpack
 import pytest
 
 from events.model import decode
-from events.reader import last_seq
+from events.stream_readers import last_seq
 from protocol.subjects import CMD_STREAM, EVT_STREAM
 from replay.verify import verify
 from tests.conftest import wait_until
@@ -72,7 +72,7 @@ async def decided_after_hostile(nc: Any, js: Any, frames: list[tuple[bytes, byte
         await wait_for_command(js, last)
         assert engine.engine.state.last_cmd_seq == last
         tail = decode((await js.get_msg(EVT_STREAM, await last_seq(js, EVT_STREAM))).data)
-        assert tail.TYPE == "order_accepted", tail  # the valid order after them was decided as usual
+        assert tail.type == "order_accepted", tail  # the valid order after them was decided as usual
     await assert_log_is_exact(js)
     result = await verify(js)
     assert result.identical, result

@@ -32,7 +32,7 @@ from protocol.streams import ensure_streams
 from protocol.subjects import CMD_STREAM, EVT_STREAM
 from tests.conftest import POLL_INTERVAL_S, wait_until
 
-SERVICES = ("engine", "projection", "fanout", "gateway", "operator")
+SERVICES = ("engine", "projection", "fanout", "gateway", "operator", "query")
 EVERYONE = (*SERVICES, "alice", "bob")
 
 
@@ -153,10 +153,10 @@ async def test_only_the_operator_publishes_control_and_any_account(users: dict[s
     await op.js.publish("jb.ctl.M", msgpack.packb({"type": "noop"}))
     await op.js.publish("jb.cmd.M.bob", msgpack.packb({"type": "cancel_all"}))
     assert await last_seq(op.js, CMD_STREAM) == before + 2
-    for user in ("gateway", "engine", "projection", "fanout", "bob"):
+    for user in ("gateway", "engine", "projection", "fanout", "query", "bob"):
         await users[user].publish("jb.ctl.M")
         assert await users[user].refused("jb.ctl.M"), user
-    for user in ("engine", "projection", "fanout"):
+    for user in ("engine", "projection", "fanout", "query"):
         await users[user].publish("jb.cmd.M.bob")
         assert await users[user].refused("jb.cmd.M.bob"), user
 
@@ -252,7 +252,7 @@ async def test_nobody_reads_anothers_inbox(users: dict[str, Client]) -> None:
         assert await c.refused(f"_INBOX_{other}.>"), (user, other)
 
 
-@pytest.mark.parametrize("user", ["projection", "fanout", "gateway", "alice"])
+@pytest.mark.parametrize("user", ["projection", "fanout", "gateway", "query", "alice"])
 async def test_only_the_engine_and_operator_read_the_command_log(users: dict[str, Client], user: str) -> None:
     assert await users[user].request_refused(f"$JS.API.CONSUMER.CREATE.{CMD_STREAM}", b"{}")
 
@@ -388,3 +388,44 @@ async def test_the_fanout_and_a_traders_private_view_work_as_their_own_users(
         for nc in (op, fanout, alice):
             await nc.close()
     assert "Violation" not in server.log_path.read_text()
+
+
+async def test_the_query_service_answers_as_its_own_user_and_reads_no_log(
+    locked: tuple[EmbeddedServer, Credentials], users: dict[str, Client], tmp_path: Path
+) -> None:
+    """As `query`: a strong read (JB_CMD info, JB_EVT direct get) answered through allow_responses; no
+    JB_CMD message, no consumer; and nobody else may serve or ask on jb.qry.> (its answers hold every account)."""
+    from projections.query_service import QueryService
+    from projections.read_model import ReadModel
+
+    query = users["query"]
+    db = tmp_path / "rm.db"
+    await (await ReadModel.open(db)).close()
+    service = QueryService(query.nc, db)
+    await service.start()
+    asker = await login(locked[0].url, locked[1], "query")  # `jetbook query`: another connection of the same user
+    try:
+        await users["operator"].js.publish("jb.ctl.M", msgpack.packb({"type": "noop"}))
+        # no engine: command 1 is never decided, so the strong read times out, saying which command it waited for
+        msg = await asker.nc.request(
+            "jb.qry.markets", msgpack.packb({"consistency": "strong", "timeout_ms": 300}), timeout=5
+        )
+        answer = msgpack.unpackb(msg.data)
+        assert answer["error"] == "timeout" and answer["wanted_cmd_seq"] == 1, answer
+        msg = await asker.nc.request("jb.qry.markets", b"", timeout=5)
+        assert msgpack.unpackb(msg.data) == {"at_seq": 0, "result": []}
+    finally:
+        await service.stop()
+        await asker.nc.close()
+    for request in (f"$JS.API.DIRECT.GET.{CMD_STREAM}", f"$JS.API.STREAM.MSG.GET.{CMD_STREAM}",
+                    f"$JS.API.CONSUMER.CREATE.{EVT_STREAM}", "$JS.API.STREAM.INFO.JB_ACCT"):  # fmt: skip
+        assert await query.request_refused(request, b"{}"), request
+    for subject in ("jb.cmd.M.alice", "jb.acct.alice.M.fill", "_INBOX_alice.x"):
+        await query.publish(subject)
+        assert await query.refused(subject), subject
+    for user in ("alice", "fanout", "projection"):
+        await users[user].publish("jb.qry.markets")
+        assert await users[user].refused("jb.qry.markets"), user
+        await users[user].nc.subscribe("jb.qry.>", queue="jb-qry")
+        await users[user].nc.flush()
+        assert await users[user].refused("jb.qry.>"), user

@@ -37,7 +37,7 @@ async def _send_in_slices(service: EngineService, cmds: list[Any], size: int) ->
     peak = 0
     for i in range(0, len(cmds), size):
         await service.decide_and_send(cmds[i : i + size])
-        peak = max(peak, len(service._inflight))
+        peak = max(peak, service.commits.in_flight)
     await service.drain()
     return peak
 
@@ -69,7 +69,7 @@ async def test_an_ambiguous_commit_with_later_batches_in_flight(nc: Any, js: Any
 
 async def test_the_fence_is_checked_at_commit_so_frames_may_precede_the_previous_commit(nc: Any, js: Any) -> None:
     """What pipelining relies on: batch B's first message (fenced on A's end) may reach the server before A commits."""
-    from engine.service import batch_frames
+    from engine.commit import batch_frames
     from protocol.errors import parse_puback
     from protocol.streams import ensure_streams
     from protocol.subjects import HDR_BATCH_COMMIT, HDR_BATCH_ID, HDR_BATCH_SEQ

@@ -13,7 +13,7 @@ from commands.client import CommandClient
 from commands.model import CloseMarket, SettleMarket
 from events.model import Fill, decode, to_wire
 from events.private import account_events, tape
-from events.reader import RawMsg, last_seq
+from events.stream_readers import RawMsg, last_seq
 from jetbook.server import EmbeddedServer
 from projections.fanout import FanOut, outputs
 from protocol.streams import ensure_fanout_streams
@@ -84,7 +84,7 @@ async def test_each_account_gets_exactly_its_events_and_the_tape_no_accounts(nc:
     assert (maker.maker_client_order_id, maker.taker_client_order_id, maker.taker_order_id) == ("a1", "", 0)
     assert (taker.taker_client_order_id, taker.maker_client_order_id, taker.maker_order_id) == ("b1", "", 0)
     assert maker.trade_id == taker.trade_id == 1 and maker.qty == taker.qty == 4
-    assert any(e.TYPE == "rejected" for e in alice)
+    assert any(e.type == "rejected" for e in alice)
     trades = [t async for _, t in tape(nc, heartbeat=0.5)]
     evt_fill_seq = next(s for s, e in log if e["type"] == "fill")
     assert trades == [{
@@ -142,7 +142,7 @@ async def test_resumes_inside_an_event_whose_outputs_were_half_stored(nc: Any, j
         await client.place("M", "alice", "a1", "sell", 100, 10)
         await wait_for_command(js, await client.place("M", "bob", "b1", "buy", 100, 4))
     events = await read_all(js, EVT_STREAM)
-    fill = next(m for m in events if decode(m.data).TYPE == "fill")
+    fill = next(m for m in events if decode(m.data).type == "fill")
     await ensure_fanout_streams(js)
     expected = expected_outputs(events)
     for subject, data, msg_id, evt_seq in expected[ACCT_STREAM]:  # everything up to the fill's maker copy

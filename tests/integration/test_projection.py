@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from events.reader import last_seq
+from events.stream_readers import last_seq
 from jetbook.server import EmbeddedServer
 from projections.runner import ProjectionRunner
 from protocol.subjects import EVT_STREAM

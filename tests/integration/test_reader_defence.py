@@ -9,7 +9,7 @@ from typing import Any
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from events.reader import StreamReader, last_seq
+from events.stream_readers import StreamReader, last_seq
 from jetbook.roles import project_role
 from projections.runner import ProjectionRunner
 from protocol.streams import ensure_streams

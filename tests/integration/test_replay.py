@@ -19,7 +19,7 @@ import pytest
 from commands.client import CommandClient
 from engine.core import Engine
 from events.model import Checkpoint, Event, decode, encode
-from events.reader import last_seq
+from events.stream_readers import last_seq
 from jetbook.server import EmbeddedServer
 from projections.read_model import ReadModel
 from projections.runner import ProjectionRunner
@@ -177,7 +177,7 @@ async def _hand_made_log(
     engine = Engine(checkpoint_every=checkpoint_every)
     events = [e for m in await read_all(js, CMD_STREAM) for e in engine.handle(m.seq, m.ts, m.subject, m.data)]
     for e in events[: len(events) - drop_last]:
-        await js.publish(wal_subject(e.market_id, e.TYPE), encode(e))
+        await js.publish(wal_subject(e.market_id, e.type), encode(e))
     return events
 
 

@@ -13,7 +13,7 @@ from engine.core import Engine, snapshot, state_hash
 from engine.service import CheckpointCadence, EngineService, LogDiverged
 from engine.snapshots import SNAP_BUCKET, SnapshotStore, Tag, capture
 from events.model import Checkpoint, decode, encode
-from events.reader import last_seq
+from events.stream_readers import last_seq
 from protocol.subjects import CMD_STREAM, EVT_STREAM, wal_subject
 from tests.conftest import wait_until
 from tests.integration.harness import (
@@ -142,13 +142,13 @@ async def test_a_snapshot_of_another_log_is_refused(nc: Any, js: Any, caplog: py
 async def _append(js: Any, payloads: list[bytes]) -> None:
     for data in payloads:
         event = decode(data)
-        await js.publish(wal_subject(event.market_id, event.TYPE), data)
+        await js.publish(wal_subject(event.market_id, event.type), data)
 
 
 async def _log_from_commands(js: Any, every: int) -> list[bytes]:
     await publish_all(js, workload(400, seed=34))
     events, _ = await crash_free(js, every)
-    assert sum(decode(e).TYPE == "checkpoint" for e in events) >= 2
+    assert sum(decode(e).type == "checkpoint" for e in events) >= 2
     return events
 
 

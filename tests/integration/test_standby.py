@@ -19,7 +19,7 @@ import nats
 
 from engine.lease import Lease
 from engine.service import EngineService
-from events.reader import last_seq
+from events.stream_readers import last_seq
 from jetbook.server import EmbeddedServer
 from protocol.subjects import CMD_STREAM, EVT_STREAM
 from tests.conftest import wait_until

@@ -63,7 +63,7 @@ def _published(engine: Engine, events: list[Event]) -> None:
         assert data == encode(event)
         assert decode(data) == event
         _, _, token, kind = subject.split(".")
-        assert subject.startswith("jb.wal.") and kind == event.TYPE
+        assert subject.startswith("jb.wal.") and kind == event.type
         assert ID_PATTERN.fullmatch(token), subject
 
 
@@ -163,7 +163,25 @@ def test_an_event_that_cannot_be_encoded_becomes_an_internal_error_before_anythi
     before = state_hash(s.engine.state)
 
     def decide(state: Any, seq: int, ts: int, item: Any) -> list[Event]:
-        return [OrderAccepted(M, seq, ts, 1, "alice", "c1", "buy", 2**64, 1, "gtc", 1, None, "limit", "x", "y")]
+        return [
+            OrderAccepted(
+                market_id=M,
+                cmd_seq=seq,
+                ts=ts,
+                order_id=1,
+                account_id="alice",
+                client_order_id="c1",
+                side="buy",
+                price=2**64,
+                qty=1,
+                tif="gtc",
+                resting_qty=1,
+                runner=None,
+                order_type="limit",
+                stp="x",
+                persistence="y",
+            )
+        ]
 
     monkeypatch.setattr(core, "decide", decide)
     events = s.place("alice", "buy", 5, 1)
@@ -308,7 +326,7 @@ def _sample(cls: type[Event]) -> Event:
     return cls(**values)
 
 
-@pytest.mark.parametrize("cls", list(EVENT_TYPES.values()), ids=lambda c: c.TYPE)
+@pytest.mark.parametrize("cls", list(EVENT_TYPES.values()), ids=lambda c: c.type)
 def test_the_fast_encoder_gives_the_same_bytes_as_encode(cls: type[Event]) -> None:
     event = _sample(cls)
     assert make_encoders()[cls](event) == encode(event)

@@ -39,14 +39,15 @@ def test_cancel_all_over_more_markets_than_a_batch_holds_is_refused_whole() -> N
 def test_a_decider_that_overflows_becomes_an_internal_error_reject() -> None:
     engine = Engine()
     engine.handle(1, 1, "jb.ctl.M", b"\x84\xa4type\xadcreate_market\xa9market_id\xa1M\xa4base\xa1B\xa5quote\xa1Q")
-    import engine.core as core
+    from commands.model import PlaceOrder
+    from engine.decide import DECIDERS
 
-    original = core._DECIDERS[core.PlaceOrder]
-    core._DECIDERS[core.PlaceOrder] = lambda *a: [original(*a)[0]] * (MAX_COMMAND_EVENTS + 1)  # type: ignore[index]
+    original = DECIDERS[PlaceOrder]
+    DECIDERS[PlaceOrder] = lambda *a: [original(*a)[0]] * (MAX_COMMAND_EVENTS + 1)
     try:
         (event,) = engine.handle(2, 2, "jb.cmd.M.a", b"\x85\xa4type\xabplace_order\xafclient_order_id\xa1c"
                                  b"\xa4side\xa3buy\xa5price\x01\xa3qty\x01")  # fmt: skip
     finally:
-        core._DECIDERS[core.PlaceOrder] = original  # type: ignore[index]
+        DECIDERS[PlaceOrder] = original
     assert isinstance(event, Rejected) and event.reason == "internal_error" and event.detail == "OverflowError"
     assert not engine.state.markets["M"].books[None].orders

@@ -182,7 +182,7 @@ def v11_workload(seed: int, n: int = 600, finish: bool = True) -> tuple[Session,
 @pytest.mark.parametrize("finish", [False, True])
 async def test_v11_model_matches_the_engine_and_ignores_batch_boundaries(tmp_path: Path, finish: bool) -> None:
     session, events = v11_workload(3, finish=finish)
-    kinds = {e.TYPE for e in events}
+    kinds = {e.type for e in events}
     assert kinds >= {"order_amended", "orders_cancelled", "market_state_changed", "runner_added", "risk_limits_set",
                      "fill", "order_cancelled", *(["market_settled"] if finish else [])}, kinds  # fmt: skip
     hashes = set()
@@ -225,5 +225,5 @@ async def test_v11_model_matches_the_engine_and_ignores_batch_boundaries(tmp_pat
     bad = con.execute("SELECT COUNT(*) FROM orders WHERE open_qty < 0 OR filled_qty > qty").fetchone()
     assert bad == (0,)
     settled = dict(con.execute("SELECT account_id, pnl FROM settlements WHERE market_id = 'P'").fetchall())
-    pnl = {a: p for e in events if e.TYPE == "market_settled" for a, p in e.pnl}  # type: ignore[attr-defined]
+    pnl = {a: p for e in events if e.type == "market_settled" for a, p in e.pnl}  # type: ignore[attr-defined]
     assert settled == pnl and bool(settled) == finish

@@ -221,7 +221,7 @@ def test_order_needing_more_fills_than_a_batch_holds_is_refused_whole() -> None:
 def test_extra_fields_on_create_market_are_ignored() -> None:
     s = Session(market=None)
     (e,) = s.create("X", colour="blue", venue={"any": "thing"})
-    assert e.TYPE == "market_created"
+    assert e.type == "market_created"
 
 
 _values = st.recursive(
@@ -269,13 +269,13 @@ def test_any_bytes_on_any_subject_give_events_and_never_an_exception(data: bytes
 
 def test_a_bug_in_decide_is_an_internal_error_reject_not_a_halt(monkeypatch: pytest.MonkeyPatch) -> None:
     from commands.model import PlaceOrder
-    from engine import core
+    from engine import decide
 
     def broken(*_: Any) -> list[Any]:
         raise ZeroDivisionError
 
     s = _session()
-    monkeypatch.setitem(core._DECIDERS, PlaceOrder, broken)
+    monkeypatch.setitem(decide.DECIDERS, PlaceOrder, broken)
     before = state_hash(s.engine.state)
     (r,) = s.place("bob", "buy", 100, 1, coid="boom")
     assert isinstance(r, Rejected)

@@ -1,4 +1,4 @@
-"""replay's fast decoder gives exactly what events.model.decode gives, for every event type and odd layouts."""
+"""events.logged's fast decoder gives exactly what events.model.decode gives, for every event type and odd layouts."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from typing import Any
 import msgpack
 import pytest
 
+from events.logged import decode_fast
 from events.model import EVENT_TYPES, Event, decode, encode
-from replay.rebuild import decode_fast
 
 
 def _sample(annotation: Any, i: int) -> Any:
+    if typing.get_origin(annotation) is typing.Literal:
+        return typing.get_args(annotation)[i % len(typing.get_args(annotation))]
     text = str(annotation)
     if "list" in text:
         return [[f"x{i}", i]]
@@ -26,7 +28,7 @@ def _sample(annotation: Any, i: int) -> Any:
 
 def example(cls: type[Event]) -> Event:
     hints = typing.get_type_hints(cls)
-    return cls(*[_sample(hints[f.name], i) for i, f in enumerate(fields(cls))])
+    return cls(**{f.name: _sample(hints[f.name], i) for i, f in enumerate(fields(cls))})
 
 
 @pytest.mark.parametrize("kind", sorted(EVENT_TYPES))

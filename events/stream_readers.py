@@ -1,7 +1,16 @@
-"""Read a stream in order from any sequence, in batches of whatever has arrived.
+"""Readers of jetbook's streams, JB_CMD and JB_EVT alike: in order from any sequence, in batches.
 
-Built on an ordered consumer: ephemeral, no acks, flow-controlled, and reset by
-the client at the right sequence after a gap or a server restart. Readers keep
+Three readers, one defence. `StreamReader` follows a stream live, in batches
+of whatever has arrived; `ResumableReader` is one that starts again from the
+caller's position after a reconnect (the engine reads JB_CMD with it, the
+standby, the projections and the fan-out read JB_EVT); `BulkReader` reads a
+known range as fast as nats-py allows (recovery, rebuild, verify, time travel).
+What a stored event must be (decoding it, its command order) is
+events/logged.py's business, not a reader's.
+
+`StreamReader` is built on an ordered consumer: ephemeral, no acks,
+flow-controlled, and reset by the client at the right sequence after a gap or
+a server restart. Readers keep
 their own position (the engine in JB_EVT, a projection in its SQLite file), so
 no durable consumer holds a second copy of it that could disagree.
 
@@ -30,7 +39,7 @@ from typing import Any
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from protocol.errors import TRANSIENT, CorruptLog
+from protocol.errors import TRANSIENT
 
 log = logging.getLogger("jetbook.reader")
 
@@ -45,52 +54,6 @@ class RawMsg:
     data: bytes
     pending: int  # messages left in the stream after this one (for this filter)
     headers: dict[str, str] | None = None
-
-
-def check_cmd_seq(seq: int, subject: str, last: int | None, cmd_seq: object) -> int:
-    """The event at JB_EVT `seq` may follow command `last` (None: not known): its command, or CorruptLog.
-
-    Every JB_CMD message gets at least one event (a `rejected` when nothing
-    else), a command's events are stored together, and commands are decided
-    in JB_CMD order; JB_CMD denies delete and purge. So along JB_EVT `cmd_seq`
-    starts at 1 and steps by 0 or 1: a step back is a command decided twice,
-    a step of more than one is commands with no events (skipped).
-    """
-    if type(cmd_seq) is not int or cmd_seq < 1:
-        raise CorruptLog(seq, subject, f"names command {cmd_seq!r}, which is not a JB_CMD sequence")
-    if last is not None and cmd_seq != last and cmd_seq != last + 1:
-        if cmd_seq < last:
-            raise CorruptLog(seq, subject, f"is an event of command {cmd_seq} after events of command {last}")
-        raise CorruptLog(
-            seq, subject, f"is an event of command {cmd_seq} right after command {last}: commands "
-            f"{last + 1}..{cmd_seq - 1} have no events",
-        )  # fmt: skip
-    return cmd_seq
-
-
-def check_resume(seq: int, last_cmd_seq: int, cmd_tail: int) -> None:
-    """At a resume: the newest event (JB_EVT `seq`) may not name a command JB_CMD does not hold.
-
-    Read JB_CMD's tail after JB_EVT's: a command is stored before any of its
-    events, so the tail read later can only be further on.
-    """
-    if last_cmd_seq > cmd_tail:
-        raise CorruptLog(
-            seq, "the newest event", f"names command {last_cmd_seq} but JB_CMD ends at {cmd_tail}: "
-            "resuming there would leave the commands in between undecided",
-        )  # fmt: skip
-
-
-class LogCheck:
-    """`check_cmd_seq` along a read of JB_EVT, for readers that do not keep the engine's state."""
-
-    __slots__ = ("last",)
-
-    def __init__(self, last: int | None) -> None:
-        self.last = last  # the command of the event before the next one; None when not known (a resumed reader)
-
-    def check(self, seq: int, subject: str, cmd_seq: object) -> None:
-        self.last = check_cmd_seq(seq, subject, self.last, cmd_seq)
 
 
 def ack_metadata(reply: str) -> tuple[str, int, int, int]:

@@ -5,20 +5,16 @@ next to a bare loop that only msgpack-decodes the same bytes, in the same run,
 and the command line that produced the figures. Not a test: nothing asserts a
 speed.
 
-    python bench/core_mix.py --commands 300000 --seed 1
+    python -m jetbook.bench.core_mix --commands 300000 --seed 1
 """
 
 from __future__ import annotations
 
 import argparse
 import random
-import sys
 from collections import Counter
-from pathlib import Path
 
 import msgpack
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.core import Engine
 from jetbook.bench.core import measure
@@ -83,7 +79,7 @@ def main() -> None:
     setup, orders = cmds[: args.markets], cmds[args.markets :]
     # The same timing loops as `jetbook bench` (jetbook/bench/core.py), on this workload.
     figures, problems = measure(setup, orders, ["decode", "handle"], args.runs, None)
-    print(f"command: python bench/core_mix.py --commands {args.commands} --seed {args.seed} "
+    print(f"command: python -m jetbook.bench.core_mix --commands {args.commands} --seed {args.seed} "
           f"--markets {args.markets} --accounts {args.accounts} --runs {args.runs}")  # fmt: skip
     print(f"commands: {len(orders):,} (70% place, 25% cancel, 5% amend) after {len(setup)} create_market")
     for key in ("decode", "handle"):
@@ -93,7 +89,7 @@ def main() -> None:
     kinds: Counter[str] = Counter()
     engine = Engine()
     for seq, c in enumerate(cmds, 1):
-        kinds.update(e.TYPE if e.TYPE != "rejected" else f"rejected:{e.reason}"  # type: ignore[attr-defined]
+        kinds.update(e.type if e.type != "rejected" else f"rejected:{e.reason}"  # type: ignore[attr-defined]
                      for e in engine.handle(seq, seq, c.subject, c.data))  # fmt: skip
     print("events: " + ", ".join(f"{k} {v:,}" for k, v in kinds.most_common()))
     for problem in problems:

@@ -1,13 +1,15 @@
 """Engine recovery: a restart with a snapshot, a full replay without one, the cost of writing a snapshot, failover.
 
-    python bench/recovery.py [--events 1000000] [--tail 100000] [--seed 1] [--markets 4] [--json PATH]
+    python -m jetbook.bench.recovery [--events 1000000] [--tail 100000] [--seed 1] [--markets 4] [--json PATH]
 
 Builds a JB_EVT of just under --events events quickly: the seeded flow of
 jetbook/bench/workload.py (the core decides every command while it is
 generated, so the events are exactly what an engine writes, checkpoints
 included) is published straight to JB_EVT on jb.wal.<market>.<kind> as fenced
-ADR-50 atomic batches, never splitting a command. JB_CMD stays empty: only
-recovery is measured. On a real nats-server (temporary store, free port):
+ADR-50 atomic batches, never splitting a command. JB_CMD holds the commands
+those events name (published first, as in a real log, because a resume
+refuses events of commands JB_CMD does not hold), all of them already decided:
+only recovery is measured. On a real nats-server (temporary store, free port):
 
 1. the log up to the command that crosses `--events - --tail` (with the
    default intervals that command ends with a checkpoint, right where the
@@ -47,17 +49,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nats
 
-from engine.core import restore, state_hash
+from engine.core import State, restore, state_hash
 from engine.service import EngineService
 from engine.snapshots import SnapshotStore, capture
-from events.reader import BulkReader, StreamReader, last_seq, read_to_end
+from events.stream_readers import BulkReader, StreamReader, last_seq, read_to_end
 from jetbook.bench.floor import AtomicWriter, group
 from jetbook.bench.procs import Children, cpu_seconds, role_argv
-from jetbook.bench.workload import Flow
+from jetbook.bench.run import Clients, publish_closed_loop
+from jetbook.bench.workload import Cmd, Flow
 from jetbook.server import EmbeddedServer
 from protocol.streams import ensure_streams
 from protocol.subjects import EVT_STREAM
@@ -65,15 +68,16 @@ from protocol.subjects import EVT_STREAM
 Payloads = list[tuple[str, bytes]]
 
 
-def generate(events: int, seed: int, markets: int) -> list[Payloads]:
-    """Every command's encoded events, in order, until the flow has made at least `events` events."""
+def generate(events: int, seed: int, markets: int) -> tuple[list[Cmd], list[Payloads]]:
+    """Every command and its encoded events, in order, until the flow has made at least `events` events."""
     flow = Flow(seed, markets, keep_events=True)
+    cmds = list(flow.setup)
     while flow.events < events + 20_000:
-        flow.take(10_000)
+        cmds += flow.take(10_000)
     per_command = list(flow.events_by_msg_id.values())
     print(f"flow: {flow.last_cmd_seq:,} commands -> {flow.events:,} events, {flow.open_orders():,} open orders "
           f"({flow.gen_seconds:.1f}s to generate)")  # fmt: skip
-    return per_command
+    return cmds, per_command
 
 
 async def publish(nc: Any, per_command: list[Payloads], expected: int) -> int:
@@ -141,12 +145,19 @@ def cut_points(sizes: list[int], events: int, tail: int) -> tuple[int, int]:
 
 
 async def run(url: str, server_pid: int, args: argparse.Namespace, workdir: Path, out: dict[str, Any]) -> None:
-    per_command = generate(args.events, args.seed, args.markets)
+    cmds, per_command = generate(args.events, args.seed, args.markets)
     mid_cut, end_cut = cut_points([len(c) for c in per_command], args.events, args.tail)
     nc = await nats.connect(url, name="bench-recovery", allow_reconnect=False)
     js = nc.jetstream()
     await ensure_streams(js)
     clock = Clock(server_pid)
+    # The commands the log's events name go to JB_CMD first, as in a real log: a resume refuses a JB_EVT that
+    # names commands JB_CMD does not hold. Nothing decides them again: the engines start with all of them decided.
+    with clock:
+        clients = await Clients.open(url, 1, 1000)
+        await publish_closed_loop(clients, cmds[:end_cut])
+        await clients.close()
+    print(f"JB_CMD 1..{end_cut:,} published: {clock}")
     with clock:
         head = await publish(nc, per_command[:mid_cut], 0)
     print(f"JB_EVT 1..{head:,} published: {clock}")
@@ -173,8 +184,8 @@ async def run(url: str, server_pid: int, args: argparse.Namespace, workdir: Path
 
     # 2b. full replay, no snapshot
     full = await recover(nc, clock, load_snapshots=False)
-    expected = state_hash(full.engine.state)
-    assert state_hash(tailed.engine.state) == expected
+    expected = state_hash(cast(State, full.engine.state))
+    assert state_hash(cast(State, tailed.engine.state)) == expected
     del tailed
     out["full_replay"] = {**clock.row(), "events_per_s": round(end / clock.wall)}
     print(f"full replay of {end:,} events, no snapshot: {clock} = {end / clock.wall:,.0f} events/s")
@@ -201,7 +212,7 @@ async def run(url: str, server_pid: int, args: argparse.Namespace, workdir: Path
     # 2d. restart with the snapshot at the end of the log, and its parts
     fresh = await recover(nc, clock)
     assert fresh.recovered_from == forked.tag and fresh.recovery_folded == 0
-    assert state_hash(fresh.engine.state) == expected
+    assert state_hash(cast(State, fresh.engine.state)) == expected
     out["restart_snapshot_at_end"] = clock.row()
     print(f"restart, snapshot at the end: {clock}")
     del fresh
@@ -256,10 +267,10 @@ def main() -> None:
     p.add_argument("--markets", type=int, default=4)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    print("command: python bench/recovery.py " + " ".join(sys.argv[1:]))
+    print("command: python -m jetbook.bench.recovery " + " ".join(sys.argv[1:]))
     workdir = Path(tempfile.mkdtemp(prefix="jetbook-recovery-"))
     server = EmbeddedServer(workdir / "nats", port=0)
-    out: dict[str, Any] = {"command": "python bench/recovery.py " + " ".join(sys.argv[1:])}
+    out: dict[str, Any] = {"command": "python -m jetbook.bench.recovery " + " ".join(sys.argv[1:])}
     try:
         url = server.start()
         assert server.proc is not None

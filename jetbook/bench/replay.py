@@ -1,6 +1,6 @@
 """Replay speed on a real nats-server: the raw read rate of JB_EVT beside the rebuild rate into SQLite, same run.
 
-    python bench/replay.py [--orders 100000] [--seed 1] [--markets 2] [--runs 3] [--no-verify] [--json PATH]
+    python -m jetbook.bench.replay [--orders 100000] [--seed 1] [--markets 2] [--runs 3] [--no-verify] [--json PATH]
 
 It starts an embedded nats-server (free port on 127.0.0.1, temporary store),
 publishes the seeded flow of jetbook/bench/workload.py into JB_CMD, runs
@@ -8,9 +8,9 @@ publishes the seeded flow of jetbook/bench/workload.py into JB_CMD, runs
 event the flow must produce, and stops it. Then, --runs times, on the idle
 streams:
 
-  raw read (bulk)      every JB_EVT message read with events.reader.BulkReader and
+  raw read (bulk)      every JB_EVT message read with events.stream_readers.BulkReader and
                        counted, nothing else: what any replay here can at best do
-  raw read (ordered)   the same with events.reader.StreamReader (nats-py's ordered
+  raw read (ordered)   the same with events.stream_readers.StreamReader (nats-py's ordered
                        consumer, the live worker's reader), for comparison
   rebuild              replay.rebuild.rebuild of the read model into a new file,
                        start to swap: read, decode, plan, write, indexes, fsync
@@ -26,15 +26,7 @@ trades, and every book level. Benchmarks are not tests: nothing asserts a
 duration.
 """
 
-# ruff: noqa: E402  (the path fix below must run before the imports)
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# Run as `python bench/replay.py`, this file's folder comes first on sys.path, and this file is named
-# like the `replay` package it measures: take the folder out so that `import replay` finds the package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import asyncio
@@ -44,18 +36,21 @@ import platform
 import shlex
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import nats
 
 from events.model import decode
-from events.reader import BulkReader, StreamReader, last_seq, read_to_end
+from events.stream_readers import BulkReader, StreamReader, last_seq, read_to_end
 from jetbook.bench.procs import BenchError, Children, cpu_delta, cpu_snapshot, role_argv, tail
 from jetbook.bench.workload import Flow
 from jetbook.server import EmbeddedServer
+from projections import queries
 from protocol.streams import ensure_streams
 from protocol.subjects import EVT_STREAM, HDR_MSG_ID
 from replay.rebuild import rebuild
@@ -126,14 +121,14 @@ def check_model(db: Path, flow: Flow) -> dict[str, Any]:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         c = flow.counts
+        n = queries.counts(con)
         levels = {
-            (m, s, p): (q, n)
-            for m, s, p, q, n in con.execute("SELECT market_id, side, price, qty, orders FROM book_levels")
+            (lv["market_id"], lv["side"], lv["price"]): (lv["qty"], lv["orders"]) for lv in queries.book_levels(con)
         }
         expected = flow.book_levels()
         return {
-            "orders": [con.execute("SELECT COUNT(*) FROM orders").fetchone()[0], c["accepted"]],
-            "trades": [con.execute("SELECT COUNT(*) FROM trades").fetchone()[0], c["fills"]],
+            "orders": [n["orders"], c["accepted"]],
+            "trades": [n["trades"], c["fills"]],
             "book_levels_differing": [len(set(levels.items()) ^ set(expected.items())), 0],
         }
     finally:
@@ -213,7 +208,7 @@ def main() -> int:
     ap.add_argument("--no-verify", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    command = "python -m jetbook.bench.replay " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(f"$ {command}")
     print(f"machine: {platform.node()} {platform.machine()}, python {platform.python_version()}", flush=True)
 

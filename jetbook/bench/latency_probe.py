@@ -8,7 +8,7 @@ This is the floor under `jetbook bench`'s latency figures, which are taken
 with four publishing clients, the projection and the measuring client all on
 the same two cores.
 
-    python bench/latency_probe.py --orders 300 --gap-ms 10
+    python -m jetbook.bench.latency_probe --orders 300 --gap-ms 10
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from typing import Any
 
 import msgpack
 import nats
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jetbook.server import EmbeddedServer
 from protocol.streams import ensure_streams
@@ -72,7 +70,7 @@ async def probe(n: int, gap: float) -> None:
             latencies.append(seen[seq] - t)
             await asyncio.sleep(gap)
         latencies.sort()
-        print(f"command: python bench/latency_probe.py --orders {n} --gap-ms {gap * 1000:g}")
+        print(f"command: python -m jetbook.bench.latency_probe --orders {n} --gap-ms {gap * 1000:g}")
         print(f"publish -> first event, {n} orders one at a time: p50 {_ms(latencies, 0.5):.2f} ms, "
               f"p99 {_ms(latencies, 0.99):.2f} ms, max {latencies[-1] * 1000:.2f} ms")  # fmt: skip
     finally:

@@ -1,6 +1,6 @@
 """Where the engine's wall clock goes: the real EngineService, in this process, on a full JB_CMD backlog.
 
-    python bench/engine_phases.py [--orders 100000] [--seed 1] [--markets 4] [--with-projection]
+    python -m jetbook.bench.engine_phases [--orders 100000] [--seed 1] [--markets 4] [--with-projection]
                                                  [--max-batch 1000] [--json PATH]
 
 Starts an embedded nats-server, publishes the flow of jetbook/bench/workload.py
@@ -36,7 +36,7 @@ from typing import Any
 
 import nats
 
-import events.reader
+import events.stream_readers
 from engine.service import EngineService
 from jetbook.bench.procs import Children, cpu_delta, cpu_snapshot, role_argv
 from jetbook.bench.run import Clients, publish_closed_loop
@@ -111,7 +111,7 @@ def instrument(service: EngineService, timer: Timer) -> None:
     service.publish = timed_service_publish  # type: ignore[method-assign,assignment]
     nc.publish, nc.request = timed_publish, timed_request
 
-    next_batch = events.reader.StreamReader.next_batch
+    next_batch = events.stream_readers.StreamReader.next_batch
 
     async def timed_next_batch(self: Any, *a: Any, **kw: Any) -> Any:
         t = time.perf_counter()
@@ -120,7 +120,7 @@ def instrument(service: EngineService, timer: Timer) -> None:
         finally:
             timer.add("read wait", time.perf_counter() - t)
 
-    events.reader.StreamReader.next_batch = timed_next_batch  # type: ignore[method-assign]
+    events.stream_readers.StreamReader.next_batch = timed_next_batch  # type: ignore[method-assign]
 
 
 async def run(args: argparse.Namespace, url: str, tmp: Path, children: Children, server_pid: int) -> dict[str, Any]:

@@ -1,12 +1,13 @@
 """The write path's floor: ADR-50 atomic batches from nats-py, as the engine sends them, with no engine.
 
-    python bench/atomic_floor.py [--messages 100000] [--payload 180]
+    python -m jetbook.bench.atomic_floor [--messages 100000] [--payload 180]
 
 For batch sizes 1000, 100 and 10 it publishes --messages messages to a scratch
-stream (file storage, allow_atomic) the way engine/service.py does: nc.publish
-for messages 1..n-1 with the engine's batch headers (jetbook/bench/floor.py
-batch_headers, Nats-Expected-Last-Sequence on the first), then nc.request
-for the commit message, waiting for its PubAck before the next batch. Reported
+stream (file storage, allow_atomic) the way the engine's commit pipeline
+(engine/commit.py) does: messages 1..n-1 as one buffer of HPUB frames
+(`batch_frames`, Nats-Expected-Last-Sequence on the first), then nc.request
+for the commit message, waiting for its PubAck before the next batch (one
+commit in flight, to time the two parts apart). Reported
 per batch size: messages/s, the time in the publish calls and the commit wait
 per batch. The last row is plain core-NATS publishing (no JetStream ack) of the
 same messages, for scale. --payload is about an encoded event's size.
@@ -30,8 +31,17 @@ import nats
 from nats.js.api import StorageType, StreamConfig
 from nats.nuid import NUID
 
-from jetbook.bench.floor import batch_headers
+from engine.commit import batch_frames
 from jetbook.server import EmbeddedServer
+from protocol.subjects import HDR_BATCH_COMMIT, HDR_BATCH_ID, HDR_BATCH_SEQ, HDR_EXPECTED_LAST_SEQ
+
+
+def commit_headers(batch_id: str, n: int, expected: int) -> dict[str, str]:
+    """The headers of the last message of an atomic batch of n, as engine/commit.py sets them."""
+    headers = {HDR_BATCH_ID: batch_id, HDR_BATCH_SEQ: str(n), HDR_BATCH_COMMIT: "1"}
+    if n == 1:
+        headers[HDR_EXPECTED_LAST_SEQ] = str(expected)
+    return headers
 
 
 async def run(url: str, messages: int, payload_size: int) -> None:
@@ -42,6 +52,7 @@ async def run(url: str, messages: int, payload_size: int) -> None:
     )
     payload = b"x" * payload_size
     nuid = NUID()
+    send_raw = nc._send_command  # nats-py's write buffer, as engine/commit.py writes the frames
     expected = 0  # the stream's last seq: every batch carries Nats-Expected-Last-Sequence, as the engine's do
     print(f"{'batch':>6}{'batches':>9}{'msg/s':>10}{'publish ms/batch':>18}{'commit ms/batch':>17}{'us/msg wait':>13}")
     for size in (1000, 100, 10):
@@ -51,11 +62,10 @@ async def run(url: str, messages: int, payload_size: int) -> None:
         for _ in range(batches):
             bid = nuid.next().decode()
             ta = time.perf_counter()
-            for i in range(1, size):
-                await nc.publish("bench.atomic.x", payload, headers=batch_headers(bid, i, size, expected))
+            if size > 1:
+                await send_raw(batch_frames(bid, expected, [("bench.atomic.x", payload)] * (size - 1)))
             tb = time.perf_counter()
-            headers = batch_headers(bid, size, size, expected)
-            reply = await nc.request("bench.atomic.x", payload, timeout=10, headers=headers)
+            reply = await nc.request("bench.atomic.x", payload, timeout=10, headers=commit_headers(bid, size, expected))
             expected += size
             if b'"error"' in reply.data:
                 raise RuntimeError(reply.data.decode())
@@ -82,9 +92,9 @@ async def run(url: str, messages: int, payload_size: int) -> None:
     async def batch(n: int) -> None:
         bid = nuid.next().decode()
         nonlocal expected
-        for i in range(1, n):
-            await nc.publish("bench.atomic.x", payload, headers=batch_headers(bid, i, n, expected))
-        reply = await nc.request("bench.atomic.x", payload, timeout=10, headers=batch_headers(bid, n, n, expected))
+        if n > 1:
+            await send_raw(batch_frames(bid, expected, [("bench.atomic.x", payload)] * (n - 1)))
+        reply = await nc.request("bench.atomic.x", payload, timeout=10, headers=commit_headers(bid, n, expected))
         if b'"error"' in reply.data:
             raise RuntimeError(reply.data.decode())
         expected += n

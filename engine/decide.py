@@ -1,0 +1,705 @@
+"""decide(state, command) -> events: every rule of the exchange, one decider per command type.
+
+Pure: no I/O, no clock, no randomness, no floats, and it never mutates the
+state it reads (engine/evolve.py is the only code that does). Each decider
+returns the command's events; a failed check raises `_Refuse`, which `decide`
+turns into the command's one `rejected` event.
+
+The rules (order types, amend, self-trade prevention, market lifecycle, odds,
+risk) and the order in which a command's checks run are specified in
+docs/PROTOCOL.md; the deciders follow that page section by section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from commands.model import (
+    MAX_AMOUNT,
+    MAX_MARKETS,
+    MAX_OPEN_ORDERS,
+    MAX_PRICE,
+    MAX_RUNNERS,
+    AddRunner,
+    AmendOrder,
+    AwaitLive,
+    CancelAll,
+    CancelOrder,
+    CloseMarket,
+    Command,
+    CreateMarket,
+    GoLive,
+    Invalid,
+    Parsed,
+    PlaceOrder,
+    SetMarketState,
+    SetRiskLimits,
+    SettleMarket,
+    VoidMarket,
+)
+from engine.book import Book, Order
+from engine.state import Market, State
+from events.model import (
+    Event,
+    Fill,
+    MarketCreated,
+    MarketSettled,
+    MarketStateChanged,
+    OrderAccepted,
+    OrderAmended,
+    OrderCancelled,
+    OrdersCancelled,
+    Rejected,
+    RiskLimitsSet,
+    RunnerAdded,
+)
+from protocol.reasons import Reason
+from protocol.subjects import ALL_MARKETS
+from protocol.vocab import ODDS_SIDES, PAIR_SIDES, TERMINAL, MarketState, Phase
+
+# One command's events are published as one ADR-50 atomic batch, which the
+# server caps at 1000 messages. One slot is kept for a checkpoint; an order that
+# would need more events is refused whole rather than split across batches.
+MAX_EVENTS_PER_COMMAND: Final = 1000
+MAX_COMMAND_EVENTS: Final = MAX_EVENTS_PER_COMMAND - 1
+MAX_FILLS: Final = MAX_COMMAND_EVENTS - 1  # after the order_accepted
+# Lists of many orders or accounts (mass cancels, settlement) are split into events of this many
+# entries, so even a market with 400k resting orders closes in one atomic batch.
+CHUNK: Final = 500
+
+# Decimal odds x 100 on the standard betting-exchange ladder: (from, to, step).
+ODDS_LADDER: Final = (
+    (101, 200, 1), (200, 300, 2), (300, 400, 5), (400, 600, 10), (600, 1000, 20),
+    (1000, 2000, 50), (2000, 3000, 100), (3000, 5000, 200), (5000, 10000, 500), (10000, 100000, 1000),
+)  # fmt: skip
+ODDS_MIN: Final = 101
+ODDS_MAX: Final = 100_000
+# An odds account's settlement P&L is one of each runner's two figures summed over at most MAX_RUNNERS
+# runners, so each figure is kept within this bound and the sum can never pass MAX_AMOUNT.
+MAX_ODDS_PNL: Final = MAX_AMOUNT // MAX_RUNNERS
+_EMPTY: Final[dict[str, int]] = {}
+
+
+def on_ladder(price: int) -> bool:
+    if price == ODDS_MAX:
+        return True
+    for lo, hi, step in ODDS_LADDER:
+        if lo <= price < hi:
+            return (price - lo) % step == 0
+    return False
+
+
+# --- the checks the deciders share ------------------------------------------------------------------
+
+
+class _Refuse(Exception):
+    """A check failed: decide turns this into the command's one Rejected event."""
+
+    def __init__(self, reason: Reason, detail: str, order_id: int | None = None) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.order_id = order_id
+
+
+def _market(state: State, p: Parsed) -> Market:
+    market = state.markets.get(p.market_id)
+    if market is None:
+        raise _Refuse("unknown_market", f"no market {p.market_id}", getattr(p.command, "order_id", None))
+    return market
+
+
+def _chunks(items: list[Any], size: int = CHUNK) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _chunk_size(total: int, lists: int, budget: int) -> int:
+    """Entries per event so that `lists` lists of `total` entries in all take at most `budget` events.
+
+    CHUNK normally; larger only for huge lists (sum of ceil(n_i / c) <= total / c + lists <= budget).
+    """
+    if lists > budget:
+        raise _Refuse("too_many_events", f"would need more than {MAX_COMMAND_EVENTS} events; narrow it")
+    return max(CHUNK, -(-total // max(1, budget - lists)))
+
+
+def _check_price(market: Market, book: Book, price: int) -> None:
+    if market.kind == "pair":
+        if price % market.tick_size:
+            raise _Refuse("off_tick", f"price: not a multiple of tick_size {market.tick_size}")
+    elif not on_ladder(price):
+        raise _Refuse("off_tick", "price: not on the odds ladder")
+    if not market.min_price <= price <= market.max_price:
+        raise _Refuse("price_out_of_range", f"price: outside {market.min_price}..{market.max_price}")
+    last = book.last_price
+    if market.band_bps and last is not None and abs(price - last) * 10_000 > market.band_bps * last:
+        raise _Refuse("outside_price_band", f"price: more than {market.band_bps} bps from {last}")
+
+
+def _check_qty(market: Market, qty: int) -> None:
+    if qty % market.lot_size:
+        raise _Refuse("off_lot", f"qty: not a multiple of lot_size {market.lot_size}")
+    if qty < market.min_qty:
+        raise _Refuse("qty_below_min", f"qty: below {market.min_qty}")
+    if qty > market.max_qty:
+        raise _Refuse("qty_above_max", f"qty: above {market.max_qty}")
+
+
+def _decide_create_market(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
+    cmd = p.command
+    assert isinstance(cmd, CreateMarket)
+    if cmd.market_id in state.markets:
+        raise _Refuse("market_exists", f"market {cmd.market_id} exists")
+    if cmd.market_id.startswith("_"):
+        raise _Refuse("invalid_market_id", "market ids starting with '_' are reserved")
+    if len(state.markets) >= MAX_MARKETS:
+        raise _Refuse("too_many_markets", f"at most {MAX_MARKETS} markets")
+    if cmd.kind == "pair":
+        if not cmd.base:
+            raise _Refuse("missing_field", "base: missing")
+        if cmd.runners is not None:
+            raise _Refuse("invalid_field", "runners: not_allowed")
+        min_price = cmd.tick_size if cmd.min_price is None else cmd.min_price
+        max_price = MAX_PRICE - MAX_PRICE % cmd.tick_size if cmd.max_price is None else cmd.max_price
+        if min_price % cmd.tick_size or max_price % cmd.tick_size:
+            raise _Refuse("invalid_field", "min_price: off_tick")
+    else:
+        if cmd.runners is None:
+            raise _Refuse("missing_field", "runners: missing")
+        if cmd.tick_size != 1:
+            raise _Refuse("invalid_field", "tick_size: not_allowed")
+        min_price = ODDS_MIN if cmd.min_price is None else cmd.min_price
+        max_price = ODDS_MAX if cmd.max_price is None else cmd.max_price
+        if not (on_ladder(min_price) and on_ladder(max_price)):
+            raise _Refuse("invalid_field", "min_price: off_tick")
+    if min_price > max_price:
+        raise _Refuse("invalid_field", "min_price: out_of_range")
+    min_qty = cmd.lot_size if cmd.min_qty is None else cmd.min_qty
+    if min_qty > cmd.max_qty:
+        raise _Refuse("invalid_field", "min_qty: out_of_range")
+    return [
+        MarketCreated(
+            market_id=cmd.market_id, cmd_seq=seq, ts=ts, kind=cmd.kind, base=cmd.base, quote=cmd.quote,
+            tick_size=cmd.tick_size, lot_size=cmd.lot_size, min_qty=min_qty, max_qty=cmd.max_qty,
+            min_price=min_price, max_price=max_price, band_bps=cmd.band_bps,
+            runners=[list(r) for r in cmd.runners or []],
+        )
+    ]  # fmt: skip
+
+
+def _decide_add_runner(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
+    cmd = p.command
+    assert isinstance(cmd, AddRunner)
+    market = _market(state, p)
+    if market.kind != "odds":
+        raise _Refuse("not_odds_market", "only odds markets have runners")
+    if market.state in TERMINAL:
+        raise _Refuse("market_closed", f"market is {market.state}")
+    if cmd.runner_id in market.runners:
+        raise _Refuse("runner_exists", f"runner {cmd.runner_id} exists")
+    if len(market.runners) >= MAX_RUNNERS:
+        raise _Refuse("too_many_runners", f"at most {MAX_RUNNERS} runners")
+    return [RunnerAdded(market_id=p.market_id, cmd_seq=seq, ts=ts, runner_id=cmd.runner_id, label=cmd.label)]
+
+
+def _illegal(market: Market, ctype: str) -> _Refuse:
+    return _Refuse("illegal_transition", f"{market.state}/{market.phase} -> {ctype}")
+
+
+def _changed(market: Market, seq: int, ts: int, ctype: str, state: MarketState, phase: Phase | None = None) -> Event:
+    return MarketStateChanged(
+        market_id=market.market_id, cmd_seq=seq, ts=ts, state=state, phase=phase or market.phase,
+        previous_state=market.state, previous_phase=market.phase, cause=ctype,
+    )  # fmt: skip
+
+
+def _mass_cancel(
+    market: Market, seq: int, ts: int, reason: str, orders: list[Order], account: str | None, size: int = 0
+) -> list[Event]:
+    """orders_cancelled events; by default sized so they leave room for one more event of the command."""
+    size = size or _chunk_size(len(orders), 1, MAX_COMMAND_EVENTS - 1)
+    rows = [[o.order_id, o.account_id, o.client_order_id, o.side, o.price, o.qty, o.runner] for o in orders]
+    return [
+        OrdersCancelled(market_id=market.market_id, cmd_seq=seq, ts=ts, reason=reason, account_id=account, orders=chunk)
+        for chunk in _chunks(rows, size)
+    ]
+
+
+# --- the market's life: one decider per command (docs/PROTOCOL.md section 12) -----------------------
+
+
+def _decide_set_market_state(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
+    cmd = p.command
+    assert isinstance(cmd, SetMarketState)
+    market = _market(state, p)
+    if market.state not in ("open", "suspended", "halted") or cmd.state == market.state:
+        raise _illegal(market, cmd.type)
+    return [_changed(market, seq, ts, cmd.type, cmd.state)]
+
+
+def _before_the_event(market: Market, ctype: str) -> None:
+    """await_live and go_live: only before the event starts, and not from halted or an end state."""
+    if market.phase != "pre" or market.state not in ("open", "suspended"):
+        raise _illegal(market, ctype)
+
+
+def _decide_await_live(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
+    market = _market(state, p)
+    _before_the_event(market, AwaitLive.type)
+    return [_changed(market, seq, ts, AwaitLive.type, "suspended")]
+
+
+def _decide_go_live(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
+    market = _market(state, p)
+    _before_the_event(market, GoLive.type)
+    lapsing = market.open_orders(lambda o: o.persistence == "lapse")
+    return [
+        *_mass_cancel(market, seq, ts, "lapsed", lapsing, None),
+        _changed(market, seq, ts, GoLive.type, "open", "in_play"),
+    ]
+
+
+def _decide_close_market(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
+    market = _market(state, p)
+    if market.state not in ("open", "suspended", "halted"):
+        raise _illegal(market, CloseMarket.type)
+    resting = market.open_orders(lambda o: True)
+    return [
+        *_mass_cancel(market, seq, ts, "market_closed", resting, None),
+        _changed(market, seq, ts, CloseMarket.type, "closed"),
+    ]
+
+
+def _decide_void_market(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
+    market = _market(state, p)
+    if market.state not in ("open", "suspended", "halted", "closed"):
+        raise _illegal(market, VoidMarket.type)
+    resting = market.open_orders(lambda o: True)
+    return [
+        *_mass_cancel(market, seq, ts, "market_voided", resting, None),
+        _changed(market, seq, ts, VoidMarket.type, "voided"),
+    ]
+
+
+def _decide_settle_market(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
+    cmd = p.command
+    assert isinstance(cmd, SettleMarket)
+    market = _market(state, p)
+    ctype = cmd.type
+    if market.kind == "pair":
+        if cmd.price is None:
+            raise _Refuse("missing_field", "price: missing")
+        if cmd.winner is not None:
+            raise _Refuse("invalid_field", "winner: not_allowed")
+    else:
+        if cmd.winner is None:
+            raise _Refuse("missing_field", "winner: missing")
+        if cmd.price is not None:
+            raise _Refuse("invalid_field", "price: not_allowed")
+        if cmd.winner not in market.runners:
+            raise _Refuse("unknown_runner", f"no runner {cmd.winner}")
+    if market.state != "closed":
+        raise _illegal(market, ctype)
+    pnl: list[list[Any]] = []
+    for account in sorted(market.positions):
+        pos = market.positions[account]
+        if market.kind == "pair":
+            assert cmd.price is not None
+            pnl.append([account, pos[1] + pos[0] * cmd.price])
+        else:
+            pnl.append([account, sum(wl[0] if r == cmd.winner else wl[1] for r, wl in pos.items())])
+    if any(not -MAX_AMOUNT <= row[1] <= MAX_AMOUNT for row in pnl):
+        # Unreachable while fills keep positions in bounds (_check_positions); a guard for old logs.
+        raise _Refuse("amount_out_of_range", "pnl: outside the signed 64-bit range")
+    out: list[Event] = [_changed(market, seq, ts, ctype, "settled")]
+    size = _chunk_size(len(pnl), 1, MAX_COMMAND_EVENTS - 1)
+    m = p.market_id
+    out += [
+        MarketSettled(market_id=m, cmd_seq=seq, ts=ts, winner=cmd.winner, price=cmd.price, pnl=chunk)
+        for chunk in _chunks(pnl, size)
+    ] or [MarketSettled(market_id=m, cmd_seq=seq, ts=ts, winner=cmd.winner, price=cmd.price, pnl=[])]
+    return out
+
+
+# --- risk and trading ----------------------------------------------------------------------------
+
+
+def _decide_risk_limits(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
+    cmd = p.command
+    assert isinstance(cmd, SetRiskLimits)
+    market = _market(state, p)
+    if market.state in ("settled", "voided"):
+        raise _Refuse("market_closed", f"market is {market.state}")
+    return [
+        RiskLimitsSet(
+            market_id=p.market_id,
+            cmd_seq=seq,
+            ts=ts,
+            account_id=cmd.account_id,
+            max_order_qty=cmd.max_order_qty,
+            max_open_orders=cmd.max_open_orders,
+            max_open_exposure=cmd.max_open_exposure,
+        )
+    ]
+
+
+def _taker_events(
+    market: Market, seq: int, ts: int, plan: list[tuple[Order, int]], order_id: int, account: str, coid: str,
+    side: str, qty: int, runner: str | None,
+) -> list[Event]:  # fmt: skip
+    """The fills and self-trade cancels of a match plan, in walk order."""
+    out: list[Event] = []
+    m = market.market_id
+    remaining = qty
+    trade_id = market.next_trade_id
+    for maker, q in plan:
+        if q:
+            remaining -= q
+            out.append(
+                Fill(
+                    market_id=m, cmd_seq=seq, ts=ts, trade_id=trade_id, price=maker.price, qty=q,
+                    maker_order_id=maker.order_id, taker_order_id=order_id, maker_account=maker.account_id,
+                    taker_account=account, taker_side=side, maker_client_order_id=maker.client_order_id,
+                    taker_client_order_id=coid, maker_remaining=maker.qty - q, taker_remaining=remaining,
+                    runner=runner,
+                )
+            )  # fmt: skip
+            trade_id += 1
+        else:
+            out.append(
+                OrderCancelled(
+                    market_id=m, cmd_seq=seq, ts=ts, order_id=maker.order_id, account_id=maker.account_id,
+                    client_order_id=maker.client_order_id, side=maker.side, price=maker.price,
+                    cancelled_qty=maker.qty, reason="self_trade", runner=runner, was_resting=True,
+                )
+            )  # fmt: skip
+    return out
+
+
+def _check_positions(market: Market, plan: list[tuple[Order, int]], account: str, side: str) -> None:
+    """Refuse a match whose fills would take any account's position out of its 64-bit bounds.
+
+    Pair: |cash| + |net qty| x MAX_PRICE <= MAX_AMOUNT, so cash, net qty and the
+    P&L of a settlement at any price (cash + net qty x price) all fit. Odds:
+    each runner's two figures within MAX_ODDS_PNL, so any settlement's sum fits.
+    Only the state after the whole command counts: Python ints do not overflow
+    in between, and nothing is stored or published in between.
+    """
+    deltas: dict[str, list[int]] = {}
+    sign = 1 if side == "buy" or side == "back" else -1
+    pair = market.kind == "pair"
+    for maker, q in plan:
+        if not q:
+            continue
+        price = maker.price
+        a, b = (q, price * q) if pair else (q * (price - 100), q * 100)
+        for who, s in ((account, sign), (maker.account_id, -sign)):
+            d = deltas.get(who)
+            if d is None:
+                d = deltas[who] = [0, 0]
+            d[0] += s * a
+            d[1] -= s * b
+    runner = plan[0][0].runner if plan else None
+    for who, (da, db) in deltas.items():
+        if pair:
+            pos = market.positions.get(who) or (0, 0)
+            ok = abs(pos[1] + db) + abs(pos[0] + da) * MAX_PRICE <= MAX_AMOUNT
+        else:
+            mine: dict[str | None, list[int]] = market.positions.get(who) or {}
+            wl = mine.get(runner) or [0, 0]
+            ok = abs(wl[0] + da) <= MAX_ODDS_PNL and abs(wl[1] + db) <= MAX_ODDS_PNL
+        if not ok:
+            raise _Refuse("amount_out_of_range", "a position would pass its 64-bit bound")
+
+
+def _decide_place(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
+    cmd = p.command
+    assert isinstance(cmd, PlaceOrder) and p.account_id is not None
+    market = _market(state, p)
+    if market.state != "open":
+        raise _Refuse("market_not_open", f"market is {market.state}")
+    runner = cmd.runner
+    side = cmd.side
+    if market.kind == "odds":
+        if runner is None:
+            raise _Refuse("missing_field", "runner: missing")
+        if runner not in market.runners:
+            raise _Refuse("unknown_runner", f"no runner {runner}")
+        if side not in ODDS_SIDES:
+            raise _Refuse("invalid_side", "side: back or lay in odds markets")
+    else:
+        if runner is not None:
+            raise _Refuse("unknown_runner", "pair markets have no runners")
+        if side not in PAIR_SIDES:
+            raise _Refuse("invalid_side", "side: buy or sell in pair markets")
+    book = market.books[runner]
+    price = cmd.price if cmd.order_type == "limit" else cmd.protection_price
+    if price is not None:
+        _check_price(market, book, price)
+    qty = cmd.qty
+    _check_qty(market, qty)
+    account = p.account_id
+    coid = cmd.client_order_id
+    if coid in market.client_orders.get(account, _EMPTY):
+        raise _Refuse("duplicate_client_order_id", "client_order_id already used")
+    risk = market.risk.get(account)
+    if risk is not None and risk.max_order_qty is not None and qty > risk.max_order_qty:
+        raise _Refuse("max_order_qty_exceeded", f"qty: above {risk.max_order_qty}")
+    tif = cmd.tif
+    assert tif is not None  # parse resolved the default
+    if tif == "post_only" and price is not None and book.crosses(side, price):
+        raise _Refuse("post_only_would_take", "the order would take liquidity")
+    plan, stopped, filled, overflow = book.match(side, price, qty, account, cmd.stp, MAX_FILLS)
+    if tif == "fok" and filled < qty:
+        raise _Refuse("fok_not_filled", f"only {filled} of {qty} available")
+    if overflow:
+        raise _Refuse("too_many_fills", f"would need more than {MAX_COMMAND_EVENTS} events")
+    remainder = qty - filled
+    resting = remainder if not stopped and (tif == "gtc" or tif == "post_only") else 0
+    taker_cancel = remainder > 0 and not resting
+    if 1 + len(plan) + taker_cancel > MAX_COMMAND_EVENTS:
+        raise _Refuse("too_many_fills", f"would need more than {MAX_COMMAND_EVENTS} events")
+    if risk is not None:
+        if risk.max_open_exposure is not None:
+            if price is not None:
+                exposure = market.exposure(side, price, qty)
+            else:
+                exposure = sum(market.exposure(side, maker.price, q) for maker, q in plan)
+            if risk.open_exposure + exposure > risk.max_open_exposure:
+                raise _Refuse("max_open_exposure_exceeded", f"exposure would exceed {risk.max_open_exposure}")
+        if risk.max_open_orders is not None and resting and risk.open_orders + 1 > risk.max_open_orders:
+            raise _Refuse("max_open_orders_exceeded", f"at most {risk.max_open_orders} open orders")
+    if resting:
+        assert price is not None  # only limit orders rest
+        if risk is not None and risk.open_orders >= MAX_OPEN_ORDERS:
+            raise _Refuse("too_many_open_orders", f"at most {MAX_OPEN_ORDERS} open orders per account and market")
+        if (risk.open_exposure if risk is not None else 0) + market.exposure(side, price, resting) > MAX_AMOUNT:
+            raise _Refuse("amount_out_of_range", "open exposure would pass its 64-bit bound")
+    if plan:
+        _check_positions(market, plan, account, side)
+
+    m = p.market_id
+    order_id = market.next_order_id
+    out: list[Event] = [
+        OrderAccepted(
+            market_id=m, cmd_seq=seq, ts=ts, order_id=order_id, account_id=account, client_order_id=coid,
+            side=side, price=price, qty=qty, tif=tif, resting_qty=resting, runner=runner,
+            order_type=cmd.order_type, stp=cmd.stp, persistence=cmd.persistence,
+        )
+    ]  # fmt: skip
+    if plan:
+        out += _taker_events(market, seq, ts, plan, order_id, account, coid, side, qty, runner)
+    if taker_cancel:
+        reason = "self_trade" if stopped else "unfilled"
+        out.append(
+            OrderCancelled(
+                market_id=m, cmd_seq=seq, ts=ts, order_id=order_id, account_id=account, client_order_id=coid,
+                side=side, price=price, cancelled_qty=remainder, reason=reason, runner=runner, was_resting=False,
+            )
+        )  # fmt: skip
+    return out
+
+
+def _order_of(p: Parsed, cmd: CancelOrder | AmendOrder, market: Market) -> tuple[Book, Order]:
+    """The open order a cancel or amend names, owned by the sender."""
+    assert p.account_id is not None
+    order_id = cmd.order_id
+    if order_id is None:
+        assert cmd.client_order_id is not None
+        order_id = market.client_orders.get(p.account_id, _EMPTY).get(cmd.client_order_id)
+        if order_id is None:
+            raise _Refuse("unknown_order", "no such client_order_id for this account")
+    found = market.find(order_id)
+    if found is None:
+        if order_id < market.next_order_id:
+            raise _Refuse("order_not_open", "order is filled or cancelled", order_id)
+        raise _Refuse("unknown_order", f"no order {order_id}", order_id)
+    if found[1].account_id != p.account_id:
+        raise _Refuse("not_order_owner", "order belongs to another account", order_id)
+    if cmd.client_order_id is not None and cmd.client_order_id != found[1].client_order_id:
+        raise _Refuse("unknown_order", "order_id and client_order_id name different orders", order_id)
+    return found
+
+
+def _check_cancellable(market: Market, order_id: int | None) -> None:
+    if market.state == "halted":
+        raise _Refuse("market_halted", "no cancels while the market is halted", order_id)
+    if market.state in TERMINAL:
+        raise _Refuse("market_closed", f"market is {market.state}", order_id)
+
+
+def _decide_cancel(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
+    cmd = p.command
+    assert isinstance(cmd, CancelOrder)
+    market = _market(state, p)
+    _check_cancellable(market, cmd.order_id)
+    _, o = _order_of(p, cmd, market)
+    return [
+        OrderCancelled(
+            market_id=p.market_id,
+            cmd_seq=seq,
+            ts=ts,
+            order_id=o.order_id,
+            account_id=o.account_id,
+            client_order_id=o.client_order_id,
+            side=o.side,
+            price=o.price,
+            cancelled_qty=o.qty,
+            reason="user",
+            runner=o.runner,
+            was_resting=True,
+        )
+    ]
+
+
+def _decide_amend(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
+    cmd = p.command
+    assert isinstance(cmd, AmendOrder)
+    market = _market(state, p)
+    if market.state != "open":
+        raise _Refuse("market_not_open", f"market is {market.state}", cmd.order_id)
+    book, order = _order_of(p, cmd, market)
+    oid = order.order_id
+    try:
+        price = order.price if cmd.price is None else cmd.price
+        qty = order.qty if cmd.qty is None else cmd.qty
+        if price != order.price:
+            _check_price(market, book, price)
+        if cmd.qty is not None:
+            _check_qty(market, qty)
+        if price == order.price and qty == order.qty:
+            raise _Refuse("no_change", "the order already has this price and qty")
+        risk = market.risk[order.account_id]
+        if risk.max_order_qty is not None and qty > risk.max_order_qty:
+            raise _Refuse("max_order_qty_exceeded", f"qty: above {risk.max_order_qty}")
+        kept = price == order.price and qty < order.qty
+        plan: list[tuple[Order, int]] = []
+        stopped = False
+        if not kept:
+            if price != order.price and order.tif == "post_only" and book.crosses(order.side, price):
+                raise _Refuse("post_only_would_take", "the amended order would take liquidity")
+            plan, stopped, filled, overflow = book.match(order.side, price, qty, order.account_id, order.stp, MAX_FILLS)
+            if overflow:
+                raise _Refuse("too_many_fills", f"would need more than {MAX_COMMAND_EVENTS} events")
+        else:
+            filled = 0
+        remainder = qty - filled
+        resting = 0 if stopped else remainder
+        taker_cancel = remainder > 0 and stopped
+        if 1 + len(plan) + taker_cancel > MAX_COMMAND_EVENTS:
+            raise _Refuse("too_many_fills", f"would need more than {MAX_COMMAND_EVENTS} events")
+        after = risk.open_exposure - market.exposure(order.side, order.price, order.qty)
+        if risk.max_open_exposure is not None:
+            if after + market.exposure(order.side, price, qty) > risk.max_open_exposure:
+                raise _Refuse("max_open_exposure_exceeded", f"exposure would exceed {risk.max_open_exposure}")
+        if after + market.exposure(order.side, price, qty) > MAX_AMOUNT:
+            raise _Refuse("amount_out_of_range", "open exposure would pass its 64-bit bound")
+        if plan:
+            _check_positions(market, plan, order.account_id, order.side)
+    except _Refuse as refusal:
+        refusal.order_id = oid
+        raise
+    m = p.market_id
+    a, c, side, runner = order.account_id, order.client_order_id, order.side, order.runner
+    out: list[Event] = [
+        OrderAmended(
+            market_id=m,
+            cmd_seq=seq,
+            ts=ts,
+            order_id=oid,
+            account_id=a,
+            client_order_id=c,
+            side=side,
+            old_price=order.price,
+            old_qty=order.qty,
+            price=price,
+            qty=qty,
+            priority="kept" if kept else "lost",
+            resting_qty=resting,
+            runner=runner,
+        )
+    ]
+    if plan:
+        out += _taker_events(market, seq, ts, plan, oid, a, c, side, qty, runner)
+    if taker_cancel:
+        out.append(
+            OrderCancelled(
+                market_id=m, cmd_seq=seq, ts=ts, order_id=oid, account_id=a, client_order_id=c, side=side,
+                price=price, cancelled_qty=remainder, reason="self_trade", runner=runner, was_resting=False,
+            )
+        )  # fmt: skip
+    return out
+
+
+def _decide_cancel_all(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
+    cmd = p.command
+    assert isinstance(cmd, CancelAll) and p.account_id is not None
+    account = p.account_id
+    if p.market_id == ALL_MARKETS:
+        markets = [
+            state.markets[m] for m in sorted(state.markets) if state.markets[m].state not in ("halted", *TERMINAL)
+        ]
+    else:
+        market = _market(state, p)
+        _check_cancellable(market, None)
+        markets = [market]
+
+    def keep(o: Order) -> bool:
+        return (
+            o.account_id == account
+            and (cmd.side is None or o.side == cmd.side)
+            and (cmd.runner is None or o.runner == cmd.runner)
+        )
+
+    found = [(market, orders) for market in markets if (orders := market.open_orders(keep))]
+    size = _chunk_size(sum(len(o) for _, o in found), len(found), MAX_COMMAND_EVENTS)
+    out: list[Event] = []
+    for market, orders in found:
+        out += _mass_cancel(market, seq, ts, "cancel_all", orders, account, size)
+    return out or [
+        OrdersCancelled(market_id=p.market_id, cmd_seq=seq, ts=ts, reason="cancel_all", account_id=account, orders=[])
+    ]
+
+
+# --- decide ------------------------------------------------------------------------------------------
+
+Decider = Callable[[State, int, int, Parsed], list[Event]]
+# One decider per command type; `decide` looks the command's class up here rather than walking an isinstance chain.
+DECIDERS: Final[dict[type[Command], Decider]] = {
+    CreateMarket: _decide_create_market,
+    AddRunner: _decide_add_runner,
+    SetMarketState: _decide_set_market_state,
+    AwaitLive: _decide_await_live,
+    GoLive: _decide_go_live,
+    CloseMarket: _decide_close_market,
+    SettleMarket: _decide_settle_market,
+    VoidMarket: _decide_void_market,
+    SetRiskLimits: _decide_risk_limits,
+    PlaceOrder: _decide_place,
+    CancelOrder: _decide_cancel,
+    AmendOrder: _decide_amend,
+    CancelAll: _decide_cancel_all,
+}
+
+
+def decide(state: State, cmd_seq: int, ts: int, item: Parsed | Invalid) -> list[Event]:
+    """The events one command causes. Never raises for bad input: that is a Rejected event."""
+    if isinstance(item, Invalid):
+        return [
+            Rejected(
+                market_id=item.market_id, cmd_seq=cmd_seq, ts=ts, reason=item.reason, detail=item.detail,
+                account_id=item.account_id, command_type=item.command_type, client_order_id=item.client_order_id,
+            )
+        ]  # fmt: skip
+    try:
+        return DECIDERS[type(item.command)](state, cmd_seq, ts, item)
+    except _Refuse as r:
+        cmd = item.command
+        return [
+            Rejected(
+                market_id=item.market_id, cmd_seq=cmd_seq, ts=ts, reason=r.reason, detail=r.detail,
+                account_id=item.account_id, command_type=cmd.type,
+                client_order_id=getattr(cmd, "client_order_id", None), order_id=r.order_id,
+            )
+        ]  # fmt: skip

@@ -1,0 +1,154 @@
+"""The engine's state: markets, their books, positions and risk, and its canonical snapshot and hash.
+
+Only `engine/evolve.py` changes a State; `engine/decide.py` only reads one.
+`snapshot` is the canonical msgpack of the whole state (no iteration depends
+on hashing), `restore` reverses it, and `state_hash` (its sha256) is what
+checkpoints state and what snapshots are checked against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from engine.book import Book, Order
+from protocol.vocab import MarketKind, MarketState, Phase
+
+
+@dataclass(slots=True)
+class Risk:
+    """One account in one market: what it has open, and the limits set for it (None: no limit)."""
+
+    open_orders: int = 0
+    open_exposure: int = 0
+    max_order_qty: int | None = None
+    max_open_orders: int | None = None
+    max_open_exposure: int | None = None
+
+
+@dataclass(slots=True)
+class Market:
+    market_id: str
+    kind: MarketKind
+    base: str
+    quote: str
+    tick_size: int
+    lot_size: int
+    min_qty: int
+    max_qty: int
+    min_price: int
+    max_price: int
+    band_bps: int
+    runners: dict[str, str] = field(default_factory=dict)  # runner_id -> label, in creation order
+    books: dict[str | None, Book] = field(default_factory=dict)  # None: the one book of a pair market
+    state: MarketState = "open"
+    phase: Phase = "pre"
+    next_order_id: int = 1
+    next_trade_id: int = 1
+    # (account, client_order_id) -> order_id, kept for the market's life so a
+    # repeated client_order_id is refused long after the broker's dedupe window.
+    # Nested by account rather than keyed by (account, coid): a tuple per order is 60 bytes of RAM.
+    client_orders: dict[str, dict[str, int]] = field(default_factory=dict)
+    risk: dict[str, Risk] = field(default_factory=dict)
+    # pair: account -> [net_qty, cash]; odds: account -> {runner: [pnl if it wins, pnl if it loses]}
+    positions: dict[str, Any] = field(default_factory=dict)
+
+    def exposure(self, side: str, price: int, qty: int) -> int:
+        """Notional for pairs; for odds the stake of a back and the liability of a lay, in stake/100."""
+        if self.kind == "pair":
+            return price * qty
+        return qty * 100 if side == "back" else qty * (price - 100)
+
+    def find(self, order_id: int) -> tuple[Book, Order] | None:
+        for book in self.books.values():
+            order = book.orders.get(order_id)
+            if order is not None:
+                return book, order
+        return None
+
+    def open_orders(self, keep: Callable[[Order], bool]) -> list[Order]:
+        found = [o for book in self.books.values() for o in book.orders.values() if keep(o)]
+        found.sort(key=lambda o: o.order_id)
+        return found
+
+
+@dataclass(slots=True)
+class State:
+    markets: dict[str, Market] = field(default_factory=dict)
+    last_cmd_seq: int = 0  # the newest command whose events are folded in
+    event_count: int = 0  # events folded in so far; equals the JB_EVT sequence of the newest one
+
+
+def _state_tree(state: State) -> list[Any]:
+    """Everything the engine knows as plain lists, in a canonical order (no hash-order iteration)."""
+    markets: list[Any] = []
+    for market_id in sorted(state.markets):
+        m = state.markets[market_id]
+        books = []
+        for runner, book in m.books.items():
+            sides = []
+            for levels in (book.bids, book.asks):
+                sides.append(
+                    [
+                        [abs(k), [[o.order_id, o.account_id, o.client_order_id, o.qty, o.tif, o.stp, o.persistence]
+                                  for o in lvl.values()]]
+                        for k, lvl in levels.items()
+                    ]
+                )  # fmt: skip
+            books.append([runner, book.last_price, sides])
+        clients = sorted([a, c, oid] for a, mine in m.client_orders.items() for c, oid in mine.items())
+        risk = [
+            [a, r.open_orders, r.open_exposure, r.max_order_qty, r.max_open_orders, r.max_open_exposure]
+            for a, r in sorted(m.risk.items())
+        ]
+        if m.kind == "pair":
+            positions = [[a, pos] for a, pos in sorted(m.positions.items())]
+        else:
+            positions = [[a, sorted([r, wl] for r, wl in pos.items())] for a, pos in sorted(m.positions.items())]
+        markets.append([
+            market_id, m.kind, m.base, m.quote, m.tick_size, m.lot_size, m.min_qty, m.max_qty, m.min_price,
+            m.max_price, m.band_bps, list(m.runners.items()), m.state, m.phase, m.next_order_id, m.next_trade_id,
+            books, clients, risk, positions,
+        ])  # fmt: skip
+    return [state.last_cmd_seq, state.event_count, markets]
+
+
+def snapshot(state: State) -> bytes:
+    """The state as canonical msgpack: equal states give equal bytes, and `restore` reverses it."""
+    return msgpack.packb(_state_tree(state), use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def restore(data: bytes) -> State:
+    last_cmd_seq, event_count, markets = msgpack.unpackb(data, raw=False, use_list=True)
+    state = State(last_cmd_seq=last_cmd_seq, event_count=event_count)
+    for row in markets:
+        (market_id, kind, base, quote, tick, lot, min_qty, max_qty, min_price, max_price, band, runners, mstate,
+         phase, next_order_id, next_trade_id, books, clients, risk, positions) = row  # fmt: skip
+        m = Market(market_id, kind, base, quote, tick, lot, min_qty, max_qty, min_price, max_price, band)
+        m.runners = {r: label for r, label in runners}
+        m.state, m.phase, m.next_order_id, m.next_trade_id = mstate, phase, next_order_id, next_trade_id
+        for runner, last_price, sides in books:
+            book = m.books[runner] = Book()
+            book.last_price = last_price
+            for side, levels in zip(("lay", "back") if kind == "odds" else ("buy", "sell"), sides, strict=True):
+                for price, orders in levels:
+                    for oid, account, coid, qty, tif, stp, persistence in orders:
+                        book.add(Order(oid, account, coid, side, price, qty, runner, tif, stp, persistence))
+        for a, c, oid in clients:
+            m.client_orders.setdefault(a, {})[c] = oid
+        m.risk = {a: Risk(*rest) for a, *rest in risk}
+        if kind == "pair":
+            m.positions = {a: pos for a, pos in positions}
+        else:
+            m.positions = {a: {r: wl for r, wl in pos} for a, pos in positions}
+        state.markets[market_id] = m
+    return state
+
+
+def state_hash(state: State) -> str:
+    """sha256 of the canonical snapshot (exchange-core's state hash)."""
+    return hashlib.sha256(snapshot(state)).hexdigest()

@@ -1,0 +1,1 @@
+"""Applications built on jetbook's machinery other than the exchange (docs/FRAMEWORK.md)."""
