@@ -34,8 +34,10 @@ def client_call(url: str, body: Callable[[Any], Awaitable[int]], name: str = "je
     from nats.errors import ConnectionClosedError, NoServersError, UnexpectedEOF
     from nats.errors import Error as NatsError
 
-    from jetbook.wiring import connect
+    from jetbook.wiring import REFUSALS, connect
     from protocol.errors import JetbookError
+
+    refusals: list[str] = []
 
     async def main() -> int:
         try:
@@ -49,6 +51,7 @@ def client_call(url: str, body: Callable[[Any], Awaitable[int]], name: str = "je
         try:
             return await body(nc.jetstream())
         finally:
+            refusals.extend(REFUSALS.get(nc, []))
             await nc.close()
 
     try:
@@ -65,7 +68,10 @@ def client_call(url: str, body: Callable[[Any], Awaitable[int]], name: str = "je
         )
         raise typer.Exit(2) from err
     except TimeoutError as err:
-        typer.echo(f"error: {err}. Is the engine running (`jetbook up` or `jetbook engine`)?", err=True)
+        if refusals:  # the server refused what we asked, and said so only on the side
+            typer.echo(f"error: refused by the server: {refusals[0]}. This user may not do that.", err=True)
+        else:
+            typer.echo(f"error: {err}. Is the engine running (`jetbook up` or `jetbook engine`)?", err=True)
         raise typer.Exit(2) from err
     except (ConnectionClosedError, UnexpectedEOF) as err:
         typer.echo(f"error: lost the connection to NATS at {url} ({type(err).__name__}); run it again", err=True)

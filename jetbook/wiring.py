@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,9 +95,16 @@ def resolve_access(url: str, role: str, env: Mapping[str, str] | None = None) ->
 async def connect(
     url: str, name: str, *, reconnect: bool = True, role: str = "operator", login: dict[str, str] | None = None
 ) -> Any:
-    """Connect as `role` (engine, projection, fanout, gateway, operator, or a trader's account), or as `login`."""
+    """Connect as `role` (engine, projection, fanout, gateway, operator, or a trader's account), or as `login`.
+
+    The server's permission refusals arrive asynchronously, while the request they refused just times out;
+    they are kept in `REFUSALS[client]` so that a one-shot command can say why it timed out.
+    """
+    refused: list[str] = []
 
     async def on_error(err: Exception) -> None:
+        if "permissions violation" in str(err).lower():
+            refused.append(str(err).strip())
         if reconnect:  # a one-shot client reports its own failure once, at the end
             logging.getLogger("jetbook.nats").warning("%s: %s", name, err)
 
@@ -105,7 +113,7 @@ async def connect(
     if login is not None:
         access = Access(auth=login, tls=access.tls, inbox_prefix=f"_INBOX_{login['user']}")
     extra: dict[str, Any] = {"tls": access.tls} if access.tls is not None else {}
-    return await nats.connect(
+    nc = await nats.connect(
         servers=servers,
         **access.auth,
         **extra,
@@ -119,6 +127,11 @@ async def connect(
         connect_timeout=3,
         error_cb=on_error,
     )
+    REFUSALS[nc] = refused
+    return nc
+
+
+REFUSALS: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDictionary()
 
 
 async def close_quietly(nc: Any) -> None:

@@ -429,3 +429,28 @@ async def test_the_query_service_answers_as_its_own_user_and_reads_no_log(
         await users[user].nc.subscribe("jb.qry.>", queue="jb-qry")
         await users[user].nc.flush()
         assert await users[user].refused("jb.qry.>"), user
+
+
+async def test_a_refused_request_says_it_was_refused_not_that_the_engine_is_down(
+    locked: tuple[EmbeddedServer, Credentials],
+) -> None:
+    """The server refuses alice's publish for bob on the side; the request itself only times out. The one-shot
+    client must report the refusal (`jetbook.wiring.REFUSALS`), not send the user looking for a dead engine."""
+    from jetbook.wiring import REFUSALS, connect
+
+    server, creds = locked
+    admin = await login(server.url, creds, "engine")
+    await ensure_streams(admin.js)
+    await admin.nc.close()
+    nc = await connect(
+        server.url, "test-refused", reconnect=False, login={"user": "alice", "password": creds.users["alice"]}
+    )
+    try:
+        with pytest.raises(TimeoutError):
+            await nc.jetstream(timeout=1.0).publish("jb.cmd.M.bob", b"\x80")
+        refusals = REFUSALS[nc]
+        assert refusals and "jb.cmd.m.bob" in refusals[0].lower()
+        await nc.jetstream(timeout=2.0).publish("jb.cmd.M.alice", b"\x80")  # her own account: stored, no new refusal
+        assert len(REFUSALS[nc]) == 1
+    finally:
+        await nc.close()
