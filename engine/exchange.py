@@ -11,17 +11,47 @@ events, its own live read-model connection (`ReadModel.open`).
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 from typing import Any, Final
 
+import commands.model
+import engine.book
+import engine.core
+import engine.decide
+import engine.evolve
+import engine.state
+import events.model
+import protocol.reasons
+import protocol.subjects
+import protocol.vocab
 from engine.core import CHECKPOINT_EVERY, MAX_EVENTS_PER_COMMAND, Diverged, Engine, State, restore, snapshot, state_hash
 from engine.lease import LEASE_BUCKET, LEASE_KEY
-from engine.snapshots import CORE, SNAP_BUCKET
 from events.logged import decode_fast
 from events.model import Checkpoint, UnknownEvent, encode
 from framework.app import App, Streams
 from projections.read_model import ReadModel
 from protocol.streams import ensure_streams
-from protocol.subjects import CMD_STREAM, CMD_SUBJECTS, EVT_PREFIX, EVT_STREAM, WAL_PREFIX
+from protocol.subjects import CMD_STREAM, CMD_SUBJECTS, EVT_PREFIX, EVT_STREAM, SNAP_BUCKET, WAL_PREFIX
+
+# Every module whose source decides what a state is or what events a command gives: the engine's parts,
+# the command parser, the event models and the vocabularies they share. A snapshot made by any other
+# version of any of them is not trusted on its digest alone.
+CORE_MODULES: Final = (
+    engine.core, engine.state, engine.decide, engine.evolve, engine.book, commands.model, events.model,
+    protocol.reasons, protocol.vocab, protocol.subjects,
+)  # fmt: skip
+
+
+def core_fingerprint() -> str:
+    """Changes whenever the code that defines the state, the rules or the encoding changes."""
+    digest = hashlib.sha256()
+    for module in CORE_MODULES:
+        digest.update(inspect.getsource(module).encode())
+    return digest.hexdigest()[:16]
+
+
+CORE: Final = core_fingerprint()
 
 
 class ExchangeDecider:

@@ -32,7 +32,7 @@ for the fork (like Redis's BGSAVE). Where fork is missing, it serialises
 inline.
 
 The state's bytes, hash and fingerprint are the decider's (framework/app.py):
-the exchange's by default, whose `CORE` is computed below; an application
+the exchange's by default (engine/exchange.py, with its `CORE` fingerprint); an application
 passes its own decider and bucket (`SnapshotStore(..., bucket=, decider=)`).
 """
 
@@ -42,7 +42,6 @@ import asyncio
 import base64
 import gc
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -54,21 +53,11 @@ from typing import Any, Final
 import nats.js.errors
 from nats.js.api import DeliverPolicy, ObjectInfo, ObjectMeta, ObjectMetaOptions, StorageType
 
-import commands.model
-import engine.book
-import engine.core
-import engine.decide
-import engine.evolve
-import engine.state
-import events.model
-import protocol.reasons
-import protocol.subjects
-import protocol.vocab
 from framework.app import Decider
+from protocol.subjects import SNAP_BUCKET
 
 log = logging.getLogger("jetbook.snapshots")
 
-SNAP_BUCKET: Final = "JB_SNAP"
 SNAP_PREFIX: Final = "engine-"
 DEFAULT_KEEP: Final = 3
 CHUNK_BYTES: Final = 512 * 1024  # under the server's default 1 MB max_payload, with room for headers
@@ -78,26 +67,6 @@ H_CMD: Final = "Jetbook-Cmd-Seq"
 H_HASH: Final = "Jetbook-State-Hash"
 H_EVENT: Final = "Jetbook-Event-Digest"
 H_CORE: Final = "Jetbook-Core"
-
-
-# Every module whose source decides what a state is or what events a command gives: the engine's parts,
-# the command parser, the event models and the vocabularies they share. A snapshot made by any other
-# version of any of them is not trusted on its digest alone.
-CORE_MODULES: Final = (
-    engine.core, engine.state, engine.decide, engine.evolve, engine.book, commands.model, events.model,
-    protocol.reasons, protocol.vocab, protocol.subjects,
-)  # fmt: skip
-
-
-def core_fingerprint() -> str:
-    """Changes whenever the code that defines the state, the rules or the encoding changes."""
-    digest = hashlib.sha256()
-    for module in CORE_MODULES:
-        digest.update(inspect.getsource(module).encode())
-    return digest.hexdigest()[:16]
-
-
-CORE: Final = core_fingerprint()
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,4 +415,4 @@ class SnapshotStore:
         return state, ""
 
 
-__all__ = ["CORE", "Captured", "Forked", "SnapshotStore", "Tag", "capture", "finish_capture", "start_capture"]
+__all__ = ["SNAP_BUCKET", "Captured", "Forked", "SnapshotStore", "Tag", "capture", "finish_capture", "start_capture"]

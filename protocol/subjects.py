@@ -20,6 +20,7 @@ from typing import Final
 ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 CMD_STREAM: Final = "JB_CMD"
+SNAP_BUCKET: Final = "JB_SNAP"  # object store of engine snapshots
 EVT_STREAM: Final = "JB_EVT"
 
 CMD_PREFIX: Final = "jb.cmd"

@@ -93,7 +93,7 @@ def test_the_pure_core_does_no_io(module: str) -> None:
 
 def test_the_pure_core_list_is_the_snapshot_fingerprint() -> None:
     """The files checked for purity are the files whose source a snapshot's core fingerprint covers."""
-    from engine.snapshots import CORE_MODULES
+    from engine.exchange import CORE_MODULES
 
     assert {m.__name__.replace(".", "/") + ".py" for m in CORE_MODULES} == set(PURE)
 
