@@ -10,44 +10,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from nats.js.api import DiscardPolicy, RePublish, RetentionPolicy, StorageType, StreamConfig, SubjectTransform
+from nats.js.api import StreamConfig
 
 from framework.app import App
-from protocol.streams import DUPLICATE_WINDOW_S, MAX_COMMAND_BYTES, ensure_stream_configs
+from protocol.streams import cmd_stream, ensure_stream_configs, evt_stream
 
 
 def stream_configs(app: App, replicas: int = 1) -> list[StreamConfig]:
     s = app.streams
-    cmd = StreamConfig(
-        name=s.cmd,
-        description=f"{app.name} commands, in arrival order",
-        subjects=list(s.cmd_subjects),
-        storage=StorageType.FILE,
-        retention=RetentionPolicy.LIMITS,
-        discard=DiscardPolicy.OLD,
-        duplicate_window=DUPLICATE_WINDOW_S,
-        max_msg_size=MAX_COMMAND_BYTES,
-        num_replicas=replicas,
-        deny_delete=True,
-        deny_purge=True,
-        allow_direct=True,
-    )
-    evt = StreamConfig(
-        name=s.evt,
-        description=f"{app.name} events: the write-ahead log",
-        subjects=[f"{s.wal_prefix}.>"],
-        subject_transform=SubjectTransform(src=f"{s.wal_prefix}.>", dest=f"{s.evt_prefix}.>"),
-        republish=RePublish(src=f"{s.evt_prefix}.>", dest=f"{s.evt_prefix}.>"),
-        storage=StorageType.FILE,
-        retention=RetentionPolicy.LIMITS,
-        discard=DiscardPolicy.OLD,
-        num_replicas=replicas,
-        deny_delete=True,
-        deny_purge=True,
-        allow_atomic=True,
-        allow_direct=True,
-    )
-    return [cmd, evt]
+    return [
+        cmd_stream(replicas, name=s.cmd, subjects=s.cmd_subjects, description=f"{app.name} commands, in arrival order"),
+        evt_stream(
+            replicas, name=s.evt, wal_prefix=s.wal_prefix, evt_prefix=s.evt_prefix,
+            description=f"{app.name} events: the write-ahead log",
+        ),
+    ]  # fmt: skip
 
 
 async def ensure_app_streams(js: Any, app: App, replicas: int = 1) -> None:

@@ -16,6 +16,7 @@ import typer
 
 from jetbook.cli_common import Url
 from jetbook.settings import DEFAULT_URL, log_level
+from protocol.subjects import is_id
 
 ROLE = "query"  # the NATS user (jetbook/server.py, deploy/accounts.conf)
 
@@ -74,6 +75,9 @@ def query(
 
     from jetbook.wiring import connect
 
+    if not is_id(name):  # it becomes a subject token: a wildcard, a dot or a space would ask something else
+        typer.echo(f"error: {name[:80]!r} is not a query name", err=True)
+        raise typer.Exit(2)
     body: dict[str, Any] = {"consistency": consistency, "min_seq": min_seq, "timeout_ms": timeout_ms}
     for item in fields or []:
         key, sep, text = item.partition("=")

@@ -26,7 +26,6 @@ from protocol.subjects import (
     TAPE_STREAM,
     TAPE_SUBJECTS,
     WAL_PREFIX,
-    WAL_SUBJECTS,
 )
 
 DUPLICATE_WINDOW_S = 120.0  # how long the broker drops a repeated Nats-Msg-Id
@@ -34,11 +33,18 @@ MAX_COMMAND_BYTES = 64 * 1024
 ERR_STREAM_NAME_IN_USE = 10058  # exists with another config
 
 
-def cmd_stream(replicas: int = 1) -> StreamConfig:
+def cmd_stream(
+    replicas: int = 1,
+    *,
+    name: str = CMD_STREAM,
+    subjects: tuple[str, ...] = CMD_SUBJECTS,
+    description: str = "jetbook commands, in arrival order; kept for audit and re-deciding",
+) -> StreamConfig:
+    """The command stream; another application of the machinery passes its own names (framework/streams.py)."""
     return StreamConfig(
-        name=CMD_STREAM,
-        description="jetbook commands, in arrival order; kept for audit and re-deciding",
-        subjects=list(CMD_SUBJECTS),
+        name=name,
+        description=description,
+        subjects=list(subjects),
         storage=StorageType.FILE,
         retention=RetentionPolicy.LIMITS,
         discard=DiscardPolicy.OLD,
@@ -51,14 +57,22 @@ def cmd_stream(replicas: int = 1) -> StreamConfig:
     )
 
 
-def evt_stream(replicas: int = 1) -> StreamConfig:
+def evt_stream(
+    replicas: int = 1,
+    *,
+    name: str = EVT_STREAM,
+    wal_prefix: str = WAL_PREFIX,
+    evt_prefix: str = EVT_PREFIX,
+    description: str = "jetbook events: the write-ahead log, the only source of truth",
+) -> StreamConfig:
+    """The event stream; another application of the machinery passes its own names (framework/streams.py)."""
     return StreamConfig(
-        name=EVT_STREAM,
-        description="jetbook events: the write-ahead log, the only source of truth",
+        name=name,
+        description=description,
         # The engine publishes on jb.wal.>; stored and republished as jb.evt.> (see protocol/subjects.py).
-        subjects=list(WAL_SUBJECTS),
-        subject_transform=SubjectTransform(src=f"{WAL_PREFIX}.>", dest=f"{EVT_PREFIX}.>"),
-        republish=RePublish(src=f"{EVT_PREFIX}.>", dest=f"{EVT_PREFIX}.>"),
+        subjects=[f"{wal_prefix}.>"],
+        subject_transform=SubjectTransform(src=f"{wal_prefix}.>", dest=f"{evt_prefix}.>"),
+        republish=RePublish(src=f"{evt_prefix}.>", dest=f"{evt_prefix}.>"),
         storage=StorageType.FILE,
         retention=RetentionPolicy.LIMITS,
         discard=DiscardPolicy.OLD,
@@ -79,20 +93,7 @@ async def ensure_streams(js: Any, replicas: int = 1) -> None:
     Never lowers the replica count: a process started with the default of 1
     against an R3 cluster must not quietly make the log R1.
     """
-    for config in (cmd_stream(replicas), evt_stream(replicas)):
-        try:
-            existing = await js.stream_info(config.name)
-        except NotFoundError:
-            existing = None
-        if existing is not None and int(existing.config.num_replicas or 1) > replicas:
-            log.info("%s keeps %d replicas (asked for %d)", config.name, existing.config.num_replicas, replicas)
-            config.num_replicas = existing.config.num_replicas
-        try:
-            await js.add_stream(config)
-        except BadRequestError as err:
-            if err.err_code != ERR_STREAM_NAME_IN_USE:
-                raise
-            await js.update_stream(config)
+    await ensure_stream_configs(js, [cmd_stream(replicas), evt_stream(replicas)], replicas)
 
 
 async def wait_for_stream(js: Any, name: str, stop: asyncio.Event) -> bool:
@@ -162,6 +163,7 @@ async def ensure_stream_configs(js: Any, configs: list[StreamConfig], replicas: 
         except NotFoundError:
             existing = None
         if existing is not None and int(existing.config.num_replicas or 1) > replicas:
+            log.info("%s keeps %d replicas (asked for %d)", config.name, existing.config.num_replicas, replicas)
             config.num_replicas = existing.config.num_replicas
         try:
             await js.add_stream(config)

@@ -70,7 +70,7 @@ def secured_server(tmp_path: Path) -> Iterator[str]:
         while not accepts_connections(f"nats://127.0.0.1:{port}"):
             assert proc.poll() is None, (tmp_path / "server.log").read_text()
             assert time.monotonic() < deadline, "nats-server did not start"
-            time.sleep(0.05)
+            time.sleep(0.05)  # the poll interval of a wait for a condition (the port answers), with its deadline above
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()
@@ -169,4 +169,89 @@ async def test_a_standby_takes_over_under_the_shipped_permissions(secured_server
         finally:
             await standby_nc.close()
         await assert_log_is_exact(ejs)
+        assert not violations.seen, violations.seen
+
+
+async def test_the_fanout_and_the_query_service_start_restart_and_fail_over_under_the_shipped_permissions(
+    secured_server: str, tmp_path: Path
+) -> None:
+    """The roles issue 9 and 11 added, each as its own user: hostile queries first, then a restart of the fan-out
+    and the loss of one of two query services; the venue still decides a valid order, the surviving service
+    answers it strongly, and the restarted fan-out files it in the private feed."""
+    import asyncio
+
+    import msgpack
+
+    from projections.fanout import FanOut
+    from projections.query_service import QueryService
+    from projections.runner import ProjectionRunner
+
+    def order(coid: str, side: str, price: int) -> bytes:
+        return bytes(msgpack.packb({"type": "place_order", "client_order_id": coid, "side": side, "price": price,
+                                    "qty": 1}))  # fmt: skip
+
+    async def run_fanout(nc: Any) -> tuple[asyncio.Event, asyncio.Task[Any]]:
+        stop = asyncio.Event()
+        return stop, asyncio.create_task(FanOut(nc).run(stop))
+
+    async def acct_last(ojs: Any) -> int:
+        try:
+            return await last_seq(ojs, "JB_ACCT")
+        except Exception:  # not created yet
+            return 0
+
+    db = tmp_path / "rm.db"
+    async with _clients(secured_server) as (engine_nc, ops_nc, violations):
+        ojs = ops_nc.jetstream()
+        users = {u: await _connect(secured_server, u, violations) for u in ("projection", "fanout", "query")}
+        second_query = await _connect(secured_server, "query", violations)
+        proj_stop = asyncio.Event()
+        q1, q2 = QueryService(users["query"], db), QueryService(second_query, db)
+        try:
+            async with running_engine(engine_nc):
+                projection = asyncio.create_task(ProjectionRunner(users["projection"].jetstream(), db).run(proj_stop))
+                fan_stop, fan_task = await run_fanout(users["fanout"])
+                await q1.start()
+                await q2.start()
+                await ops_nc.publish("jb.ctl.M", msgpack.packb({"type": "create_market", "market_id": "M",
+                                                                "base": "B", "quote": "Q"}))  # fmt: skip
+                await ojs.publish("jb.cmd.M.alice", order("a1", "sell", 100))
+                # Hostile queries: each answered with an error, none stops a service.
+                for subject, payload in (
+                    ("jb.qry.top_of_book", b"\xc1"),
+                    ("jb.qry.top_of_book", b"\x91" * 1010 + b"\x00"),
+                    ("jb.qry.top_of_book", msgpack.packb({"market_id": 1, "depth": 2**63})),
+                    ("jb.qry.order", msgpack.packb({"market_id": "M", "order_id": "x", "consistency": "nope"})),
+                    ("jb.qry.nope", b""),
+                ):
+                    answer = msgpack.unpackb((await ops_nc.request(subject, payload, timeout=5)).data)
+                    assert "error" in answer, (subject, answer)
+                # Restart the fan-out; lose one query service.
+                fan_stop.set()
+                await asyncio.wait_for(fan_task, 10)
+                fan_stop, fan_task = await run_fanout(users["fanout"])
+                await q1.stop()
+                before = await acct_last(ojs)
+                ack = await ojs.publish("jb.cmd.M.bob", order("b1", "buy", 100))
+                msg = await ops_nc.request("jb.qry.order", msgpack.packb({
+                    "market_id": "M", "account_id": "bob", "client_order_id": "b1", "consistency": "strong"}),
+                    timeout=10)  # fmt: skip
+                answer = msgpack.unpackb(msg.data)
+                assert answer["result"]["client_order_id"] == "b1", answer
+                assert answer["result"]["status"] == "filled", answer  # it crossed alice's order
+                assert answer["at_seq"] >= 1 and ack.seq >= 3
+
+                async def filed() -> bool:  # bob's acceptance and fill, alice's fill: at least three more
+                    return await acct_last(ojs) >= before + 3
+
+                await wait_until(filed, what="the restarted fan-out to file bob's order and the trade")
+                fan_stop.set()
+                await asyncio.wait_for(fan_task, 10)
+        finally:
+            await q2.stop()
+            proj_stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(projection, 10)
+            for nc in (*users.values(), second_query):
+                await nc.close()
         assert not violations.seen, violations.seen
