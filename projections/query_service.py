@@ -54,6 +54,7 @@ from nats.micro.service import Service
 
 from events.model import decode
 from projections import queries
+from protocol.barrier import barrier
 from protocol.subjects import CMD_STREAM, EVT_PREFIX, EVT_STREAM, is_id
 
 log = logging.getLogger("jetbook.query")
@@ -442,7 +443,7 @@ class QueryService:
             name="unknown", subject=f"{QRY_PREFIX}.>", handler=self._unknown, queue_group=f"{QUEUE_GROUP}-unknown",
             metadata={"about": "answers unknown_query for a name that is not a query"},
         )  # fmt: skip
-        await self.nc.flush()
+        await barrier(self.nc)  # the endpoints answer once start() returns
         log.info("query service %s on %s.>, read model %s", self.service.id, QRY_PREFIX, self.replica.path)
 
     async def stop(self) -> None:

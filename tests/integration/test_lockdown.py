@@ -28,6 +28,7 @@ from jetbook.roles import engine_role, project_role
 from jetbook.server import EmbeddedServer
 from jetbook.settings import CREDENTIALS_FILE, Credentials, find_for_url
 from jetbook.wiring import connect, resolve_access
+from protocol.barrier import barrier
 from protocol.streams import ensure_streams
 from protocol.subjects import CMD_STREAM, EVT_STREAM
 from tests.conftest import POLL_INTERVAL_S, wait_until
@@ -230,7 +231,7 @@ async def test_a_trader_follows_its_account_and_the_tape_live_and_nothing_else(u
         await alice.nc.subscribe(subject, cb=keep)
         await alice.nc.flush()
         assert await alice.refused(subject), subject
-    await alice.nc.flush()
+    await barrier(alice.nc)
     await fanout.js.publish("jb.acct.alice.M.fill", b"a")
     await fanout.js.publish("jb.acct.bob.M.fill", b"b")
     await fanout.js.publish("jb.tape.M", b"t")
