@@ -28,8 +28,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from nats.nuid import NUID
@@ -85,6 +87,12 @@ async def _no_hold() -> None:
     return None
 
 
+def _timed(on_commit: Callable[[float], None], sent: float, reply: asyncio.Future[Any]) -> None:
+    """When a commit's reply arrives: its time, if it is an answer (a timeout or a cancel is not a commit time)."""
+    if not reply.cancelled() and reply.exception() is None:
+        on_commit(time.perf_counter() - sent)
+
+
 class CommitPipeline:
     """Appends batches of encoded events to JB_EVT, each one commit, up to `inflight` commits outstanding.
 
@@ -108,8 +116,10 @@ class CommitPipeline:
         hold: Callable[[], Awaitable[None]] = _no_hold,
         stop: asyncio.Event | None = None,
         stream: str = EVT_STREAM,
+        on_commit: Callable[[float], None] | None = None,
     ) -> None:
         self.nc = nc
+        self.on_commit = on_commit  # called with each atomic batch's send-to-PubAck seconds (engine/metrics.py)
         self.stream = stream  # the event stream the batches land in (an application's own; JB_EVT by default)
         self.js = js if js is not None else nc.jetstream()
         self.inflight = max(1, inflight)  # atomic batches committing at once
@@ -263,7 +273,12 @@ class CommitPipeline:
         headers = {HDR_BATCH_ID: batch_id, HDR_BATCH_SEQ: str(n), HDR_BATCH_COMMIT: "1"}
         if n == 1:
             headers[HDR_EXPECTED_LAST_SEQ] = str(expected)
-        return asyncio.ensure_future(self.nc.request(subject, data, timeout=self.timeout, headers=headers))
+        reply: asyncio.Task[Any] = asyncio.ensure_future(
+            self.nc.request(subject, data, timeout=self.timeout, headers=headers)
+        )
+        if self.on_commit is not None:
+            reply.add_done_callback(partial(_timed, self.on_commit, time.perf_counter()))
+        return reply
 
     async def _landed(self, batch_id: str, expected: int, n: int) -> bool:
         """After an ambiguous commit: True if our batch is in JB_EVT, False if nothing was written after `expected`.

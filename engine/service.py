@@ -46,9 +46,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from commands.model import SPECS
 from engine.commit import BACKOFF_FIRST_S, DEFAULT_INFLIGHT, CommitPipeline, Stopping
 from engine.exchange import APP as EXCHANGE
 from engine.lease import Lease
+from engine.metrics import EngineMetrics
 from engine.snapshots import Captured, SnapshotStore, Tag, finish_capture, start_capture
 from events.logged import check_cmd_seq, check_resume, decode_logged
 from events.stream_readers import BulkReader, RawMsg, ResumableReader, StreamReader, last_seq
@@ -167,9 +169,10 @@ class EngineService:
         lease: Lease | None = None,
         inflight: int = DEFAULT_INFLIGHT,
         app: App = EXCHANGE,
+        metrics: EngineMetrics | None = None,
     ) -> None:
         """`app` is the application this engine decides for (framework/app.py); checkpoint_every defaults to its
-        decider's interval."""
+        decider's interval. `metrics` counts always (per batch, engine/metrics.py); serving them is the role's."""
         self.app = app
         self.decider = app.decider
         self.streams = app.streams
@@ -190,10 +193,15 @@ class EngineService:
         self.load_snapshots = load_snapshots  # False: always replay JB_EVT from the start (benchmarks, audits)
         self.lease = lease
         self.role = "starting"  # then "standby" / "active" (with a lease), "active" (without)
+        if metrics is None:
+            metrics = EngineMetrics(command_types=SPECS if app is EXCHANGE else None)
+        self.metrics = metrics
+        metrics.attach(self)
         # JB_EVT out: atomic batches, fenced, `inflight` at once, each sent only while `_hold` says the lease is ours.
         self.commits = CommitPipeline(
-            nc, js=self.js, inflight=inflight, timeout=commit_timeout, hold=self._hold, stream=self.streams.evt
-        )
+            nc, js=self.js, inflight=inflight, timeout=commit_timeout, hold=self._hold, stream=self.streams.evt,
+            on_commit=metrics.committed,
+        )  # fmt: skip
         self.commands_done = 0
         self.takeovers = 0
         self.step_downs = 0
@@ -351,6 +359,15 @@ class EngineService:
     async def run(self, stop: asyncio.Event) -> None:
         self.stop = stop
         await ensure_app_streams(self.js, self.app, self.replicas)
+        sampler = asyncio.create_task(self.metrics.sample_backlog(lambda: last_seq(self.js, self.streams.cmd), stop))
+        try:
+            await self._run(stop)
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+
+    async def _run(self, stop: asyncio.Event) -> None:
         await self.recover()
         if self.lease is None:
             await self._lead(stop)
@@ -530,14 +547,20 @@ class EngineService:
         """Decide each command and send its events; commits may still be in flight on return."""
         pending: list[tuple[str, bytes]] = []
         max_events = self.decider.max_events_per_command  # one atomic batch
+        decided: list[Any] = []  # the batch's events, counted once per batch (engine/metrics.py)
+        clock = time.perf_counter
+        started, waited = clock(), 0.0
         for m in batch:
-            self.engine.handle(m.seq, m.ts, m.subject, m.data)
+            decided.extend(self.engine.handle(m.seq, m.ts, m.subject, m.data))
             payloads = self.engine.payloads  # the core encodes: an event that cannot be encoded is a decision too
             if len(pending) + len(payloads) > max_events:
+                t = clock()
                 await self.publish(pending)
+                waited += clock() - t
                 pending = []
             pending.extend(payloads)
             self.commands_done += 1
+        self.metrics.decided(batch, decided, clock() - started - waited)
         if pending:
             await self.publish(pending)
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from jetbook.cli_common import Market, Url, client_call
+from jetbook.gateway_cli import gateway as gateway_command
 from jetbook.query_cli import query as query_command
 from jetbook.query_cli import query_service as query_service_command
 from jetbook.replay_cli import replay_app
@@ -66,6 +67,8 @@ MaybeUrl = Annotated[
     typer.Option("--nats-url", envvar="JETBOOK_NATS_URL", help="Use this server instead of starting one."),
 ]
 Replicas = Annotated[int, typer.Option(envvar="JETBOOK_REPLICAS", help="Stream replicas (3 on a cluster).")]
+MetricsPort = Annotated[int, typer.Option(help="Serve Prometheus /metrics on this port (0: off; docs/METRICS.md).")]
+MetricsHost = Annotated[str, typer.Option(help="Address /metrics listens on.")]
 
 
 @app.command()
@@ -90,8 +93,19 @@ def up(
     tls_key: Annotated[
         Path | None, typer.Option("--tls-key", envvar="JETBOOK_UP_TLS_KEY", help="The server certificate's key.")
     ] = None,
+    http_port: Annotated[int, typer.Option(help="The gateway's HTTP and WebSocket port, on 127.0.0.1.")] = 3000,
+    no_http: Annotated[bool, typer.Option("--no-http", help="Do not start the gateway.")] = False,
+    api_keys: Annotated[
+        Path | None, typer.Option(help="The gateway's API keys file (without it: local development mode).")
+    ] = None,
+    metrics_port_base: Annotated[
+        int,
+        typer.Option(help="/metrics of engine, projection, fan-out, query service on this port and the next 3."),
+    ] = 9464,
+    no_metrics: Annotated[bool, typer.Option("--no-metrics", help="Serve no /metrics (the gateway's stays).")] = False,
 ) -> None:
-    """Start nats-server (embedded, unless --nats-url), the engine, a projection worker and the fan-out worker.
+    """Start nats-server (embedded, unless --nats-url), the engine, a projection worker, the fan-out worker, the
+    query service and the HTTP gateway.
 
     The embedded server is locked down: a user per role and per trader, passwords in
     <data dir>/credentials.json (0600). With --tls-cert its clients need `jetbook --tls-ca CA ...`.
@@ -108,6 +122,8 @@ def up(
         run_up(
             data_dir, nats_url, port, replicas,
             insecure=insecure, traders=traders, tls_cert=tls_cert, tls_key=tls_key,
+            http_port=None if no_http else http_port, api_keys=api_keys,
+            metrics_port_base=None if no_metrics else metrics_port_base,
         )  # fmt: skip
     except JetbookError as err:
         typer.echo(f"error: {err}", err=True)
@@ -131,6 +147,8 @@ def engine(
     lease_ttl: Annotated[
         float, typer.Option(help="Writer lease TTL, s: a standby takes over about this long after the active dies.")
     ] = 1.0,
+    metrics_port: MetricsPort = 0,
+    metrics_host: MetricsHost = "127.0.0.1",
 ) -> None:
     """Run the matching engine: JB_CMD in, JB_EVT out. Started twice, the second one is a hot standby."""
     from functools import partial
@@ -142,8 +160,9 @@ def engine(
     setup_logging(log_level())
     try:
         role = partial(
-            engine_role, snapshot_every=snapshot_every, checkpoint_every=checkpoint_every, lease_ttl=lease_ttl
-        )
+            engine_role, snapshot_every=snapshot_every, checkpoint_every=checkpoint_every, lease_ttl=lease_ttl,
+            metrics_port=metrics_port, metrics_host=metrics_host,
+        )  # fmt: skip
         run_until_signal(lambda stop: role(nats_url, stop, replicas))
     except Fenced as err:
         typer.echo(f"engine fenced off: {err}", err=True)
@@ -158,6 +177,8 @@ def project(
     nats_url: Url = DEFAULT_URL,
     db: Annotated[Path, typer.Option(help="SQLite file of the read model.")] = Path(".jetbook/read_model.db"),
     from_seq: Annotated[int | None, typer.Option(help="JB_EVT sequence to start at, for a new file.")] = None,
+    metrics_port: MetricsPort = 0,
+    metrics_host: MetricsHost = "127.0.0.1",
 ) -> None:
     """Run a projection worker: fold JB_EVT into an SQLite read model."""
     from jetbook.roles import project_role
@@ -166,14 +187,23 @@ def project(
 
     setup_logging(log_level())
     try:
-        run_until_signal(lambda stop: project_role(nats_url, db, stop, from_seq))
+        run_until_signal(
+            lambda stop: project_role(
+                nats_url, db, stop, from_seq, metrics_port=metrics_port, metrics_host=metrics_host
+            )
+        )
     except (JetbookError, ValueError) as err:
         typer.echo(f"projection stopped: {err}", err=True)
         raise typer.Exit(4) from err
 
 
 @app.command()
-def fanout(nats_url: Url = DEFAULT_URL, replicas: Replicas = 1) -> None:
+def fanout(
+    nats_url: Url = DEFAULT_URL,
+    replicas: Replicas = 1,
+    metrics_port: MetricsPort = 0,
+    metrics_host: MetricsHost = "127.0.0.1",
+) -> None:
     """Run the fan-out worker: JB_EVT into each account's private feed (JB_ACCT) and the public tape (JB_TAPE)."""
     from jetbook.roles import fanout_role
     from jetbook.wiring import run_until_signal, setup_logging
@@ -181,7 +211,9 @@ def fanout(nats_url: Url = DEFAULT_URL, replicas: Replicas = 1) -> None:
 
     setup_logging(log_level())
     try:
-        run_until_signal(lambda stop: fanout_role(nats_url, stop, replicas))
+        run_until_signal(
+            lambda stop: fanout_role(nats_url, stop, replicas, metrics_port=metrics_port, metrics_host=metrics_host)
+        )
     except JetbookError as err:
         typer.echo(f"fan-out stopped: {err}", err=True)
         raise typer.Exit(4) from err
@@ -207,6 +239,7 @@ def demo(nats_url: Url = DEFAULT_URL, market: Market = "ETH-USDC") -> None:
 app.command("fills")(fills_command)
 app.command("query-service")(query_service_command)
 app.command("query")(query_command)
+app.command("gateway")(gateway_command)
 
 
 @app.command()

@@ -21,15 +21,19 @@ from protocol.subjects import is_id
 ROLE = "query"  # the NATS user (jetbook/server.py, deploy/accounts.conf)
 
 
-async def query_role(url: str, db: Path, stop: asyncio.Event) -> None:
+async def query_role(
+    url: str, db: Path, stop: asyncio.Event, *, metrics_port: int = 0, metrics_host: str = "127.0.0.1"
+) -> None:
     """One query service instance until `stop`; run several to share the load (the micro queue group)."""
+    from jetbook.roles import metrics_served
     from jetbook.wiring import close_quietly, connect
     from projections.query_service import QueryService
 
     nc = await connect(url, "jetbook-query", role=ROLE)
     service = QueryService(nc, db)
     try:
-        await service.run(stop)
+        with metrics_served("query service", metrics_port, service.metrics.registry, metrics_host):
+            await service.run(stop)
     finally:
         await close_quietly(nc)
 
@@ -37,12 +41,14 @@ async def query_role(url: str, db: Path, stop: asyncio.Event) -> None:
 def query_service(
     nats_url: Url = DEFAULT_URL,
     db: Annotated[Path, typer.Option(help="SQLite file of the read model.")] = Path(".jetbook/read_model.db"),
+    metrics_port: Annotated[int, typer.Option(help="Serve Prometheus /metrics on this port (0: off).")] = 0,
+    metrics_host: Annotated[str, typer.Option(help="Address /metrics listens on.")] = "127.0.0.1",
 ) -> None:
     """Answer queries on jb.qry.<name> from the read model (a nats.micro service; docs/QUERIES.md)."""
     from jetbook.wiring import run_until_signal, setup_logging
 
     setup_logging(log_level())
-    run_until_signal(lambda stop: query_role(nats_url, db, stop))
+    run_until_signal(lambda stop: query_role(nats_url, db, stop, metrics_port=metrics_port, metrics_host=metrics_host))
 
 
 def _value(text: str) -> Any:

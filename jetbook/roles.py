@@ -5,19 +5,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from engine.core import CHECKPOINT_EVERY
 from engine.lease import DEFAULT_TTL_S, Lease
+from engine.metrics import register_engine, serve_metrics
 from engine.service import DEFAULT_SNAPSHOT_EVERY, EngineService
+from events.stream_readers import last_seq
 from jetbook.wiring import close_quietly, connect
 from projections.fanout import FanOut
+from projections.metrics import register_projection
 from projections.runner import ProjectionRunner
 from protocol.streams import wait_for_stream
 from protocol.subjects import EVT_STREAM
 
 log = logging.getLogger("jetbook")
+
+DEFAULT_METRICS_HOST = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def metrics_served(what: str, port: int, registry: Any, host: str = DEFAULT_METRICS_HOST) -> Iterator[None]:
+    """/metrics of `registry` on host:port while the role runs (port 0: not served)."""
+    if not port:
+        yield
+        return
+    try:
+        server = serve_metrics(port, registry, host)
+    except OSError as err:  # a busy port must not stop the exchange: run without /metrics, and say so loudly
+        log.error("%s: /metrics NOT served, %s:%d: %s", what, host, port, err)
+        yield
+        return
+    log.info("%s metrics on http://%s:%d/metrics", what, host, port)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def _unregister(service: Any) -> None:
+    if service is not None:
+        with contextlib.suppress(Exception):  # the connection may be gone already; the service dies with it
+            await service.stop()
 
 
 async def _report(what: str, count: Callable[[], int], stop: asyncio.Event, every: float = 5.0) -> None:
@@ -39,23 +71,42 @@ async def engine_role(
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
     checkpoint_every: int = CHECKPOINT_EVERY,
     lease_ttl: float = DEFAULT_TTL_S,
+    metrics_port: int = 0,
+    metrics_host: str = DEFAULT_METRICS_HOST,
 ) -> None:
-    """Active or hot standby, whichever the lease makes it; a second `jetbook engine` is a standby."""
+    """Active or hot standby, whichever the lease makes it; a second `jetbook engine` is a standby.
+
+    It registers as the nats.micro service `jetbook-engine` (status on jb.svc.engine.status), and serves
+    /metrics on metrics_host:metrics_port when a port is given.
+    """
     nc = await connect(url, "jetbook-engine", role="engine")
     lease = Lease(lambda: connect(url, "jetbook-engine-lease", role="engine"), ttl=lease_ttl, replicas=replicas)
     service = EngineService(
         nc, replicas=replicas, snapshot_every=snapshot_every, checkpoint_every=checkpoint_every, lease=lease
     )
     reporter = asyncio.create_task(_report("commands applied", lambda: service.commands_done, stop))
+    micro = None
     try:
-        await service.run(stop)
+        with metrics_served("engine", metrics_port, service.metrics.registry, metrics_host):
+            micro = await register_engine(nc, service.metrics)
+            await service.run(stop)
     finally:
         stop.set()
         await reporter
+        await _unregister(micro)
         await close_quietly(nc)
 
 
-async def project_role(url: str, db: Path, stop: asyncio.Event, from_seq: int | None = None) -> None:
+async def project_role(
+    url: str,
+    db: Path,
+    stop: asyncio.Event,
+    from_seq: int | None = None,
+    *,
+    metrics_port: int = 0,
+    metrics_host: str = DEFAULT_METRICS_HOST,
+) -> None:
+    """A projection worker, registered as the nats.micro service `jetbook-projection`; /metrics when given a port."""
     nc = await connect(url, "jetbook-projection", role="projection")
     js = nc.jetstream()
     if not await wait_for_stream(js, EVT_STREAM, stop):
@@ -63,15 +114,23 @@ async def project_role(url: str, db: Path, stop: asyncio.Event, from_seq: int | 
         return
     runner = ProjectionRunner(js, db, from_seq=from_seq)
     reporter = asyncio.create_task(_report("projection position", lambda: runner.position, stop))
+    sampler = asyncio.create_task(runner.metrics.sample_lag(lambda: last_seq(js, EVT_STREAM), stop))
+    micro = None
     try:
-        await runner.run(stop)
+        with metrics_served("projection", metrics_port, runner.metrics.registry, metrics_host):
+            micro = await register_projection(nc, runner.metrics)
+            await runner.run(stop)
     finally:
         stop.set()
         await reporter
+        await sampler
+        await _unregister(micro)
         await close_quietly(nc)
 
 
-async def fanout_role(url: str, stop: asyncio.Event, replicas: int = 1) -> None:
+async def fanout_role(
+    url: str, stop: asyncio.Event, replicas: int = 1, *, metrics_port: int = 0, metrics_host: str = DEFAULT_METRICS_HOST
+) -> None:
     """The private feeds: each account's own events on jb.acct.<account>.>, the public tape on jb.tape.<market>."""
     nc = await connect(url, "jetbook-fanout", role="fanout")
     if not await wait_for_stream(nc.jetstream(), EVT_STREAM, stop):
@@ -79,7 +138,8 @@ async def fanout_role(url: str, stop: asyncio.Event, replicas: int = 1) -> None:
         return
     fanout = FanOut(nc, replicas=replicas)
     try:
-        await fanout.run(stop)
+        with metrics_served("fan-out", metrics_port, fanout.metrics.registry, metrics_host):
+            await fanout.run(stop)
     finally:
         stop.set()
         await close_quietly(nc)

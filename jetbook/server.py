@@ -26,6 +26,7 @@ from typing import Any
 from jetbook.settings import Credentials
 from protocol.errors import JetbookError, ServerNotFound
 from protocol.process import DIE_WITH_PARENT
+from protocol.subjects import ENGINE_SERVICE, ENGINE_STATUS_SUBJECT, PROJECTION_SERVICE, PROJECTION_STATUS_SUBJECT
 
 # Nobody may write the log but the engine, nobody may publish where the server republishes it,
 # and nobody may remove a stream or its messages (the streams also deny delete and purge).
@@ -67,19 +68,30 @@ ROLE_PUBLISH: dict[str, list[str]] = {
     # Reads the log, writes the private per-account subjects and the public tape (projections/fanout.py).
     "fanout": [*_read("JB_EVT"), *_define("JB_ACCT", "JB_TAPE"), *_read("JB_ACCT"), *_read("JB_TAPE"),
                "jb.acct.>", "jb.tape.>"],
-    # Trades on behalf of its logged-in users; serves each one their private view. No market control.
-    "gateway": ["jb.cmd.>", "jb.qry.>", *_read("JB_EVT"), *_read("JB_ACCT"), *_read("JB_TAPE")],
+    # Trades on behalf of its logged-in users (control commands only for an operator's key: gateway/auth.py);
+    # serves each one their private view; reads JB_CMD's last sequence and the engine's lease record (/ready).
+    "gateway": ["jb.cmd.>", "jb.ctl.>", "jb.qry.>", *_read("JB_EVT"), *_read("JB_ACCT"), *_read("JB_TAPE"),
+                "$JS.API.STREAM.INFO.JB_CMD", "$JS.API.STREAM.INFO.KV_JB_LEASE",
+                "$JS.API.STREAM.MSG.GET.KV_JB_LEASE",
+                "$JS.API.DIRECT.GET.KV_JB_LEASE", "$JS.API.DIRECT.GET.KV_JB_LEASE.>"],
     # Market control and commands for any account (demo, submit, replay, fills, bench clients).
-    "operator": ["jb.ctl.>", "jb.cmd.>", "jb.qry.>", "$SRV.>",
+    "operator": ["jb.ctl.>", "jb.cmd.>", "jb.qry.>", "$SRV.>", "jb.svc.>",
                  *_read("JB_CMD"), *_read("JB_EVT"), *_read("JB_ACCT"), *_read("JB_TAPE")],
     # The query service (projections/query_service.py): JB_CMD's last sequence and JB_EVT's last message, for
     # strong reads; it answers requests through allow_responses. It may ask queries too (`jetbook query`).
     "query": ["jb.qry.>", "$JS.API.STREAM.INFO.JB_CMD", "$JS.API.DIRECT.GET.JB_EVT"],
 }  # fmt: skip
 
+
+def _micro(service: str, status: str) -> list[str]:
+    """A nats.micro service's subscriptions: the discovery subjects for its own name only, and its status endpoint."""
+    return ["$SRV.PING", "$SRV.INFO", "$SRV.STATS", f"$SRV.*.{service}", f"$SRV.*.{service}.*", status]
+
+
 ROLE_SUBSCRIBE: dict[str, list[str]] = {
-    "engine": [],
-    "projection": [],
+    # nats.micro services jetbook-engine and jetbook-projection (engine/metrics.py, projections/metrics.py)
+    "engine": _micro(ENGINE_SERVICE, ENGINE_STATUS_SUBJECT),
+    "projection": _micro(PROJECTION_SERVICE, PROJECTION_STATUS_SUBJECT),
     "fanout": [],
     "gateway": ["jb.evt.>", "jb.acct.>", "jb.tape.>"],
     "operator": ["jb.evt.>", "jb.acct.>", "jb.tape.>"],
@@ -88,10 +100,12 @@ ROLE_SUBSCRIBE: dict[str, list[str]] = {
 }
 
 # Services that answer requests: they may publish a reply to the reply subject of a request they received
-# (nats-server's allow_responses), whoever's inbox it is, and nowhere else through it. max 2: the query service's
-# connection gets each request twice (its endpoint, and the catch-all that answers unknown names), and with max 1
-# the server refuses the one real answer (tried).
-RESPONDERS = ("query",)
+# (nats-server's allow_responses), whoever's inbox it is, and nowhere else through it; the value is `max`, the
+# answers per request. 2 for the query service: its connection gets each request twice (its endpoint, and the
+# catch-all that answers unknown names), and with max 1 the server refuses the one real answer (tried). The
+# engine and the projection answer nats.micro's PING/INFO/STATS and their status, once, and only to an inbox
+# (engine/metrics.py GuardedService: a reply subject on jb.wal.> would otherwise put the answer in the log).
+RESPONDERS = {"query": 2, "engine": 1, "projection": 1}
 
 
 def trader_publish(account: str) -> list[str]:
@@ -126,7 +140,7 @@ def permissions(user: str) -> dict[str, Any]:
         "subscribe": {"allow": [f"_INBOX_{user}.>", *sub], "deny": ["_INBOX.>"]},
     }
     if user in RESPONDERS:
-        perms["allow_responses"] = {"max": 2}
+        perms["allow_responses"] = {"max": RESPONDERS[user]}
     return perms
 
 

@@ -29,7 +29,11 @@ from protocol.process import DIE_WITH_PARENT
 from protocol.streams import ensure_streams
 
 console = Console(highlight=False)
-COLORS = {"engine": "cyan", "project": "magenta", "fanout": "green", "query": "yellow"}
+COLORS = {"engine": "cyan", "project": "magenta", "fanout": "green", "query": "yellow", "gateway": "blue"}
+# Each role's /metrics port is --metrics-port-base plus its offset here (docs/METRICS.md, deploy/prometheus.yml).
+METRICS_OFFSETS = {"engine": 0, "project": 1, "fanout": 2, "query": 3}
+DEFAULT_METRICS_PORT_BASE = 9464
+DEFAULT_HTTP_PORT = 3000
 
 
 async def _pump(name: str, stream: asyncio.StreamReader) -> None:
@@ -98,19 +102,60 @@ def role_env(creds: Credentials | None, role: str) -> dict[str, str] | None:
     return {**os.environ, "JETBOOK_NATS_USER": login["user"], "JETBOOK_NATS_PASSWORD": login["password"]}
 
 
-# Where the lead wires more roles in: name -> (argv after `jetbook`, role user). The fan-out worker
-# (projections/fanout.py) goes here as "fanout": (["fanout", "--nats-url", url], "fanout") once it has a command.
-def role_commands(url: str, db: Path, replicas: int) -> dict[str, tuple[list[str], str]]:
-    return {
+def role_commands(
+    url: str,
+    db: Path,
+    replicas: int,
+    *,
+    http_port: int | None = None,
+    api_keys: Path | None = None,
+    metrics_port_base: int | None = None,
+) -> dict[str, tuple[list[str], str]]:
+    """Every supervised role: name -> (argv after `jetbook`, its NATS user). No gateway without an HTTP port,
+    no /metrics without a base port."""
+    roles = {
         "engine": (["engine", "--nats-url", url, "--replicas", str(replicas)], "engine"),
         "project": (["project", "--nats-url", url, "--db", str(db)], "projection"),
         "fanout": (["fanout", "--nats-url", url, "--replicas", str(replicas)], "fanout"),
         "query": (["query-service", "--nats-url", url, "--db", str(db)], "query"),
     }
+    if metrics_port_base is not None:
+        for name, offset in METRICS_OFFSETS.items():
+            roles[name][0].extend(["--metrics-port", str(metrics_port_base + offset)])
+    if http_port is not None:
+        argv = ["gateway", "--nats-url", url, "--http-port", str(http_port)]
+        if api_keys is not None:
+            argv += ["--api-keys", str(api_keys)]
+        roles["gateway"] = (argv, "gateway")
+    return roles
+
+
+def addresses(http_port: int | None, metrics_port_base: int | None) -> list[tuple[str, str]]:
+    """What `jetbook up` prints at start: where the gateway, its page and every /metrics are."""
+    out: list[tuple[str, str]] = []
+    if http_port is not None:
+        base = f"http://127.0.0.1:{http_port}"
+        out += [
+            ("HTTP", f"{base}  (docs: {base}/docs)"),
+            ("page", f"{base}/"),
+            ("metrics", f"{base}/metrics (gateway)"),
+        ]
+    if metrics_port_base is not None:
+        for name, offset in METRICS_OFFSETS.items():
+            out.append(("metrics", f"http://127.0.0.1:{metrics_port_base + offset}/metrics ({name})"))
+    return out
 
 
 async def _run(
-    url: str, db: Path, replicas: int, server: EmbeddedServer | None, creds: Credentials | None = None
+    url: str,
+    db: Path,
+    replicas: int,
+    server: EmbeddedServer | None,
+    creds: Credentials | None = None,
+    *,
+    http_port: int | None = None,
+    api_keys: Path | None = None,
+    metrics_port_base: int | None = None,
 ) -> None:
     login = creds.login("engine") if creds is not None else None
     nc = await connect(url, "jetbook-up", reconnect=False, role="engine", login=login)
@@ -121,8 +166,12 @@ async def _run(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     me = [sys.executable, "-m", "jetbook"]
-    roles = role_commands(url, db, replicas)
+    roles = role_commands(
+        url, db, replicas, http_port=http_port, api_keys=api_keys, metrics_port_base=metrics_port_base
+    )
     console.print(f"NATS        [bold]{url}[/]")
+    for what, where in addresses(http_port, metrics_port_base):
+        console.print(f"{what:<11} [bold]{where}[/]")
     if creds is not None:
         console.print(f"users       [bold]{creds.path}[/] (0600; jetbook commands read it; --insecure: none)")
     console.print(f"read model  [bold]{db}[/] (SQLite)")
@@ -147,7 +196,11 @@ def up(
     traders: list[str] | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    http_port: int | None = DEFAULT_HTTP_PORT,
+    api_keys: Path | None = None,
+    metrics_port_base: int | None = DEFAULT_METRICS_PORT_BASE,
 ) -> None:
+    """`http_port` None: no gateway; `metrics_port_base` None: no role serves /metrics."""
     server: EmbeddedServer | None = None
     creds: Credentials | None = None
     if nats_url is None:
@@ -163,7 +216,12 @@ def up(
             creds.save()
             register_stack(nats_url, creds.path)
     try:
-        asyncio.run(_run(nats_url, data_dir / "read_model.db", replicas, server, creds))
+        asyncio.run(
+            _run(
+                nats_url, data_dir / "read_model.db", replicas, server, creds,
+                http_port=http_port, api_keys=api_keys, metrics_port_base=metrics_port_base,
+            )
+        )  # fmt: skip
     finally:
         if server is not None:
             server.stop()

@@ -58,6 +58,7 @@ from events.model import (
     encode,
 )
 from events.stream_readers import ResumableReader
+from projections.metrics import FanOutMetrics
 from protocol.errors import TRANSIENT, JetbookError
 from protocol.streams import ensure_fanout_streams
 from protocol.subjects import (
@@ -173,7 +174,7 @@ async def read_tail(js: Any, stream: str) -> Tail:
 
 
 class FanOut:
-    def __init__(self, nc: Any, *, batch: int = 1000, replicas: int = 1) -> None:
+    def __init__(self, nc: Any, *, batch: int = 1000, replicas: int = 1, metrics: FanOutMetrics | None = None) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.batch = batch
@@ -181,6 +182,8 @@ class FanOut:
         self.position = 0  # every JB_EVT message up to here has all its outputs stored
         self.published = 0  # output messages stored by this worker
         self.resyncs = 0  # times the tails were read again after a failure
+        self.metrics = metrics if metrics is not None else FanOutMetrics()
+        self.metrics.attach(self)
 
     async def run(self, stop: asyncio.Event, until_seq: int | None = None) -> int:
         """Copy until `stop` is set or the position reaches `until_seq`; returns the position."""
@@ -211,6 +214,7 @@ class FanOut:
                 msgs = await reader.next_batch(self.position + 1, self.batch, 0.25)
                 if not msgs:
                     continue
+                self.metrics.batch_read(msgs[-1].seq, msgs[-1].pending)
                 outs = [
                     o
                     for m in msgs

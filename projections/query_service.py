@@ -48,20 +48,20 @@ from typing import Any
 
 import msgpack
 import nats.errors
-from nats.micro import add_service
 from nats.micro.request import Request
-from nats.micro.service import Service
+from nats.micro.service import ServiceConfig
 
 from events.model import decode
 from projections import queries
+from projections.metrics import QueryMetrics
 from protocol.barrier import barrier
+from protocol.micro import SERVICE_VERSION, GuardedService
 from protocol.subjects import CMD_STREAM, EVT_PREFIX, EVT_STREAM, is_id
 
 log = logging.getLogger("jetbook.query")
 
 QRY_PREFIX = "jb.qry"  # a query's subject: jb.qry.<name>
 SERVICE_NAME = "jetbook-query"
-SERVICE_VERSION = "1.0.0"
 QUEUE_GROUP = "jb-qry"
 
 JSON = "application/json"
@@ -416,23 +416,28 @@ class _Endpoint:
 class QueryService:
     """One instance of the query service: a NATS connection, a replica, and the micro service on top."""
 
-    def __init__(self, nc: Any, db_path: Path | str, *, name: str = SERVICE_NAME) -> None:
+    def __init__(
+        self, nc: Any, db_path: Path | str, *, name: str = SERVICE_NAME, metrics: QueryMetrics | None = None
+    ) -> None:
         self.nc = nc
         self.replica = Replica(db_path)
         self.name = name
-        self.service: Service | None = None
+        self.service: GuardedService | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.answered = 0  # answers sent by this instance (tests see who answered)
+        self.metrics = metrics if metrics is not None else QueryMetrics([*QUERIES, "unknown"])
         self.evt_tail = (0, 0)  # (JB_EVT sequence, its command) of a message seen as JB_EVT's last
         self._replica_waiters = _Waiters(self.replica.position, "replica")
         self._evt_waiters = _Waiters(self._evt_command, "evt")
 
     async def start(self) -> None:
-        self.service = await add_service(
-            self.nc, name=self.name, version=SERVICE_VERSION, queue_group=QUEUE_GROUP,
+        self.service = GuardedService(self.nc, ServiceConfig(
+            name=self.name, version=SERVICE_VERSION, queue_group=QUEUE_GROUP,
             description="jetbook queries over the read model (docs/QUERIES.md)",
             metadata={"read_model": str(self.replica.path)},
-        )  # fmt: skip
+        ))  # fmt: skip
+        self.service.own_inbox = True  # `jetbook query` asks as the same user; no consumer delivers there
+        await self.service.start()
         for query, spec in QUERIES.items():
             await self.service.add_endpoint(
                 name=query, subject=f"{QRY_PREFIX}.{query}", handler=partial(self._handle, query),
@@ -465,13 +470,18 @@ class QueryService:
 
     # --- one request ---
 
+    def _may_answer(self, req: Request) -> bool:
+        return self.service is not None and self.service._may_answer(req._msg.reply or "")
+
     async def _handle(self, name: str, req: Request) -> None:
+        if not self._may_answer(req):
+            return  # an answer there could land on a subject this user may write (protocol/micro.py)
         as_json = (req.headers or {}).get("Content-Type", "").split(";")[0].strip().lower() == JSON
         start = time.perf_counter_ns()
         try:
             parsed = parse(name, req.data, as_json)
         except QueryError as err:
-            await self._send(req, name, err.answer(), as_json, error=err.code)
+            await self._send(req, name, err.answer(), as_json, error=err.code, start=start)
             return
         waits = parsed.consistency == "strong" or parsed.min_seq > self.replica.position()
         if not waits:
@@ -479,19 +489,22 @@ class QueryService:
             return
         if len(self.tasks) >= MAX_WAITING:
             busy = QueryError("busy", f"{MAX_WAITING} requests are already waiting; retry", at_seq=self._pos())
-            await self._send(req, name, busy.answer(), as_json, error=busy.code)
+            await self._send(req, name, busy.answer(), as_json, error=busy.code, start=start)
             return
         task = asyncio.create_task(self._answer(req, name, parsed, as_json, start, inline=False))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     async def _unknown(self, req: Request) -> None:
+        if not self._may_answer(req):
+            return
+        start = time.perf_counter_ns()
         name = req.subject[len(QRY_PREFIX) + 1 :]
         if name in QUERIES:
             return  # its own endpoint answers it
         as_json = (req.headers or {}).get("Content-Type", "").split(";")[0].strip().lower() == JSON
         err = QueryError("unknown_query", f"no query {name[:80]!r}; known: {sorted(QUERIES)}")
-        await self._send(req, "unknown", err.answer(), as_json, error=err.code)
+        await self._send(req, "unknown", err.answer(), as_json, error=err.code, start=start)
 
     def _pos(self) -> int:
         return self.replica.position()
@@ -517,7 +530,7 @@ class QueryService:
         except Exception as err:  # never a crash, never silence: the asker gets a reason
             log.exception("query %s failed", name)
             answer, code = QueryError("internal", f"{type(err).__name__}: {err}"[:300]).answer(), "internal"
-        await self._send(req, name, answer, as_json, error=code)
+        await self._send(req, name, answer, as_json, error=code, start=start)
         if not inline:
             self._account(name, time.perf_counter_ns() - start)
 
@@ -578,7 +591,9 @@ class QueryService:
                 wanted_seq=target,
             ) from None
 
-    async def _send(self, req: Request, name: str, answer: dict[str, Any], as_json: bool, *, error: str = "") -> None:
+    async def _send(
+        self, req: Request, name: str, answer: dict[str, Any], as_json: bool, *, error: str = "", start: int = 0
+    ) -> None:
         headers = {"Content-Type": JSON if as_json else MSGPACK}
         data = _encode(answer, as_json)
         if len(data) > self.nc.max_payload:
@@ -592,6 +607,7 @@ class QueryService:
             headers["Nats-Service-Error-Code"] = ERROR_CODES.get(error, "500")
             headers["Nats-Service-Error"] = " ".join(str(answer.get("detail", error)).split())[:200]
             self._account(name, 0, error=True)
+        self.metrics.answered(name, error, (time.perf_counter_ns() - start) / 1e9 if start else None)
         try:
             await req.respond(data, headers=headers)
             self.answered += 1

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from events.logged import LogCheck, decode_logged
 from events.stream_readers import ResumableReader
 from framework.app import App, SqliteProjection
 from projections.live import Live, open_live
+from projections.metrics import ProjectionMetrics
 from protocol.errors import CorruptLog
 
 log = logging.getLogger("jetbook.projection")
@@ -77,6 +79,7 @@ class ProjectionRunner:
         batch: int = 5000,
         app: App = EXCHANGE,
         projection: SqliteProjection | None = None,
+        metrics: ProjectionMetrics | None = None,
     ) -> None:
         """Keeps `projection` (default: the application's first) of `app`'s event stream current in `db_path`."""
         self.app = app
@@ -88,6 +91,8 @@ class ProjectionRunner:
         self.batch = batch
         self.position = 0
         self.reopened = 0  # how many times a swapped-in file was picked up
+        self.metrics = metrics if metrics is not None else ProjectionMetrics()
+        self.metrics.attach(self)
 
     async def run(self, stop: asyncio.Event, until_seq: int | None = None) -> int:
         """Fold until `stop` is set, or until the position reaches `until_seq`. Returns the position."""
@@ -120,6 +125,7 @@ class ProjectionRunner:
                 msgs = await reader.next_batch(max(start, self.position + 1), self.batch, 0.25)
                 if not msgs:
                     continue
+                started = time.perf_counter()
                 decider = self.app.decider
                 batch = [
                     (m.seq, decode_logged(m.seq, m.subject, m.data, check, decode=decider.decode,
@@ -128,6 +134,9 @@ class ProjectionRunner:
                 ]  # fmt: skip
                 try:
                     self.position = await model.apply(batch)
+                    last = msgs[-1]
+                    self.metrics.batch_folded(len(msgs), last.seq, last.ts, last.pending,
+                                              time.perf_counter() - started)  # fmt: skip
                 except sqlite3.Error:
                     if _inode(self.db_path) == inode:
                         raise

@@ -103,3 +103,11 @@ def tape_subject(market_id: str) -> str:
 
 def tape_filter(market_id: str | None = None) -> str:
     return tape_subject(market_id) if market_id else f"{TAPE_PREFIX}.>"
+
+
+# nats.micro services and their status endpoints (engine/metrics.py, projections/metrics.py), and the queries'
+# prefix (projections/query_service.py). `nats micro ls` finds the services by name.
+ENGINE_SERVICE: Final = "jetbook-engine"
+ENGINE_STATUS_SUBJECT: Final = "jb.svc.engine.status"
+PROJECTION_SERVICE: Final = "jetbook-projection"
+PROJECTION_STATUS_SUBJECT: Final = "jb.svc.projection.status"

@@ -62,7 +62,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[str, Path, Lines]]:
     data = tmp_path / "data"
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(
-        [*JETBOOK, "up", "--port", "0", "--data-dir", str(data)],
+        [*JETBOOK, "up", "--port", "0", "--data-dir", str(data), "--no-http", "--no-metrics"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     lines = Lines(proc)
@@ -137,7 +137,7 @@ def test_up_reports_a_busy_port(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        out = run("up", "--port", str(port), "--data-dir", str(tmp_path / "d"), timeout=30)
+        out = run("up", "--port", str(port), "--data-dir", str(tmp_path / "d"), "--no-http", "--no-metrics", timeout=30)
     assert out.returncode == 1 and "nats-server exited" in out.stderr
 
 
@@ -158,7 +158,7 @@ def test_up_on_an_existing_server_from_the_environment_leaves_it_running(
 ) -> None:
     env = {**os.environ, "JETBOOK_NATS_URL": nats_server.url, "COLUMNS": "200"}
     up = subprocess.Popen(
-        [*JETBOOK, "up", "--data-dir", str(tmp_path / "d")],
+        [*JETBOOK, "up", "--data-dir", str(tmp_path / "d"), "--no-http", "--no-metrics"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     lines = Lines(up)

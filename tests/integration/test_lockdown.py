@@ -32,6 +32,7 @@ from protocol.barrier import barrier
 from protocol.streams import ensure_streams
 from protocol.subjects import CMD_STREAM, EVT_STREAM
 from tests.conftest import POLL_INTERVAL_S, wait_until
+from tests.integration.test_hostile_permissions import secured_server  # noqa: F401  (a fixture: accounts.conf)
 
 SERVICES = ("engine", "projection", "fanout", "gateway", "operator", "query")
 EVERYONE = (*SERVICES, "alice", "bob")
@@ -148,13 +149,15 @@ async def test_a_trader_trades_only_as_itself(users: dict[str, Client]) -> None:
     assert await last_seq(op.js, CMD_STREAM) == before + 1  # bob's and the control message were never stored
 
 
-async def test_only_the_operator_publishes_control_and_any_account(users: dict[str, Client]) -> None:
+async def test_only_the_operator_and_the_gateway_publish_control_and_any_account(users: dict[str, Client]) -> None:
+    """The gateway may: it sends an operator key's control commands (gateway/auth.py decides who may)."""
     op = users["operator"]
     before = await last_seq(op.js, CMD_STREAM)
-    await op.js.publish("jb.ctl.M", msgpack.packb({"type": "noop"}))
-    await op.js.publish("jb.cmd.M.bob", msgpack.packb({"type": "cancel_all"}))
-    assert await last_seq(op.js, CMD_STREAM) == before + 2
-    for user in ("gateway", "engine", "projection", "fanout", "query", "bob"):
+    for user in ("operator", "gateway"):
+        await users[user].js.publish("jb.ctl.M", msgpack.packb({"type": "noop"}))
+        await users[user].js.publish("jb.cmd.M.bob", msgpack.packb({"type": "cancel_all"}))
+    assert await last_seq(op.js, CMD_STREAM) == before + 4
+    for user in ("engine", "projection", "fanout", "query", "bob"):
         await users[user].publish("jb.ctl.M")
         assert await users[user].refused("jb.ctl.M"), user
     for user in ("engine", "projection", "fanout", "query"):
@@ -327,7 +330,7 @@ async def test_jetbook_up_is_locked_unless_insecure(tmp_path: Path, insecure: bo
     from tests.integration.test_cli import Lines
 
     data = tmp_path / "data"
-    args = [sys.executable, "-m", "jetbook", "up", "--port", "0", "--data-dir", str(data)]
+    args = [sys.executable, "-m", "jetbook", "up", "--port", "0", "--data-dir", str(data), "--no-http", "--no-metrics"]
     env = {**os.environ, "COLUMNS": "200", "JETBOOK_STATE_DIR": str(tmp_path / "state")}
     proc = subprocess.Popen(
         [*args, *(["--insecure"] if insecure else [])],
@@ -455,3 +458,185 @@ async def test_a_refused_request_says_it_was_refused_not_that_the_engine_is_down
         assert len(REFUSALS[nc]) == 1
     finally:
         await nc.close()
+
+
+async def test_the_gateway_reads_the_command_tail_and_the_lease_and_writes_nothing_else(
+    users: dict[str, Client],
+) -> None:
+    """What gateway/core.py does as `gateway`: JB_CMD's last sequence, the engine's lease record, a past command's
+    events (message get); and it cannot touch the lease or the logs."""
+    from engine.lease import LeaseRecord, lease_bucket
+    from gateway.core import Gateway
+
+    gw, engine = users["gateway"], users["engine"]
+    kv = await lease_bucket(engine.js)
+    await kv.put("engine", LeaseRecord("e1", 1000, "host", 1).encode())
+    ack = await engine.js.publish("jb.wal.M.noop", b"e")
+    assert await last_seq(gw.js, CMD_STREAM) >= 0
+    # nats-py makes KV buckets without direct get, so the direct form meets no responder; it is not refused.
+    with pytest.raises(nats.errors.NoRespondersError):
+        await gw.js.get_msg("KV_JB_LEASE", subject="$KV.JB_LEASE.engine", direct=True)
+    record = await gw.js.get_msg("KV_JB_LEASE", subject="$KV.JB_LEASE.engine")  # $JS.API.STREAM.MSG.GET.KV_JB_LEASE
+    assert json.loads(record.data or b"")["holder"] == "e1"
+    holder = await Gateway(gw.nc).lease_holder()  # what /ready and the status frames ask, as the gateway asks it
+    assert holder is not None and holder["holder"] == "e1", holder
+    assert (await gw.js.get_msg(EVT_STREAM, ack.seq)).data == b"e"  # $JS.API.STREAM.MSG.GET.JB_EVT
+    for subject in ("jb.wal.M.fill", "jb.evt.M.fill", "$KV.JB_LEASE.engine", "jb.acct.bob.M.fill", "$SRV.PING"):
+        await gw.publish(subject)
+        assert await gw.refused(subject), subject
+    for request in (
+        "$JS.API.STREAM.PURGE.KV_JB_LEASE", "$JS.API.STREAM.UPDATE.KV_JB_LEASE", "$JS.API.STREAM.DELETE.KV_JB_LEASE",
+        f"$JS.API.STREAM.PURGE.{CMD_STREAM}", f"$JS.API.CONSUMER.CREATE.{CMD_STREAM}",
+        f"$JS.API.DIRECT.GET.{CMD_STREAM}", f"$JS.API.STREAM.MSG.GET.{CMD_STREAM}",
+    ):  # fmt: skip
+        assert await gw.request_refused(request, b"{}"), request
+    assert (await kv.get("engine")).value == LeaseRecord("e1", 1000, "host", 1).encode()  # untouched
+    assert not any("permissions violation" in e.lower() and "kv_jb_lease" in e.lower() and "$kv" in e.lower()
+                   and "direct" in e.lower() for e in gw.errors), gw.errors  # fmt: skip
+
+
+async def _answers(c: Client, subject: str, want: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The answers to one request (a scatter: one per instance) once `want` have come, or those in `timeout`."""
+    inbox = c.nc.new_inbox()
+    got: list[dict[str, Any]] = []
+
+    async def keep(msg: Any) -> None:
+        got.append(json.loads(msg.data))
+
+    sub = await c.nc.subscribe(inbox, cb=keep)
+    await barrier(c.nc)
+    await c.nc.publish(subject, b"", reply=inbox)
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while len(got) < want and loop.time() < deadline:
+        await asyncio.sleep(POLL_INTERVAL_S)
+    await sub.unsubscribe()
+    return got
+
+
+async def test_engines_projection_and_query_with_micro_and_metrics_start_restart_and_fail_over(
+    locked: tuple[EmbeddedServer, Credentials], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As `jetbook up` runs them, each as its own user, micro registration and /metrics on: an active engine and a
+    standby, a projection and a query service. The active stops; the standby takes over; the projection restarts.
+    The operator sees all of it through `nats micro`'s subjects and the status endpoints; nothing is refused."""
+    import httpx
+
+    from engine.metrics import STATUS_SUBJECT
+    from jetbook.query_cli import query_role
+    from projections.metrics import PROJECTION_STATUS_SUBJECT
+    from tests.integration.test_metrics import free_port, samples, scrape, value
+
+    server, creds = locked
+    monkeypatch.setenv("JETBOOK_CREDENTIALS", str(creds.path))
+    db = tmp_path / "rm.db"
+    up = await connect(server.url, "test-up", reconnect=False, role="engine")
+    await ensure_streams(up.jetstream())
+    await up.close()
+    stops = {name: asyncio.Event() for name in ("e1", "e2", "p1", "p2", "q")}
+    ports = {name: free_port() for name in stops}
+    tasks = {
+        "e1": asyncio.create_task(engine_role(server.url, stops["e1"], metrics_port=ports["e1"])),
+        "p1": asyncio.create_task(project_role(server.url, db, stops["p1"], metrics_port=ports["p1"])),
+        "q": asyncio.create_task(query_role(server.url, db, stops["q"], metrics_port=ports["q"])),
+    }
+    op = await login(server.url, creds, "operator")
+    try:
+
+        async def lease_holder(name: str) -> bool:
+            try:
+                return value(samples(await scrape(ports[name])), "jetbook_engine_lease_holder") == 1
+            except httpx.HTTPError:
+                return False
+
+        await wait_until(lambda: lease_holder("e1"), what="the first engine to lead")
+        tasks["e2"] = asyncio.create_task(engine_role(server.url, stops["e2"], metrics_port=ports["e2"]))
+        await asyncio.wait_for(run_demo(op.js, say=lambda _: None), 60)
+        pings = await _answers(op, "$SRV.PING.jetbook-engine", 2)
+        assert len(pings) == 2, pings
+        assert {p["name"] for p in pings} == {"jetbook-engine"} and len({p["id"] for p in pings}) == 2
+        roles = sorted(a["role"] for a in await _answers(op, STATUS_SUBJECT, 2))
+        assert roles == ["active", "standby"], roles
+        stats = await _answers(op, "$SRV.STATS.jetbook-projection", 1)
+        assert stats and "position" in stats[0]["endpoints"][0]["data"]
+
+        stops["e1"].set()  # the active engine stops; the standby takes over
+        await asyncio.wait_for(tasks.pop("e1"), 30)
+        await wait_until(lambda: lease_holder("e2"), timeout=30, what="the standby to take over")
+        result = await asyncio.wait_for(run_demo(op.js, say=lambda _: None), 60)
+        assert len(result.fills) == 1
+        [status] = await _answers(op, STATUS_SUBJECT, 1)
+        assert status["role"] == "active" and status["backlog"] >= 0
+
+        stops["p1"].set()  # the projection restarts and catches up
+        await asyncio.wait_for(tasks.pop("p1"), 30)
+        tasks["p2"] = asyncio.create_task(project_role(server.url, db, stops["p2"], metrics_port=ports["p2"]))
+        evt_last = await last_seq(op.js, EVT_STREAM)
+
+        async def projected() -> bool:  # until the new worker has subscribed, nobody answers
+            answers = await _answers(op, PROJECTION_STATUS_SUBJECT, 1, timeout=0.5)
+            return bool(answers and answers[0]["position"] == evt_last)
+
+        await wait_until(projected, timeout=30, what="the restarted projection to catch up")
+        answer = msgpack.unpackb((await op.nc.request("jb.qry.markets", b"", timeout=5)).data)
+        assert answer["at_seq"] == evt_last and len(answer["result"]) == 2
+        query = samples(await scrape(ports["q"]))
+        assert value(query, "jetbook_query_answers_total", query="markets", error="none") == 1
+    finally:
+        for stop in stops.values():
+            stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks.values()), 30)
+        await op.nc.close()
+    assert "Violation" not in server.log_path.read_text(), server.log_path.read_text()[-3000:]
+
+
+async def test_micro_registration_works_under_the_shipped_accounts_conf(
+    secured_server: str,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """deploy/accounts.conf as shipped: the engine and the projection, as their own users, register with nats.micro
+    and answer the operator's discovery and status requests; nothing is refused."""
+    from engine.metrics import STATUS_SUBJECT
+    from projections.metrics import PROJECTION_STATUS_SUBJECT
+
+    url = f"nats://{secured_server}"
+    errors: list[str] = []
+
+    async def on_error(err: Exception) -> None:
+        errors.append(str(err))
+
+    op_nc = await nats.connect(url, user="operator", password="pwoperator", inbox_prefix="_INBOX_operator",
+                               error_cb=on_error)  # fmt: skip
+    op = Client(op_nc, errors)
+    stop = asyncio.Event()
+    tasks = []
+    try:
+        # Each role reads its login from the environment when it connects: one role at a time.
+        monkeypatch.setenv("JETBOOK_NATS_USER", "engine")
+        monkeypatch.setenv("JETBOOK_NATS_PASSWORD", "pwengine")
+        tasks.append(asyncio.create_task(engine_role(url, stop)))
+
+        async def active() -> bool:
+            answers = await _answers(op, STATUS_SUBJECT, 1, timeout=0.5)
+            return bool(answers and answers[0]["role"] == "active")
+
+        await wait_until(active, what="the engine to lead and answer its status")
+        monkeypatch.setenv("JETBOOK_NATS_USER", "projection")
+        monkeypatch.setenv("JETBOOK_NATS_PASSWORD", "pwprojection")
+        tasks.append(asyncio.create_task(project_role(url, tmp_path / "rm.db", stop)))
+
+        async def projecting() -> bool:
+            return bool(await _answers(op, PROJECTION_STATUS_SUBJECT, 1, timeout=0.5))
+
+        await wait_until(projecting, what="the projection to answer its status")
+        for service in ("jetbook-engine", "jetbook-projection"):
+            for verb in ("PING", "INFO", "STATS"):
+                answers = await _answers(op, f"$SRV.{verb}.{service}", 1)
+                assert answers and answers[0]["name"] == service, (verb, service, answers)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        await op_nc.close()
+    assert not [e for e in errors if "permission" in e.lower()], errors

@@ -1,6 +1,6 @@
 """The layers of docs/ARCHITECTURE.md, read from the code's own imports: nothing imports a layer above its own.
 
-From the bottom up: protocol → commands, events → engine, projections → replay → jetbook (the shell).
+From the bottom up: protocol → commands, events → engine, projections → replay, gateway → jetbook (the shell).
 The pure core also imports nothing that does I/O, reads a clock or draws randomness.
 """
 
@@ -23,6 +23,8 @@ LAYER = {
     "engine": 2,
     "projections": 2,
     "replay": 3,
+    "gateway": 3,  # HTTP and WebSocket over commands, the query service and the log's tail
+    "tui": 3,  # the terminal screen and the bots: clients of the gateway, over WebSocket and HTTP
     "jetbook": 4,
     "examples": 5,  # applications of the machinery, with their own thin CLIs on top of the shell
 }

@@ -1,0 +1,200 @@
+"""Prometheus metrics of the projection worker, the fan-out worker and the query service (docs/METRICS.md).
+
+As in engine/metrics.py: each instance has its own registry, the hot paths
+add to plain fields once per batch (or per answer, for queries), and gauges
+that mirror a worker's position are read when /metrics is scraped. Lag is
+sampled at most every LAG_EVERY_S from JB_EVT's tail (one stream info), and
+also taken for free from the `pending` count of each batch read.
+
+Lag in seconds is the age of the last folded event (its JetStream timestamp)
+while events are waiting, and 0 when none are: an idle, caught-up projection
+has no lag however old the last event is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from protocol.micro import GuardedService, register_status_service
+from protocol.subjects import PROJECTION_SERVICE, PROJECTION_STATUS_SUBJECT
+
+log = logging.getLogger("jetbook.metrics")
+
+OTHER: Final = "other"  # a label value outside the known set (engine/metrics.py says why)
+LAG_EVERY_S: Final = 1.0
+
+FOLD_BUCKETS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+QUERY_BUCKETS: Final = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class ProjectionMetrics:
+    """Events folded, fold batch time, lag; `attach` points the gauges at a running ProjectionRunner."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.folded = 0  # events folded by this worker
+        self.batches = 0
+        self.last_ts_ns = 0  # JetStream timestamp of the last folded event
+        self.tail = -1  # JB_EVT's last sequence, as last read (-1: not yet)
+        self.runner: Any = None
+        self.fold = Histogram(
+            "jetbook_projection_fold_seconds",
+            "Folding one batch of events into the read model (decode, plan, one SQLite transaction)",
+            buckets=FOLD_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.registry.register(_ProjectionCollector(self))
+
+    def attach(self, runner: Any) -> None:
+        self.runner = runner
+
+    @property
+    def position(self) -> int:
+        return int(self.runner.position) if self.runner is not None else 0
+
+    def batch_folded(self, n: int, last_seq: int, last_ts_ns: int, pending: int, seconds: float) -> None:
+        self.folded += n
+        self.batches += 1
+        self.last_ts_ns = last_ts_ns
+        self.tail = max(self.tail, last_seq + pending)
+        self.fold.observe(seconds)
+
+    def lag_events(self) -> int:
+        return max(self.tail - self.position, 0) if self.tail >= 0 else 0
+
+    def lag_seconds(self) -> float:
+        if not self.lag_events() or not self.last_ts_ns:
+            return 0.0
+        return max(time.time() - self.last_ts_ns / 1e9, 0.0)
+
+    async def sample_lag(self, read_tail: Callable[[], Any], stop: asyncio.Event) -> None:
+        """Every LAG_EVERY_S: JB_EVT's last sequence (the lag is that minus the position)."""
+        while not stop.is_set():
+            try:
+                self.tail = int(await read_tail())
+            except Exception as err:  # JetStream not answering: keep the last figure
+                log.debug("JB_EVT tail not read: %s", err)
+            try:
+                await asyncio.wait_for(stop.wait(), LAG_EVERY_S)
+            except TimeoutError:
+                pass
+
+    def status(self) -> dict[str, Any]:
+        r = self.runner
+        return {
+            "position": self.position,
+            "evt_last_seq": self.tail,
+            "lag_events": self.lag_events(),
+            "lag_seconds": round(self.lag_seconds(), 3),
+            "events_folded": self.folded,
+            "read_model": str(r.db_path) if r is not None else None,
+            "reopened": r.reopened if r is not None else 0,
+        }
+
+
+class _ProjectionCollector(Collector):
+    def __init__(self, metrics: ProjectionMetrics) -> None:
+        self.m = metrics
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        m = self.m
+        yield _counter("jetbook_projection_events_folded", "Events folded into the read model by this worker", m.folded)
+        yield _gauge("jetbook_projection_position", "JB_EVT sequence the read model has committed", m.position)
+        yield _gauge("jetbook_projection_lag_events", "JB_EVT events not yet folded", m.lag_events())
+        yield _gauge(
+            "jetbook_projection_lag_seconds", "Age of the last folded event while events wait; 0 when caught up",
+            m.lag_seconds(),
+        )  # fmt: skip
+        yield _gauge(
+            "jetbook_projection_last_event_timestamp_seconds", "JetStream time of the last folded event (Unix s)",
+            m.last_ts_ns / 1e9,
+        )  # fmt: skip
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    c = CounterMetricFamily(name, doc)
+    c.add_metric([], value)
+    return c
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    g = GaugeMetricFamily(name, doc)
+    g.add_metric([], value)
+    return g
+
+
+class FanOutMetrics:
+    """Output messages republished and the position in JB_EVT; `attach` points them at a running FanOut."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.fanout: Any = None
+        self.tail = -1
+        self.registry.register(_FanOutCollector(self))
+
+    def attach(self, fanout: Any) -> None:
+        self.fanout = fanout
+
+    def batch_read(self, last_seq: int, pending: int) -> None:
+        self.tail = max(self.tail, last_seq + pending)
+
+
+class _FanOutCollector(Collector):
+    def __init__(self, metrics: FanOutMetrics) -> None:
+        self.m = metrics
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        f = self.m.fanout
+        published, position, resyncs = (f.published, f.position, f.resyncs) if f is not None else (0, 0, 0)
+        yield _counter(
+            "jetbook_fanout_events_republished", "Messages stored in JB_ACCT and JB_TAPE by this worker", published
+        )
+        yield _counter("jetbook_fanout_resyncs", "Times the output streams' tails were read again after a failure",
+                       resyncs)  # fmt: skip
+        yield _gauge("jetbook_fanout_position", "JB_EVT sequence whose outputs are all stored", position)
+        lag = max(self.m.tail - position, 0) if self.m.tail >= 0 else 0
+        yield _gauge("jetbook_fanout_lag_events", "JB_EVT events read but not yet republished (as last read)", lag)
+
+
+class QueryMetrics:
+    """Queries answered by name and error, and their latency, for one query service instance."""
+
+    def __init__(self, names: Collection[str], registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.names = frozenset(names)
+        self.answers = Counter(
+            "jetbook_query_answers",
+            "Queries answered, by query name and error code (error=\"none\" for a result)",
+            ["query", "error"], registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "jetbook_query_duration_seconds",
+            "A query from its arrival to its answer (waits for strong and min_seq included), by query name",
+            ["query"], buckets=QUERY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+
+    def answered(self, name: str, error: str, seconds: float | None) -> None:
+        query = name if name in self.names else OTHER
+        self.answers.labels(query, error or "none").inc()
+        if seconds is not None:
+            self.latency.labels(query).observe(seconds)
+
+
+async def register_projection(nc: Any, metrics: ProjectionMetrics) -> GuardedService:
+    return await register_status_service(
+        nc, PROJECTION_SERVICE, "a jetbook projection worker (JB_EVT into an SQLite read model)",
+        PROJECTION_STATUS_SUBJECT, metrics.status,
+    )  # fmt: skip
