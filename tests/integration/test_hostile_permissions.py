@@ -213,6 +213,15 @@ async def test_the_fanout_and_the_query_service_start_restart_and_fail_over_unde
                 fan_stop, fan_task = await run_fanout(users["fanout"])
                 await q1.start()
                 await q2.start()
+
+                async def streams_made() -> bool:  # by the engine's task, which may not have run yet
+                    try:
+                        await last_seq(ojs, CMD_STREAM)
+                    except Exception:
+                        return False
+                    return True
+
+                await wait_until(streams_made, what="the engine to create JB_CMD")
                 await ops_nc.publish("jb.ctl.M", msgpack.packb({"type": "create_market", "market_id": "M",
                                                                 "base": "B", "quote": "Q"}))  # fmt: skip
                 await ojs.publish("jb.cmd.M.alice", order("a1", "sell", 100))
