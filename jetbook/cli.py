@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from jetbook.bots_cli import bots as bots_command
 from jetbook.cli_common import Market, Url, client_call
 from jetbook.gateway_cli import gateway as gateway_command
 from jetbook.query_cli import query as query_command
@@ -16,6 +17,7 @@ from jetbook.replay_cli import replay_app
 from jetbook.settings import DEFAULT_URL, log_level
 from jetbook.submit_cli import fills as fills_command
 from jetbook.submit_cli import submit_app
+from jetbook.tui_cli import tui as tui_command
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="jetbook: an event-sourced exchange on NATS JetStream."
@@ -240,6 +242,8 @@ app.command("fills")(fills_command)
 app.command("query-service")(query_service_command)
 app.command("query")(query_command)
 app.command("gateway")(gateway_command)
+app.command("tui")(tui_command)
+app.command("bots")(bots_command)
 
 
 @app.command()

@@ -1,0 +1,212 @@
+"""The bots' decisions (tui/bots.py) from fixed snapshots, and tui/client.py's queues and backoff without a server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from typing import Any
+
+from engine.decide import ODDS_LADDER as ENGINE_LADDER
+from engine.decide import on_ladder
+from tests.conftest import wait_until
+from tui import bots as B
+from tui.bots import Fleet, Grid, make_bots
+from tui.client import BOT_QUEUE, Connection
+
+Frame = dict[str, Any]
+
+PAIR_MARKET: Frame = {
+    "market_id": "P", "kind": "pair", "state": "open", "phase": "pre", "tick_size": 5, "lot_size": 2, "min_qty": 2,
+    "max_qty": 1000, "min_price": 5, "max_price": 100000, "last_price": 5000, "runners": [],
+}  # fmt: skip
+ODDS_MARKET: Frame = {
+    "market_id": "O", "kind": "odds", "state": "open", "phase": "pre", "tick_size": 1, "lot_size": 1, "min_qty": 1,
+    "max_qty": 10**9, "min_price": 101, "max_price": 100000, "last_price": None,
+    "runners": [{"runner_id": r, "label": r} for r in ("HOME", "DRAW", "AWAY")],
+}  # fmt: skip
+
+
+def level(price: int, qty: int) -> Frame:
+    return {"price": price, "qty": qty, "orders": 1}
+
+
+def pair_snapshot(bid: int, ask: int, state: str = "open") -> Frame:
+    ladder = {"runner": "", "label": "", "bid_side": "buy", "ask_side": "sell",
+              "bids": [level(bid, 4), level(bid - 5, 6)], "asks": [level(ask, 4), level(ask + 5, 6)]}  # fmt: skip
+    return {"type": "snapshot", "market_id": "P", "at_seq": 1, "market": {**PAIR_MARKET, "state": state},
+            "ladders": [ladder]}  # fmt: skip
+
+
+def odds_snapshot(shift: int) -> Frame:
+    ladders = []
+    for runner, (lay, back) in zip(("HOME", "DRAW", "AWAY"), ((250, 260), (330, 345), (400, 420)), strict=True):
+        bids = [] if runner == "DRAW" and shift % 2 else [level(lay + 2 * shift, 10)]
+        ladders.append({"runner": runner, "label": runner, "bid_side": "lay", "ask_side": "back", "bids": bids,
+                        "asks": [level(back + 2 * shift, 10)]})  # fmt: skip
+    return {"type": "snapshot", "market_id": "O", "at_seq": 1, "market": ODDS_MARKET, "ladders": ladders}
+
+
+SNAPSHOTS = [pair_snapshot(5000 - 5 * (i % 4), 5010 + 5 * (i % 3)) for i in range(30)] + [
+    odds_snapshot(i % 5) for i in range(30)
+]
+
+
+def run(seed: int, snapshots: list[Frame] = SNAPSHOTS) -> list[Frame]:
+    frames: list[Frame] = []
+    bots = make_bots(2, 3, 1, seed, run="t")
+    for snap in snapshots:
+        for bot in bots:
+            out = bot.step(snap)
+            frames.extend(out)
+            for f in out:  # the engine's answer, the same every run: each order rests
+                if f["type"] in ("place_order", "amend_order") and f.get("tif", "gtc") == "gtc":
+                    bot.on_event(f["market_id"], {"type": "order_accepted" if f["type"] == "place_order" else
+                                                  "order_amended", "client_order_id": f["client_order_id"],
+                                                  "price": f.get("price"), "resting_qty": f.get("qty", 2)})  # fmt: skip
+    return frames
+
+
+def test_same_seed_same_frames_and_another_seed_others() -> None:
+    a, b, c = run(11), run(11), run(12)
+    assert a == b
+    assert a != c
+    assert len(a) > 50
+    kinds = {f["type"] for f in a}
+    assert {"set_risk_limits", "place_order", "amend_order"} <= kinds, kinds
+
+
+def test_frames_are_valid_for_their_market() -> None:
+    frames = run(5)
+    for f in frames:
+        assert f["correlation_id"].split(":")[0] == f["account_id"]
+        assert f["account_id"].startswith(("bot-mm-", "bot-noise-", "bot-inf-"))
+        if f["type"] != "place_order" and not (f["type"] == "amend_order" and "price" in f):
+            continue
+        if f["market_id"] == "P":
+            assert f["price"] % 5 == 0 and 5 <= f["price"] <= 100000
+            assert "runner" not in f and f.get("side", "buy") in ("buy", "sell")
+        else:
+            assert on_ladder(f["price"]) and f["price"] >= 101
+            assert f.get("side", "back") in ("back", "lay")
+            assert f["type"] == "amend_order" or f["runner"] in ("HOME", "DRAW", "AWAY")
+        if "qty" in f:
+            assert f["qty"] % (2 if f["market_id"] == "P" else 1) == 0 and f["qty"] > 0
+    # client order ids never repeat for one account in one market
+    ids = [(f["market_id"], f["account_id"], f["client_order_id"]) for f in frames if f["type"] == "place_order"]
+    assert len(ids) == len(set(ids))
+
+
+def test_a_closed_market_gets_only_the_limits() -> None:
+    bot = make_bots(1, 0, 0, 1)[0]
+    frames = bot.step(pair_snapshot(5000, 5010, state="suspended"))
+    assert [f["type"] for f in frames] == ["set_risk_limits"]
+    assert frames[0]["max_order_qty"] % 2 == 0  # on the lot
+    assert bot.step(pair_snapshot(5000, 5010, state="suspended")) == []
+
+
+def test_market_maker_quotes_both_sides_levels_deep_and_amends_after_a_move() -> None:
+    mm = make_bots(1, 0, 0, 3)[0]
+    first = mm.step(pair_snapshot(5000, 5020))
+    places = [f for f in first if f["type"] == "place_order"]
+    assert len(places) == 2 * B.MM_LEVELS
+    buys = sorted(f["price"] for f in places if f["side"] == "buy")
+    sells = sorted(f["price"] for f in places if f["side"] == "sell")
+    assert len(set(buys)) == B.MM_LEVELS and len(set(sells)) == B.MM_LEVELS and max(buys) < min(sells)
+    assert mm.step(pair_snapshot(5000, 5020)) == []  # unconfirmed quotes are not touched
+    for f in places:  # the engine's answers: each rests
+        mm.on_event("P", {"type": "order_accepted", "client_order_id": f["client_order_id"], "resting_qty": f["qty"]})
+    moved = mm.step(pair_snapshot(5500, 5520))
+    assert moved and all(f["type"] == "amend_order" for f in moved)
+    # a fill that takes a quote away makes the next step place a new one in its slot
+    gone = places[0]
+    mm.on_event("P", {"type": "fill", "maker_account": mm.account, "maker_client_order_id": gone["client_order_id"],
+                      "maker_remaining": 0, "taker_account": "x", "taker_client_order_id": "y"})  # fmt: skip
+    for f in moved:
+        mm.on_event("P", {"type": "order_amended", "client_order_id": f["client_order_id"],
+                          "price": f.get("price"), "resting_qty": f.get("qty", 4)})  # fmt: skip
+    again = mm.step(pair_snapshot(5500, 5520))
+    assert any(f["type"] == "place_order" and f["side"] == gone["side"] for f in again)
+
+
+def test_noise_trader_bounds_its_open_orders() -> None:
+    noise = make_bots(0, 1, 0, 9)[0]
+    frames = [f for _ in range(400) for f in noise.step(pair_snapshot(5000, 5010))]
+    assert any(f["type"] == "cancel_order" for f in frames)
+    assert any(f.get("tif") == "ioc" for f in frames)
+    assert noise.open_orders("P") <= B.NOISE_MAX_OPEN
+
+
+def test_informed_trader_sweeps_through_the_book_with_ioc_only() -> None:
+    inf = make_bots(0, 0, 1, 4)[0]
+    frames = []
+    for i in range(300):  # the book sits still while the private value walks away from it
+        frames += inf.step(pair_snapshot(5000, 5010) if i % 2 else odds_snapshot(0))
+    orders = [f for f in frames if f["type"] == "place_order"]
+    assert orders and all(f["tif"] == "ioc" for f in orders)
+    assert inf.open_orders() == 0
+
+
+def test_the_odds_ladder_is_the_engines() -> None:
+    assert B.ODDS_LADDER == ENGINE_LADDER
+    assert all(on_ladder(p) for p in B.ODDS_PRICES)
+    g = Grid.of(ODDS_MARKET)
+    assert g.price(g.lo) == 101 and g.price(g.hi) == 100000
+    assert g.price(g.index(251)) == 250 and g.price(g.index(250) + 1) == 252
+    narrow = Grid.of({**ODDS_MARKET, "min_price": 150, "max_price": 500})
+    assert narrow.price(narrow.lo - 5) == 150 and narrow.price(narrow.hi + 5) == 500
+    pair = Grid.of(PAIR_MARKET)
+    assert pair.price(pair.index(5003)) == 5000 and pair.price(0) == 5
+
+
+def test_fleet_attributes_responses_and_counts_a_fill_once_per_bot() -> None:
+    fleet = Fleet("http://127.0.0.1:1", mm=1, noise=1, informed=0, seed=1, run="t")
+    mm, noise = fleet.bots
+    for bot in fleet.bots:
+        bot.step(pair_snapshot(5000, 5010))
+    fill = {"type": "fill", "market_id": "P", "trade_id": 7, "maker_account": mm.account, "taker_account":
+            noise.account, "maker_client_order_id": "a", "taker_client_order_id": "b", "maker_remaining": 0,
+            "taker_remaining": 0}  # fmt: skip
+    response = {"type": "order_response", "correlation_id": f"{noise.name}:3", "events": [fill], "rejected": None}
+    fleet.on_frame(response)
+    fleet.on_frame(response)  # the same fill seen twice (a frame the TUI forwards as well)
+    assert (mm.trades, noise.trades) == (1, 1)
+    assert (mm.responses, noise.responses) == (0, 2)
+    fleet.on_frame({"type": "order_response", "correlation_id": f"{mm.name}:9", "events": [],
+                    "rejected": {"reason": "off_tick", "detail": ""}})  # fmt: skip
+    fleet.on_frame({"type": "error", "correlation_id": f"{mm.name}:10", "error": "invalid_price", "detail": "x"})
+    fleet.on_frame({"type": "order_response", "correlation_id": "bot-mm-9:1", "events": [], "rejected": None})
+    assert mm.rejects == 2 and fleet.unattributed == 1
+    fleet.on_frame({"type": "order_response", "correlation_id": "someone-else:1", "events": [], "rejected": None})
+    assert fleet.unattributed == 1  # not a bot's: not ours to count
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_connection_backs_off_keeps_user_frames_and_bounds_bot_frames() -> None:
+    seen: list[Frame] = []
+    conn = Connection(f"ws://127.0.0.1:{free_port()}/ws_ctl", on_frame=seen.append, name="t")
+    conn.subscribe("M", 5)
+    conn.send_user({"type": "list_markets"})
+    accepted = sum(conn.send_bot({"type": "place_order", "n": i}) for i in range(BOT_QUEUE + 5))
+    assert accepted == BOT_QUEUE and conn.bot_queued == BOT_QUEUE
+    task = asyncio.create_task(conn.run())
+    try:
+
+        async def retried_twice() -> bool:
+            return conn.state == "down" and "retry in 0.50s" in conn.detail
+
+        await wait_until(retried_twice, what="the second retry, after a doubled delay")
+        assert "ConnectionRefused" in conn.detail or "OSError" in conn.detail, conn.detail
+        assert conn.drain_bots() == BOT_QUEUE and conn.bot_queued == 0
+        assert conn.user_queued == 1  # the subscribe is remembered, not queued twice; the user frame stays
+        assert conn.subscription == {"type": "subscribe", "market_id": "M", "depth": 5}
+    finally:
+        await conn.stop()
+        await asyncio.wait_for(task, 5)
+    assert conn.state == "down" and conn.detail == "stopped"
+    assert json.dumps(seen) == "[]"
