@@ -457,6 +457,8 @@ def mark_to_market(risk: Frame, market: Frame) -> int:
     """
     if risk.get("realised_pnl") is not None:
         return int(risk["realised_pnl"])
+    if market.get("state") == "voided":
+        return 0  # every bet returned: nobody won or lost (the read model keeps the positions as they were)
     if market.get("kind") != "odds":
         last = market.get("last_price")
         return int(risk.get("cash") or 0) + (int(risk.get("net_qty") or 0) * int(last) if last else 0)

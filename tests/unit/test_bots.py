@@ -210,3 +210,13 @@ async def test_connection_backs_off_keeps_user_frames_and_bounds_bot_frames() ->
         await asyncio.wait_for(task, 5)
     assert conn.state == "down" and conn.detail == "stopped"
     assert json.dumps(seen) == "[]"
+
+
+def test_a_bots_pnl_is_realised_once_settled_zero_once_voided_else_marked() -> None:
+    odds_risk = {"realised_pnl": None, "if_wins": [{"runner": "A", "pnl": 300}, {"runner": "B", "pnl": -100}]}
+    assert B.mark_to_market(odds_risk, {"kind": "odds", "state": "open"}) == 100  # the mean over runners
+    assert B.mark_to_market(odds_risk, {"kind": "odds", "state": "voided"}) == 0  # every bet returned
+    assert B.mark_to_market({**odds_risk, "realised_pnl": -250}, {"kind": "odds", "state": "settled"}) == -250
+    pair_risk = {"realised_pnl": None, "cash": -1000, "net_qty": 3}
+    assert B.mark_to_market(pair_risk, {"kind": "pair", "state": "open", "last_price": 400}) == 200
+    assert B.mark_to_market(pair_risk, {"kind": "pair", "state": "voided", "last_price": 400}) == 0
