@@ -27,6 +27,7 @@ import msgpack
 from protocol.reasons import Reason
 from protocol.subjects import ALL_MARKETS, CMD_PREFIX, CTL_PREFIX, UNROUTABLE_MARKET, is_id
 from protocol.vocab import (
+    BOOK_TYPES,
     MARKET_KINDS,
     ORDER_TYPES,
     PERSISTENCE,
@@ -34,6 +35,7 @@ from protocol.vocab import (
     SIDES,
     STP_MODES,
     TIFS,
+    BookType,
     MarketKind,
     OrderType,
     Persistence,
@@ -79,6 +81,7 @@ class CreateMarket:
     max_price: int | None = None  # default: MAX_PRICE for pairs, 100000 (odds 1000) for odds
     band_bps: int = 0
     runners: list[list[str]] | None = None  # odds: [[runner_id, label], ...]
+    book_type: BookType = "multi_runner"  # odds: "two_runner" adds implied matching (exactly two runners)
 
 
 @dataclass(slots=True)
@@ -332,6 +335,7 @@ SPECS: Final[dict[str, Spec]] = {
             F("max_price", _PRICE),
             F("band_bps", _int_in(0, 10_000)),
             F("runners", _runners),
+            F("book_type", _one_of(*BOOK_TYPES)),
         ), strict=False),
         _spec(AddRunner, "ctl", (F("runner_id", _id, required=True), F("label", _text(1, 64), required=True))),
         _spec(SetMarketState, "ctl", (F("state", _one_of(*SETTABLE_STATES), required=True),)),

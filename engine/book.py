@@ -39,6 +39,9 @@ class Order:
     tif: str
     stp: str
     persistence: str
+    # The command that put the order where it is in its level (placed, or amended with priority lost):
+    # two_runner markets order equal prices of two books by it. Kept in the snapshot only there.
+    arrival: int = 0
 
 
 def key(side: str, price: int) -> int:
@@ -142,3 +145,114 @@ class Book:
         for k in book.islice(0, levels):
             out.append((abs(k), sum(o.qty for o in book[k].values())))
         return out
+
+
+# --- two_runner markets: the other runner's same side, through the implied price ----------------------
+# A back on A at odds o is a lay on B at o / (o - 1). In price units (odds x 100) a resting order at P
+# on the other runner is worth 100 * P / (P - 100) to the incoming order: kept as the exact ratio
+# (num, den) and compared by cross-multiplication, so no rounding touches priority or crossing.
+
+# (maker, taker qty, maker qty, maker stake, taker stake): stakes are hundredths of a stake unit, set
+# only for implied takes (0 for direct ones, whose two qtys are equal); a taker qty of 0 is an STP cancel.
+Take = tuple[Order, int, int, int, int]
+
+
+def implied_stakes(maker_side: str, price: int, maker_qty: int, remaining: int) -> tuple[int, int, int, int]:
+    """(taker qty, maker qty, maker stake, taker stake) of one implied take; integers, no party short-changed.
+
+    The bet: if the taker's runner wins the maker pays its stake to the taker, else the taker pays its
+    stake to the maker, so the two stakes are the whole of the money and P&L sums to 0 exactly. At the
+    maker's odds P (w = P - 100) the stakes stand as 100 : w. If the maker's whole order fits, both are
+    exact (maker 100 x qty, taker qty x w) and the taker's order gives up the whole units that cover
+    its stake (ceil). Otherwise the taker stakes all it has left and the maker's stake is rounded in
+    the maker's favour (a back risks less: floor; a lay wins more: ceil), which still keeps the taker
+    within its limit because its limit is an integer bound on that same stake; the maker's order gives
+    up the whole units that cover it (ceil, never more than it has).
+    """
+    w = price - 100
+    if maker_qty * w <= 100 * remaining:
+        taker_stake = maker_qty * w
+        return -(-taker_stake // 100), maker_qty, 100 * maker_qty, taker_stake
+    taker_stake = 100 * remaining
+    maker_stake = 10_000 * remaining // w if maker_side == "back" else -(-10_000 * remaining // w)
+    return remaining, -(-maker_stake // 100), maker_stake, taker_stake
+
+
+def implied_crosses(other: Book, side: str, price: int) -> bool:
+    """Would an incoming order at this price take the other runner's best same-side order?"""
+    best = other.best(side)
+    if best is None:
+        return False
+    num, den = 100 * best, best - 100
+    return num >= price * den if side == "back" else num <= price * den
+
+
+def match_two_runner(
+    own: Book, other: Book, side: str, price: int | None, qty: int, account: str, stp: str, max_events: int
+) -> tuple[list[Take], bool, int, bool]:
+    """Book.match over both sources of a two_runner market: own runner's opposite side and the other's same side.
+
+    Price-time priority across the two: the better effective price first (a back wants it high, a lay
+    low); at an equal price the order that arrived first. Each source is walked best level first, as
+    Book.match walks one; only the head levels of the two are compared. Returns (plan, stopped,
+    filled, overflow) as Book.match does, with `Take` entries.
+    """
+    back = side == "back"
+    direct = iter(own.levels(OPPOSITE[side]).items())
+    implied = iter(other.levels(side).items())
+
+    def head(it: object, is_implied: bool) -> tuple[int, int, dict[int, Order]] | None:
+        item = next(it, None)  # type: ignore[call-overload]
+        if item is None:
+            return None
+        p = abs(item[0])
+        num, den = (100 * p, p - 100) if is_implied else (p, 1)
+        if price is not None and (num < price * den if back else num > price * den):
+            return None  # this level does not cross, so none after it does
+        return num, den, item[1]
+
+    d = head(direct, False)
+    i = head(implied, True)
+    plan: list[Take] = []
+    remaining = qty
+    overflow = False
+    while d is not None or i is not None:
+        if d is None or i is None:
+            order: list[Order] = list((d or i)[2].values())  # type: ignore[index]
+            take_d, take_i = d is not None, i is not None
+        else:
+            left, right = d[0] * i[1], i[0] * d[1]
+            if left == right:
+                order = sorted([*d[2].values(), *i[2].values()], key=lambda o: o.arrival)
+                take_d = take_i = True
+            elif (left > right) == back:
+                order, take_d, take_i = list(d[2].values()), True, False
+            else:
+                order, take_d, take_i = list(i[2].values()), False, True
+        for maker in order:
+            if maker.account_id == account:
+                if stp == "cancel_newest":
+                    return plan, True, qty - remaining, overflow
+                if not overflow:
+                    plan.append((maker, 0, 0, 0, 0))
+                if stp == "cancel_both":
+                    return plan, True, qty - remaining, overflow or len(plan) > max_events
+            elif maker.side == side:  # the other runner's: implied
+                take = implied_stakes(side, maker.price, maker.qty, remaining)
+                if not overflow:
+                    plan.append((maker, *take))
+                remaining -= take[0]
+            else:
+                take_qty = maker.qty if maker.qty < remaining else remaining
+                if not overflow:
+                    plan.append((maker, take_qty, take_qty, 0, 0))
+                remaining -= take_qty
+            if not overflow and len(plan) > max_events:
+                overflow = True
+            if remaining == 0:
+                return plan, False, qty, overflow
+        if take_d:
+            d = head(direct, False)
+        if take_i:
+            i = head(implied, True)
+    return plan, False, qty - remaining, overflow

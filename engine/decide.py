@@ -38,7 +38,7 @@ from commands.model import (
     SettleMarket,
     VoidMarket,
 )
-from engine.book import Book, Order
+from engine.book import Book, Order, Take, implied_crosses, match_two_runner
 from engine.state import Market, State
 from events.model import (
     Event,
@@ -173,6 +173,10 @@ def _decide_create_market(state: State, seq: int, ts: int, p: Parsed) -> list[Ev
         max_price = ODDS_MAX if cmd.max_price is None else cmd.max_price
         if not (on_ladder(min_price) and on_ladder(max_price)):
             raise _Refuse("invalid_field", "min_price: off_tick")
+        if cmd.book_type == "two_runner" and len(cmd.runners) != 2:
+            raise _Refuse("invalid_field", "book_type: two_runner needs exactly two runners")
+    if cmd.kind == "pair" and cmd.book_type != "multi_runner":
+        raise _Refuse("invalid_field", "book_type: not_allowed")
     if min_price > max_price:
         raise _Refuse("invalid_field", "min_price: out_of_range")
     min_qty = cmd.lot_size if cmd.min_qty is None else cmd.min_qty
@@ -183,7 +187,7 @@ def _decide_create_market(state: State, seq: int, ts: int, p: Parsed) -> list[Ev
             market_id=cmd.market_id, cmd_seq=seq, ts=ts, kind=cmd.kind, base=cmd.base, quote=cmd.quote,
             tick_size=cmd.tick_size, lot_size=cmd.lot_size, min_qty=min_qty, max_qty=cmd.max_qty,
             min_price=min_price, max_price=max_price, band_bps=cmd.band_bps,
-            runners=[list(r) for r in cmd.runners or []],
+            runners=[list(r) for r in cmd.runners or []], book_type=cmd.book_type,
         )
     ]  # fmt: skip
 
@@ -196,6 +200,8 @@ def _decide_add_runner(state: State, seq: int, ts: int, p: Parsed) -> list[Event
         raise _Refuse("not_odds_market", "only odds markets have runners")
     if market.state in TERMINAL:
         raise _Refuse("market_closed", f"market is {market.state}")
+    if market.book_type == "two_runner":
+        raise _Refuse("runners_fixed", "a two_runner market has exactly its two runners")
     if cmd.runner_id in market.runners:
         raise _Refuse("runner_exists", f"runner {cmd.runner_id} exists")
     if len(market.runners) >= MAX_RUNNERS:
@@ -346,15 +352,29 @@ def _decide_risk_limits(state: State, seq: int, ts: int, p: Parsed) -> list[Even
 
 def _taker_events(
     market: Market, seq: int, ts: int, plan: list[tuple[Order, int]], order_id: int, account: str, coid: str,
-    side: str, qty: int, runner: str | None,
+    side: str, qty: int, runner: str | None, takes: list[Take] | None = None,
 ) -> list[Event]:  # fmt: skip
-    """The fills and self-trade cancels of a match plan, in walk order."""
+    """The fills and self-trade cancels of a match plan, in walk order (`takes`: a two_runner market's plan)."""
     out: list[Event] = []
     m = market.market_id
     remaining = qty
     trade_id = market.next_trade_id
-    for maker, q in plan:
-        if q:
+    for n, (maker, q) in enumerate(plan):
+        if q and takes is not None and maker.runner != runner:
+            _, _, maker_q, maker_stake, taker_stake = takes[n]
+            remaining -= q
+            out.append(
+                Fill(
+                    market_id=m, cmd_seq=seq, ts=ts, trade_id=trade_id, price=maker.price, qty=q,
+                    maker_order_id=maker.order_id, taker_order_id=order_id, maker_account=maker.account_id,
+                    taker_account=account, taker_side=side, maker_client_order_id=maker.client_order_id,
+                    taker_client_order_id=coid, maker_remaining=maker.qty - maker_q, taker_remaining=remaining,
+                    runner=runner, implied=True, maker_runner=maker.runner, maker_qty=maker_q,
+                    maker_stake=maker_stake, taker_stake=taker_stake,
+                )
+            )  # fmt: skip
+            trade_id += 1
+        elif q:
             remaining -= q
             out.append(
                 Fill(
@@ -371,7 +391,7 @@ def _taker_events(
                 OrderCancelled(
                     market_id=m, cmd_seq=seq, ts=ts, order_id=maker.order_id, account_id=maker.account_id,
                     client_order_id=maker.client_order_id, side=maker.side, price=maker.price,
-                    cancelled_qty=maker.qty, reason="self_trade", runner=runner, was_resting=True,
+                    cancelled_qty=maker.qty, reason="self_trade", runner=maker.runner, was_resting=True,
                 )
             )  # fmt: skip
     return out
@@ -413,6 +433,54 @@ def _check_positions(market: Market, plan: list[tuple[Order, int]], account: str
             raise _Refuse("amount_out_of_range", "a position would pass its 64-bit bound")
 
 
+def _check_positions_two(market: Market, takes: list[Take], account: str, side: str, runner: str | None) -> None:
+    """_check_positions for a two_runner plan: an implied take moves each party's figures on its own runner."""
+    deltas: dict[tuple[str, str | None], list[int]] = {}
+    sign = 1 if side == "back" else -1
+
+    def add(who: str, r: str | None, win: int, lose: int) -> None:
+        d = deltas.get((who, r))
+        if d is None:
+            d = deltas[(who, r)] = [0, 0]
+        d[0] += win
+        d[1] += lose
+
+    for maker, q, _maker_q, maker_stake, taker_stake in takes:
+        if not q:
+            continue
+        if maker.runner == runner:
+            add(account, runner, sign * q * (maker.price - 100), -sign * q * 100)
+            add(maker.account_id, runner, -sign * q * (maker.price - 100), sign * q * 100)
+        else:
+            add(account, runner, sign * maker_stake, -sign * taker_stake)
+            add(maker.account_id, maker.runner, sign * taker_stake, -sign * maker_stake)
+    for (who, r), (dw, dl) in deltas.items():
+        wl = (market.positions.get(who) or {}).get(r) or [0, 0]
+        if not (abs(wl[0] + dw) <= MAX_ODDS_PNL and abs(wl[1] + dl) <= MAX_ODDS_PNL):
+            raise _Refuse("amount_out_of_range", "a position would pass its 64-bit bound")
+
+
+def _match(
+    market: Market, book: Book, side: str, price: int | None, qty: int, account: str, stp: str, runner: str | None
+) -> tuple[list[tuple[Order, int]], bool, int, bool, list[Take] | None]:
+    """Book.match, or in a two_runner market the walk over both runners' books (the takes come back too)."""
+    if market.book_type != "two_runner":
+        plan, stopped, filled, overflow = book.match(side, price, qty, account, stp, MAX_FILLS)
+        return plan, stopped, filled, overflow, None
+    other = market.books[next(r for r in market.runners if r != runner)]
+    takes, stopped, filled, overflow = match_two_runner(book, other, side, price, qty, account, stp, MAX_FILLS)
+    return [(t[0], t[1]) for t in takes], stopped, filled, overflow, takes
+
+
+def _would_take(market: Market, book: Book, side: str, price: int, runner: str | None) -> bool:
+    """post_only's test: the best opposite order of the book, or in a two_runner market the implied one."""
+    if book.crosses(side, price):
+        return True
+    if market.book_type != "two_runner":
+        return False
+    return implied_crosses(market.books[next(r for r in market.runners if r != runner)], side, price)
+
+
 def _decide_place(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
     cmd = p.command
     assert isinstance(cmd, PlaceOrder) and p.account_id is not None
@@ -448,9 +516,9 @@ def _decide_place(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
         raise _Refuse("max_order_qty_exceeded", f"qty: above {risk.max_order_qty}")
     tif = cmd.tif
     assert tif is not None  # parse resolved the default
-    if tif == "post_only" and price is not None and book.crosses(side, price):
+    if tif == "post_only" and price is not None and _would_take(market, book, side, price, runner):
         raise _Refuse("post_only_would_take", "the order would take liquidity")
-    plan, stopped, filled, overflow = book.match(side, price, qty, account, cmd.stp, MAX_FILLS)
+    plan, stopped, filled, overflow, takes = _match(market, book, side, price, qty, account, cmd.stp, runner)
     if tif == "fok" and filled < qty:
         raise _Refuse("fok_not_filled", f"only {filled} of {qty} available")
     if overflow:
@@ -464,8 +532,13 @@ def _decide_place(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
         if risk.max_open_exposure is not None:
             if price is not None:
                 exposure = market.exposure(side, price, qty)
-            else:
+            elif takes is None:
                 exposure = sum(market.exposure(side, maker.price, q) for maker, q in plan)
+            else:  # an implied lay risks the maker's stake; a back its own
+                exposure = sum(
+                    t[3] if side == "lay" and t[0].runner != runner else market.exposure(side, t[0].price, t[1])
+                    for t in takes
+                )
             if risk.open_exposure + exposure > risk.max_open_exposure:
                 raise _Refuse("max_open_exposure_exceeded", f"exposure would exceed {risk.max_open_exposure}")
         if risk.max_open_orders is not None and resting and risk.open_orders + 1 > risk.max_open_orders:
@@ -476,7 +549,9 @@ def _decide_place(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
             raise _Refuse("too_many_open_orders", f"at most {MAX_OPEN_ORDERS} open orders per account and market")
         if (risk.open_exposure if risk is not None else 0) + market.exposure(side, price, resting) > MAX_AMOUNT:
             raise _Refuse("amount_out_of_range", "open exposure would pass its 64-bit bound")
-    if plan:
+    if takes is not None:
+        _check_positions_two(market, takes, account, side, runner)
+    elif plan:
         _check_positions(market, plan, account, side)
 
     m = p.market_id
@@ -489,7 +564,7 @@ def _decide_place(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
         )
     ]  # fmt: skip
     if plan:
-        out += _taker_events(market, seq, ts, plan, order_id, account, coid, side, qty, runner)
+        out += _taker_events(market, seq, ts, plan, order_id, account, coid, side, qty, runner, takes)
     if taker_cancel:
         reason = "self_trade" if stopped else "unfilled"
         out.append(
@@ -575,11 +650,17 @@ def _decide_amend(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
             raise _Refuse("max_order_qty_exceeded", f"qty: above {risk.max_order_qty}")
         kept = price == order.price and qty < order.qty
         plan: list[tuple[Order, int]] = []
+        takes: list[Take] | None = None
         stopped = False
         if not kept:
-            if price != order.price and order.tif == "post_only" and book.crosses(order.side, price):
+            if (
+                price != order.price and order.tif == "post_only"
+                and _would_take(market, book, order.side, price, order.runner)
+            ):  # fmt: skip
                 raise _Refuse("post_only_would_take", "the amended order would take liquidity")
-            plan, stopped, filled, overflow = book.match(order.side, price, qty, order.account_id, order.stp, MAX_FILLS)
+            plan, stopped, filled, overflow, takes = _match(
+                market, book, order.side, price, qty, order.account_id, order.stp, order.runner
+            )
             if overflow:
                 raise _Refuse("too_many_fills", f"would need more than {MAX_COMMAND_EVENTS} events")
         else:
@@ -595,7 +676,9 @@ def _decide_amend(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
                 raise _Refuse("max_open_exposure_exceeded", f"exposure would exceed {risk.max_open_exposure}")
         if after + market.exposure(order.side, price, qty) > MAX_AMOUNT:
             raise _Refuse("amount_out_of_range", "open exposure would pass its 64-bit bound")
-        if plan:
+        if takes is not None:
+            _check_positions_two(market, takes, order.account_id, order.side, order.runner)
+        elif plan:
             _check_positions(market, plan, order.account_id, order.side)
     except _Refuse as refusal:
         refusal.order_id = oid
@@ -621,7 +704,7 @@ def _decide_amend(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
         )
     ]
     if plan:
-        out += _taker_events(market, seq, ts, plan, oid, a, c, side, qty, runner)
+        out += _taker_events(market, seq, ts, plan, oid, a, c, side, qty, runner, takes)
     if taker_cancel:
         out.append(
             OrderCancelled(

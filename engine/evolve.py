@@ -54,6 +54,7 @@ def _on_market_created(state: State, e: Event) -> None:
         e.market_id, e.kind, e.base, e.quote, e.tick_size, e.lot_size, e.min_qty, e.max_qty, e.min_price,
         e.max_price, e.band_bps,
     )  # fmt: skip
+    market.book_type = e.book_type
     if e.kind == "pair":
         market.books[None] = Book()
     for runner_id, label in e.runners:
@@ -93,7 +94,7 @@ def _on_accepted(state: State, e: Event) -> None:
         assert e.price is not None
         order = Order(
             e.order_id, e.account_id, e.client_order_id, e.side, e.price, e.resting_qty, e.runner, e.tif, e.stp,
-            e.persistence,
+            e.persistence, e.cmd_seq,
         )  # fmt: skip
         market.books[e.runner].add(order)
         risk = _risk(market, e.account_id)
@@ -121,6 +122,7 @@ def _on_amended(state: State, e: Event) -> None:
     risk.open_orders -= 1
     order.price = e.price
     order.qty = e.resting_qty
+    order.arrival = e.cmd_seq
     if e.resting_qty > 0:
         book.add(order)
         risk.open_orders += 1
@@ -154,9 +156,42 @@ def _position(market: Market, account: str, side: str, price: int, qty: int, run
         wl[1] += qty * 100
 
 
+def _on_implied_fill(market: Market, e: Fill) -> None:
+    """A two_runner fill through the implied price: the maker's book, and each party's own runner's figures.
+
+    The figures come straight from the two stakes (the maker's paid out if the taker's runner wins, the
+    taker's if the maker's does), so the fill adds exactly 0 to the sum of P&L whoever wins.
+    """
+    book = market.books[e.maker_runner]
+    maker = book.reduce(e.maker_order_id, e.maker_qty)
+    risk = market.risk[maker.account_id]
+    risk.open_exposure -= market.exposure(maker.side, maker.price, e.maker_qty)
+    if maker.qty <= 0:
+        risk.open_orders -= 1
+    book.last_price = e.price
+    market.next_trade_id = e.trade_id + 1
+    sign = 1 if e.taker_side == "back" else -1
+    for account, runner, win, lose in (
+        (e.taker_account, e.runner, e.maker_stake, e.taker_stake),
+        (e.maker_account, e.maker_runner, e.taker_stake, e.maker_stake),
+    ):
+        assert runner is not None
+        mine = market.positions.get(account)
+        if mine is None:
+            mine = market.positions[account] = {}
+        wl = mine.get(runner)
+        if wl is None:
+            wl = mine[runner] = [0, 0]
+        wl[0] += sign * win
+        wl[1] -= sign * lose
+
+
 def _on_fill(state: State, e: Event) -> None:
     assert isinstance(e, Fill)
     market = state.markets[e.market_id]
+    if e.implied:
+        _on_implied_fill(market, e)
+        return
     book = market.books[e.runner]
     maker = book.reduce(e.maker_order_id, e.qty)
     risk = market.risk[maker.account_id]

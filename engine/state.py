@@ -56,6 +56,7 @@ class Market:
     risk: dict[str, Risk] = field(default_factory=dict)
     # pair: account -> [net_qty, cash]; odds: account -> {runner: [pnl if it wins, pnl if it loses]}
     positions: dict[str, Any] = field(default_factory=dict)
+    book_type: str = "multi_runner"  # "two_runner": each runner's orders also match the other's (implied)
 
     def exposure(self, side: str, price: int, qty: int) -> int:
         """Notional for pairs; for odds the stake of a back and the liability of a lay, in stake/100."""
@@ -89,12 +90,14 @@ def _state_tree(state: State) -> list[Any]:
     for market_id in sorted(state.markets):
         m = state.markets[market_id]
         books = []
+        two = m.book_type == "two_runner"  # only there is an order's arrival part of the state
         for runner, book in m.books.items():
             sides = []
             for levels in (book.bids, book.asks):
                 sides.append(
                     [
-                        [abs(k), [[o.order_id, o.account_id, o.client_order_id, o.qty, o.tif, o.stp, o.persistence]
+                        [abs(k), [[o.order_id, o.account_id, o.client_order_id, o.qty, o.tif, o.stp, o.persistence,
+                                   *((o.arrival,) if two else ())]
                                   for o in lvl.values()]]
                         for k, lvl in levels.items()
                     ]
@@ -109,11 +112,14 @@ def _state_tree(state: State) -> list[Any]:
             positions = [[a, pos] for a, pos in sorted(m.positions.items())]
         else:
             positions = [[a, sorted([r, wl] for r, wl in pos.items())] for a, pos in sorted(m.positions.items())]
-        markets.append([
+        row = [
             market_id, m.kind, m.base, m.quote, m.tick_size, m.lot_size, m.min_qty, m.max_qty, m.min_price,
             m.max_price, m.band_bps, list(m.runners.items()), m.state, m.phase, m.next_order_id, m.next_trade_id,
             books, clients, risk, positions,
-        ])  # fmt: skip
+        ]  # fmt: skip
+        if m.book_type != "multi_runner":
+            row.append(m.book_type)  # only then: a multi_runner market hashes as it did before issue 13
+        markets.append(row)
     return [state.last_cmd_seq, state.event_count, markets]
 
 
@@ -127,8 +133,10 @@ def restore(data: bytes) -> State:
     state = State(last_cmd_seq=last_cmd_seq, event_count=event_count)
     for row in markets:
         (market_id, kind, base, quote, tick, lot, min_qty, max_qty, min_price, max_price, band, runners, mstate,
-         phase, next_order_id, next_trade_id, books, clients, risk, positions) = row  # fmt: skip
+         phase, next_order_id, next_trade_id, books, clients, risk, positions) = row[:20]  # fmt: skip
         m = Market(market_id, kind, base, quote, tick, lot, min_qty, max_qty, min_price, max_price, band)
+        if len(row) > 20:
+            m.book_type = row[20]
         m.runners = {r: label for r, label in runners}
         m.state, m.phase, m.next_order_id, m.next_trade_id = mstate, phase, next_order_id, next_trade_id
         for runner, last_price, sides in books:
@@ -136,8 +144,8 @@ def restore(data: bytes) -> State:
             book.last_price = last_price
             for side, levels in zip(("lay", "back") if kind == "odds" else ("buy", "sell"), sides, strict=True):
                 for price, orders in levels:
-                    for oid, account, coid, qty, tif, stp, persistence in orders:
-                        book.add(Order(oid, account, coid, side, price, qty, runner, tif, stp, persistence))
+                    for oid, account, coid, qty, tif, stp, persistence, *arrival in orders:
+                        book.add(Order(oid, account, coid, side, price, qty, runner, tif, stp, persistence, *arrival))
         for a, c, oid in clients:
             m.client_orders.setdefault(a, {})[c] = oid
         m.risk = {a: Risk(*rest) for a, *rest in risk}

@@ -45,6 +45,8 @@ class MarketCreated(Event):
     max_price: int
     band_bps: int  # 0: no dynamic band around the last trade
     runners: list[list[str]]  # [[runner_id, label], ...]; [] for pairs
+    # Optional (on the wire only when not the default, so every market before issue 13 keeps its bytes):
+    book_type: str = "multi_runner"  # odds: "two_runner" matches through the implied price (PROTOCOL 11.1)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -121,7 +123,14 @@ class Fill(Event):
     taker_client_order_id: str
     maker_remaining: int  # open qty of the maker order after this fill
     taker_remaining: int  # open qty of the taker order after this fill
-    runner: str | None
+    runner: str | None  # the taker's runner (and the maker's, unless implied)
+    # Optional: only an implied fill (two_runner markets) carries these, so a direct fill keeps its bytes.
+    # `qty` is then the taker's stake and `price` the maker's odds on the maker's runner.
+    implied: bool = False
+    maker_runner: str | None = None  # the other runner, whose same side the maker was on
+    maker_qty: int = 0  # what the maker's order gave up (whole stake units)
+    maker_stake: int = 0  # the maker's stake in the bet, hundredths of a stake unit (= the taker's win)
+    taker_stake: int = 0  # the taker's stake in the bet, hundredths (= the maker's win)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -190,12 +199,22 @@ EVENT_TYPES: Final[dict[str, type[Event]]] = {
 _FIELDS: Final[dict[type[Event], tuple[str, ...]]] = {
     cls: tuple(f.name for f in fields(cls)) for cls in EVENT_TYPES.values()
 }
+# Fields added after events were first logged, as one trailing group per class: the group goes on the
+# wire only when its first field differs from its default (absent means every default), so an event
+# that does not use them packs to the bytes it always did and re-deciding an old log gives old bytes.
+_OPTIONAL: Final[dict[type[Event], dict[str, Any]]] = {
+    MarketCreated: {"book_type": "multi_runner"},
+    Fill: {"implied": False, "maker_runner": None, "maker_qty": 0, "maker_stake": 0, "taker_stake": 0},
+}
 
 
 def to_wire(event: Event) -> dict[str, Any]:
     body: dict[str, Any] = {"type": event.type}
+    optional = _OPTIONAL.get(type(event))
+    skip = optional is not None and all(getattr(event, name) == d for name, d in list(optional.items())[:1])
     for name in _FIELDS[type(event)]:
-        body[name] = getattr(event, name)
+        if not (skip and optional is not None and name in optional):
+            body[name] = getattr(event, name)
     return body
 
 
@@ -204,8 +223,16 @@ def encode(event: Event) -> bytes:
 
 
 def _encoder_source(cls: type[Event]) -> str:
-    items = ", ".join([f"'type': {cls.type!r}", *(f"{name!r}: e.{name}" for name in _FIELDS[cls])])
-    return f"lambda e: pack({{{items}}})"
+    optional = _OPTIONAL.get(cls, {})
+    required = [name for name in _FIELDS[cls] if name not in optional]
+    items = ", ".join([f"'type': {cls.type!r}", *(f"{name!r}: e.{name}" for name in required)])
+    if not optional:
+        return f"lambda e: pack({{{items}}})"
+    # The optional fields trail the required ones (to_wire's order); one test on the first picks the
+    # common case (none set) so a direct fill pays one comparison.
+    first = next(iter(optional))
+    rest = ", ".join(f"{name!r}: e.{name}" for name in optional)
+    return f"lambda e: pack({{{items}}} if e.{first} == {optional[first]!r} else {{{items}, {rest}}})"
 
 
 def make_encoders() -> dict[type[Event], Callable[[Event], bytes]]:

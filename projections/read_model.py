@@ -123,8 +123,25 @@ def plan(batch: Iterable[tuple[int, Event]]) -> Writes:
                 e.taker_account, e.taker_side, e.maker_client_order_id, e.taker_client_order_id,
                 seq, e.cmd_seq, e.ts, runner,
             ))  # fmt: skip
-            _filled(w, (m, e.maker_order_id), e.qty, seq)
             _filled(w, (m, e.taker_order_id), e.qty, seq)
+            if e.implied:  # two_runner: the maker sits on the other runner's same side; figures from the stakes
+                assert e.maker_runner is not None
+                _filled(w, (m, e.maker_order_id), e.maker_qty, seq)
+                _level(w, (m, e.maker_runner, e.taker_side, e.price), -e.maker_qty, -1 if e.maker_remaining == 0 else 0)
+                stats = w.stats.setdefault(m, [0, 0, 0])
+                stats[0], stats[1], stats[2] = e.trade_id, e.price, stats[2] + e.qty
+                sign = 1 if e.taker_side == "back" else -1
+                for who, r, win, lose in (
+                    (e.taker_account, runner, e.maker_stake, e.taker_stake),
+                    (e.maker_account, e.maker_runner, e.taker_stake, e.maker_stake),
+                ):
+                    pos = w.positions.get((m, who, r))
+                    if pos is None:
+                        pos = w.positions[(m, who, r)] = [0, 0, 0, 0]
+                    pos[2] += sign * win
+                    pos[3] -= sign * lose
+                continue
+            _filled(w, (m, e.maker_order_id), e.qty, seq)
             maker_side = _MAKER_SIDE[e.taker_side]
             _level(w, (m, runner, maker_side, e.price), -e.qty, -1 if e.maker_remaining == 0 else 0)
             stats = w.stats.setdefault(m, [0, 0, 0])

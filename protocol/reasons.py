@@ -35,6 +35,7 @@ Reason = Literal[
     "not_odds_market",
     "runner_exists",
     "too_many_runners",
+    "runners_fixed",
     "too_many_markets",
     "too_many_open_orders",
     "amount_out_of_range",

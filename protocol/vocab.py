@@ -17,6 +17,8 @@ Tif = Literal["gtc", "ioc", "fok", "post_only"]
 Stp = Literal["cancel_resting", "cancel_newest", "cancel_both"]
 Persistence = Literal["lapse", "persist"]
 MarketKind = Literal["pair", "odds"]
+# Odds markets only: one direct book per runner, or two runners matched through the implied price too.
+BookType = Literal["multi_runner", "two_runner"]
 OrderType = Literal["limit", "market"]
 # A market's state: the first three can be set by set_market_state; the rest are the end of its life.
 SettableState = Literal["open", "suspended", "halted"]
@@ -32,6 +34,7 @@ TIFS: Final[tuple[Tif, ...]] = get_args(Tif)
 STP_MODES: Final[tuple[Stp, ...]] = get_args(Stp)
 PERSISTENCE: Final[tuple[Persistence, ...]] = get_args(Persistence)
 MARKET_KINDS: Final[tuple[MarketKind, ...]] = get_args(MarketKind)
+BOOK_TYPES: Final[tuple[BookType, ...]] = get_args(BookType)
 ORDER_TYPES: Final[tuple[OrderType, ...]] = get_args(OrderType)
 SETTABLE_STATES: Final[tuple[SettableState, ...]] = get_args(SettableState)
 TERMINAL: Final[tuple[TerminalState, ...]] = get_args(TerminalState)

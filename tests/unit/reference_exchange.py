@@ -14,8 +14,10 @@ marked "Reading:" and the test report lists them.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Final, TypeGuard
 
 MAX_PRICE: Final = 10**9
@@ -151,6 +153,7 @@ class RefMarket:
     max_price: int
     band_bps: int
     runners: list[list[str]]
+    book_type: str = "multi_runner"
     state: str = "open"
     phase: str = "pre"
     open_orders: list[RefOrder] = field(default_factory=list)  # every resting order, any runner, any order
@@ -194,8 +197,28 @@ def _crosses(taker_side: str, limit: int | None, maker_price: int) -> bool:
     return maker_price >= limit
 
 
+def effective(taker_runner: str | None, o: RefOrder) -> Fraction:
+    """What a resting order is worth to an incoming order on taker_runner: its odds, or the implied odds."""
+    if o.runner == taker_runner:
+        return Fraction(price_of(o))
+    return Fraction(100 * price_of(o), price_of(o) - 100)  # o / (o - 1), in odds x 100
+
+
 def _makers(market: RefMarket, runner: str | None, taker_side: str, limit: int | None) -> list[RefOrder]:
     """The resting orders an incoming order may take, in priority order (best price, then arrival)."""
+    if market.book_type == "two_runner":
+        # Reading (issue 13): every candidate of both books with its effective price, then one sort.
+        cands = [
+            o for o in market.open_orders
+            if (o.runner == runner and o.side == OPPOSITE[taker_side]) or (o.runner != runner and o.side == taker_side)
+        ]  # fmt: skip
+        if limit is not None:
+            cands = [
+                o for o in cands
+                if (effective(runner, o) >= limit if taker_side == "back" else effective(runner, o) <= limit)
+            ]  # fmt: skip
+        sign = -1 if taker_side == "back" else 1
+        return sorted(cands, key=lambda o: (sign * effective(runner, o), o.arrival))
     side = OPPOSITE[taker_side]
     cands = [o for o in market.book(runner) if o.side == side and _crosses(taker_side, limit, price_of(o))]
     if taker_side in BID_LIKE:
@@ -212,12 +235,29 @@ class Plan:
     steps: list[tuple[str, RefOrder, int]]  # ("fill", maker, qty) | ("cancel", maker, open qty)
     filled: int
     stopped: bool  # stp cancel_newest / cancel_both stopped the walk
+    implied: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # step -> maker qty, stakes
+
+
+def implied_take(maker: RefOrder, remaining: int) -> tuple[int, int, int, int]:
+    """(taker qty, maker qty, maker stake, taker stake) from the stated rule, with exact fractions.
+
+    The stakes (hundredths) stand as 100 : (P - 100). The maker's whole order if the taker has room for
+    its converted stake; else all the taker has left, the maker's stake rounded its way.
+    """
+    w = price_of(maker) - 100
+    taker_needs = Fraction(maker.qty * w, 100)  # the taker stake (units) that the maker's whole order meets
+    if taker_needs <= remaining:
+        return math.ceil(taker_needs), maker.qty, 100 * maker.qty, maker.qty * w
+    exact = Fraction(100 * 100 * remaining, w)
+    maker_stake = math.floor(exact) if maker.side == "back" else math.ceil(exact)
+    return remaining, math.ceil(Fraction(maker_stake, 100)), maker_stake, 100 * remaining
 
 
 def _plan(
     market: RefMarket, runner: str | None, account: str, side: str, limit: int | None, qty: int, stp: str
 ) -> Plan:
     steps: list[tuple[str, RefOrder, int]] = []
+    implied: dict[int, tuple[int, int, int]] = {}
     remaining = qty
     for maker in _makers(market, runner, side, limit):
         if remaining == 0:
@@ -228,11 +268,17 @@ def _plan(
                 continue
             if stp == "cancel_both":
                 steps.append(("cancel", maker, maker.qty))
-            return Plan(steps, qty - remaining, True)
+            return Plan(steps, qty - remaining, True, implied)
+        if maker.runner != runner:
+            taker_q, maker_q, maker_stake, taker_stake = implied_take(maker, remaining)
+            implied[len(steps)] = (maker_q, maker_stake, taker_stake)
+            steps.append(("fill", maker, taker_q))
+            remaining -= taker_q
+            continue
         take = min(maker.qty, remaining)
         steps.append(("fill", maker, take))
         remaining -= take
-    return Plan(steps, qty - remaining, False)
+    return Plan(steps, qty - remaining, False, implied)
 
 
 class ReferenceExchange:
@@ -411,12 +457,15 @@ class ReferenceExchange:
                 raise Reject("invalid_field")
         elif "runners" in b:
             raise Reject("invalid_field")
+        book_type = b.get("book_type", "multi_runner")
+        if book_type not in ("multi_runner", "two_runner"):
+            raise Reject("invalid_field")
         if b["market_id"] != self.market_id:
             raise Reject("market_mismatch")
         return {
             "market_id": b["market_id"], "kind": kind, "base": base, "quote": quote, "tick_size": tick,
             "lot_size": lot, "min_qty": min_qty, "max_qty": max_qty, "min_price": min_price,
-            "max_price": max_price, "band_bps": band, "runners": runners,
+            "max_price": max_price, "band_bps": band, "runners": runners, "book_type": book_type,
         }  # fmt: skip
 
     # Reading: unknown fields are refused on every command but create_market (the spec names the rule for the
@@ -612,9 +661,15 @@ class ReferenceExchange:
                 raise Reject("invalid_field")
         elif not (on_ladder(c["min_price"]) and on_ladder(c["max_price"])):
             raise Reject("invalid_field")
+        if c["book_type"] == "two_runner" and (c["kind"] != "odds" or len(c["runners"]) != 2):
+            raise Reject("invalid_field")
+        if c["kind"] == "pair" and c["book_type"] != "multi_runner":
+            raise Reject("invalid_field")
         self.markets[mid] = RefMarket(**c)
         fields = {k: v for k, v in c.items() if k != "market_id"}
         fields["runners"] = [list(r) for r in c["runners"]]
+        if c["book_type"] == "multi_runner":
+            del fields["book_type"]  # on the wire only when not the default
         return [self._ev("market_created", mid, **fields)]
 
     def _do_add_runner(self, c: dict[str, Any]) -> list[dict[str, Any]]:
@@ -623,6 +678,8 @@ class ReferenceExchange:
             raise Reject("not_odds_market")
         if m.state in ("closed", "settled", "voided"):
             raise Reject("market_closed")
+        if m.book_type == "two_runner":
+            raise Reject("runners_fixed")
         if c["runner_id"] in m.runner_ids():
             raise Reject("runner_exists")
         if len(m.runners) >= MAX_RUNNERS:
@@ -749,10 +806,40 @@ class ReferenceExchange:
         Returns the events and the taker's remainder."""
         out: list[dict[str, Any]] = []
         remaining = qty
-        for kind, maker, n in plan.steps:
+        for step, (kind, maker, n) in enumerate(plan.steps):
             if kind == "cancel":
                 out.append(self._cancelled(m, maker, maker.qty, "self_trade", True))
                 m.open_orders.remove(maker)
+                continue
+            if step in plan.implied:
+                maker_q, maker_stake, taker_stake = plan.implied[step]
+                remaining -= n
+                maker.qty -= maker_q
+                out.append(
+                    self._ev(
+                        "fill", m.market_id, trade_id=m.next_trade_id, price=maker.price, qty=n,
+                        maker_order_id=maker.order_id, taker_order_id=taker.order_id, maker_account=maker.account,
+                        taker_account=taker.account, taker_side=taker.side, maker_client_order_id=maker.coid,
+                        taker_client_order_id=taker.coid, maker_remaining=maker.qty, taker_remaining=remaining,
+                        runner=taker.runner, implied=True, maker_runner=maker.runner, maker_qty=maker_q,
+                        maker_stake=maker_stake, taker_stake=taker_stake,
+                    )
+                )  # fmt: skip
+                m.next_trade_id += 1
+                m.last_trade[maker.runner] = price_of(maker)
+                # The bet: the taker's runner wins -> the maker pays its stake; else the taker pays its own.
+                sign = 1 if taker.side == "back" else -1
+                assert taker.runner is not None and maker.runner is not None
+                for who, r, win, lose in (
+                    (taker.account, taker.runner, maker_stake, taker_stake),
+                    (maker.account, maker.runner, taker_stake, maker_stake),
+                ):
+                    m.traded.add(who)
+                    pos = m.odds_pos.setdefault((who, r), [0, 0])
+                    pos[0] += sign * win
+                    pos[1] -= sign * lose
+                if maker.qty == 0:
+                    m.open_orders.remove(maker)
                 continue
             remaining -= n
             maker.qty -= n
@@ -835,7 +922,13 @@ class ReferenceExchange:
             if limit is not None:
                 order_exposure = exposure(m.kind, side, limit, qty)
             else:
-                order_exposure = sum(exposure(m.kind, side, price_of(mk), n) for k, mk, n in plan.steps if k == "fill")
+                order_exposure = sum(
+                    plan.implied[i][1]
+                    if i in plan.implied and side == "lay"
+                    else exposure(m.kind, side, price_of(mk), n)
+                    for i, (k, mk, n) in enumerate(plan.steps)
+                    if k == "fill"
+                )
             if m.open_exposure(account) + order_exposure > max_exposure:
                 raise Reject("max_open_exposure_exceeded")
         if max_orders is not None and rests and m.open_count(account) + 1 > max_orders:

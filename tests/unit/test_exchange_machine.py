@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import pprint
+from fractions import Fraction
 from typing import Any
 
 import msgpack
@@ -48,9 +49,16 @@ MARKETS: dict[str, dict[str, Any]] = {
         "kind": "odds", "quote": "GBP", "max_qty": 30, "band_bps": 300, "min_price": 110, "max_price": 1000,
         "runners": [{"runner_id": "X", "label": "Yes"}, {"runner_id": "Y", "label": "No"}],
     },
+    "T1": {
+        "kind": "odds", "quote": "GBP", "book_type": "two_runner", "max_qty": 40,
+        "runners": [{"runner_id": "H", "label": "P1"}, {"runner_id": "A", "label": "P2"}],
+    },
 }  # fmt: skip
 MARKET_IDS = [*MARKETS, "NOPE"]
 ODDS_PRICES = [p for p in ladder() if 195 <= p <= 206]
+# Two-runner prices: around evens, where backs on both runners cross through the implied price, and a few
+# pairs either side whose implied odds fall on the ladder (150 <-> 300, 125 <-> 500) or just off it (250 / 167).
+TWO_RUNNER_PRICES = [*ODDS_PRICES, 125, 150, 166, 167, 168, 250, 300, 500]
 PAIR_PRICES = {"P1": list(range(98, 103)), "P2": list(range(985, 1016, 5))}
 
 
@@ -136,7 +144,7 @@ class ExchangeMachine(RuleBasedStateMachine):
         if self.kind_of(market) == "odds":
             if data.draw(st.integers(0, 19)) == 0:
                 return int(data.draw(st.integers(190, 212)))  # sometimes off the ladder
-            return int(data.draw(st.sampled_from(ODDS_PRICES)))
+            return int(data.draw(st.sampled_from(TWO_RUNNER_PRICES if market == "T1" else ODDS_PRICES)))
         prices = PAIR_PRICES.get(market, PAIR_PRICES["P1"])
         if market == "P2" and data.draw(st.integers(0, 9)) == 0:
             return int(data.draw(st.integers(960, 1040)))  # sometimes off the tick or the band
@@ -171,18 +179,30 @@ class ExchangeMachine(RuleBasedStateMachine):
 
     def check_fills(self, events: list[dict[str, Any]], before: dict[tuple[str, int], tuple[Any, int, str]]) -> None:
         last_arrival: dict[tuple[str, Any, int], int] = {}
-        last_price: int | None = None
+        last_price: Fraction | None = None
         for e in events:
             if e["type"] != "fill":
                 continue
             assert e["maker_account"] != e["taker_account"], f"self-trade {e}"
             price, arrival, maker_side = before[(e["market_id"], e["maker_order_id"])]
             assert e["price"] == price, f"fill away from the maker's price {e}"
-            assert maker_side != e["taker_side"]
-            if last_price is not None:  # best price first
-                assert price >= last_price if e["taker_side"] in BID_LIKE else price <= last_price, e
-            last_price = price
-            level = (e["market_id"], e["runner"], price)
+            if e.get("implied"):
+                assert maker_side == e["taker_side"] and e["maker_runner"] != e["runner"], e
+                # The bet stands at the maker's odds or better for the maker, and both stakes are covered.
+                w = price - 100
+                if maker_side == "back":
+                    assert e["taker_stake"] * 100 >= e["maker_stake"] * w, e
+                else:
+                    assert e["taker_stake"] * 100 <= e["maker_stake"] * w, e
+                assert e["taker_stake"] <= 100 * e["qty"] and e["maker_stake"] <= 100 * e["maker_qty"], e
+                eff = Fraction(100 * price, w)
+            else:
+                assert maker_side != e["taker_side"]
+                eff = Fraction(price)
+            if last_price is not None:  # best (effective) price first
+                assert eff >= last_price if e["taker_side"] in BID_LIKE else eff <= last_price, e
+            last_price = eff
+            level = (e["market_id"], e.get("maker_runner", e["runner"]), price)
             assert arrival > last_arrival.get(level, 0), f"not FIFO within the level {e}"
             last_arrival[level] = arrival
 
@@ -193,13 +213,15 @@ class ExchangeMachine(RuleBasedStateMachine):
             if e["type"] == "order_accepted":
                 t[(m, e["order_id"])] = [e["qty"], 0, 0]
             elif e["type"] == "fill":
-                t[(m, e["maker_order_id"])][1] += e["qty"]
+                t[(m, e["maker_order_id"])][1] += e.get("maker_qty", e["qty"])
                 t[(m, e["taker_order_id"])][1] += e["qty"]
             elif e["type"] == "order_cancelled":
                 t[(m, e["order_id"])][2] += e["cancelled_qty"]
             elif e["type"] == "orders_cancelled":
                 for entry in e["orders"]:
                     t[(m, entry[0])][2] += entry[5]
+            elif e["type"] == "market_settled":
+                assert sum(pnl for _, pnl in e["pnl"]) == 0 or len(e["pnl"]) >= 500, f"P&L does not sum to 0: {e}"
             elif e["type"] == "order_amended":
                 delta = e["qty"] - e["old_qty"]
                 if delta > 0:
@@ -223,6 +245,15 @@ class ExchangeMachine(RuleBasedStateMachine):
                     r = risk.setdefault(o.account_id, [0, 0])
                     r[0] += 1
                     r[1] += exposure(m.kind, o.side, o.price, o.qty)
+            if m.book_type == "two_runner":  # no two resting orders cross through the implied price either
+                a, b = (m.books[r] for r in m.runners)
+                for side in ("back", "lay"):
+                    pa, pb = a.best(side), b.best(side)
+                    if pa is not None and pb is not None:
+                        product = (pa - 100) * (pb - 100)
+                        assert product > 10_000 if side == "back" else product < 10_000, (
+                            f"{market_id}: {side}s at {pa} and {pb} cross through the implied price"
+                        )
             core_open = {
                 o.order_id: (o.account_id, o.client_order_id, o.side, o.price, o.qty, o.runner)
                 for b in m.books.values()
