@@ -162,6 +162,32 @@ async def test_jetbook_bots_cli(stack: Stack) -> None:
     assert re.search(rf"markets 2: {ODDS} {PAIR}", text), text
 
 
+HOSTILE_ARGS = [
+    ["bots", "--url", "notaurl", "--duration", "1"], ["bots", "--mm", "-3"], ["bots", "--duration", "abc"],
+    ["bots", "--market", "a.b\x7f", "--duration", "1"], ["bots", "--seed", "9" * 40, "--duration", "1"],
+    ["bots", "--url", "http://127.0.0.1:1", "--duration", "1"],
+    ["gateway", "--http-port", "abc"], ["gateway", "--http-port", "-1"], ["gateway", "--api-keys", "/nonexistent"],
+    ["tui", "--depth", "0"], ["tui", "--bots", "-1"],
+]  # fmt: skip
+
+
+async def test_hostile_cli_arguments_are_refused_or_harmless_and_the_venue_still_decides(stack: Stack) -> None:
+    """`jetbook bots`, `gateway` and `tui` with bad arguments: an exit with a message, never a traceback or a hang."""
+    for args in HOSTILE_ARGS:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "jetbook", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        assert b"Traceback" not in out, (args, out.decode()[-2000:])
+        assert proc.returncode in (0, 1, 2), (args, proc.returncode)
+    await create_markets(stack.url)
+    async with httpx.AsyncClient(base_url=stack.url, timeout=10) as c:
+        r = await c.post("/commands", json={"market_id": PAIR, "account_id": "zed", "command": {
+            "type": "place_order", "client_order_id": "ok", "side": "buy", "price": 10, "qty": 2}})  # fmt: skip
+    assert r.status_code == 200 and r.json()["events"][0]["type"] == "order_accepted", r.text
+
+
 # --- the figures: python -m tests.integration.test_bots [seconds] -------------------------------------------------
 
 
@@ -194,16 +220,17 @@ def _measure(seconds: float) -> None:
                                    "--http-port", str(http), "--metrics-port-base", str(base)],
                                   stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         try:
-            deadline = time.monotonic() + 60
-            while True:  # a deadline-bound wait for the stack to answer
+
+            async def ready() -> bool:
+                if up.poll() is not None:
+                    raise SystemExit(f"jetbook up exited; see {tmp}/up.log")
                 try:
-                    if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                        break
+                    async with httpx.AsyncClient() as http:
+                        return (await http.get(f"{url}/ready", timeout=1)).status_code == 200
                 except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or up.poll() is not None:
-                    raise SystemExit(f"jetbook up did not become ready; see {tmp}/up.log")
-                time.sleep(0.2)
+                    return False
+
+            asyncio.run(wait_until(ready, timeout=60, what="jetbook up to be ready"))
             asyncio.run(create_markets(url))
             print(f"{'mode':<8} {'bot frames/s':>12} {'engine cmds/s':>13} {'events/s':>9} {'fills/s':>8} "
                   f"{'gw frames/s':>11} {'backlog':>8}")  # fmt: skip
@@ -211,7 +238,9 @@ def _measure(seconds: float) -> None:
                 cmd = [sys.executable, "-m", "jetbook.bots_cli", "--url", url, "--duration", str(seconds + 6),
                        "--high-throughput", "--mm", "2", "--noise", "3", "--informed", "1", "--seed", "1"]  # fmt: skip
                 bots = subprocess.Popen([*cmd, *(["--no-ack"] if no_ack else [])], stdout=subprocess.PIPE, text=True)
-                time.sleep(3)  # warm-up: markets discovered, quotes up (a measurement window, not a synchronisation)
+                # The sleeps below are the measurement itself (a warm-up, then the window the rates are taken
+                # over), not a wait for something to happen.
+                time.sleep(3)
                 t0, e0, g0 = time.monotonic(), httpx.get(engine).text, httpx.get(f"{url}/metrics").text
                 time.sleep(seconds)
                 t1, e1, g1 = time.monotonic(), httpx.get(engine).text, httpx.get(f"{url}/metrics").text

@@ -241,14 +241,15 @@ async def test_strong_sees_the_write_weak_says_where_it_stands_min_seq_times_out
     cmd_seq = r.json()["cmd_seq"]
     evt_seq = next(m.seq for m in await read_all(stack.js, "JB_EVT") if decode(m.data).cmd_seq == cmd_seq)
     answers = []
-    while True:
+
+    async def shown() -> bool:  # the assertion is checked on every answer, until the order shows
         weak = await get_ok(c, "/orders", market_id="C", account_id="erin")
         present = bool(weak["result"])
         answers.append((weak["at_seq"], present))
         assert present == (weak["at_seq"] >= evt_seq), (evt_seq, weak)
-        if present:
-            break
-        await asyncio.sleep(0.005)  # re-ask; the assertion above is checked on every answer
+        return present
+
+    await wait_until(shown, what="the weak read to show erin's order")
     assert ack.seq < cmd_seq
 
     # min_seq beyond the log: 504 with the replica's position and the one asked for

@@ -472,7 +472,7 @@ async def _round(stack: Stack, n: int, out: Path) -> str:
             coid = f"{prefix}{i}"
             sent[coid] = time.time()
             await load.send(json.dumps(place(coid, "mm", "buy", 1000 + i % 50, 1, market="B")))
-            await asyncio.sleep(0.02)  # the load's pace: one change every 20 ms
+            await asyncio.sleep(0.02)  # the sleep is the event itself: the load's pace, one change every 20 ms
     cpu = (time.process_time() - cpu) / (time.time() - start)
     await asyncio.wait_for(child.communicate(), 300)
     recorded = json.loads(out.read_text())
@@ -538,7 +538,7 @@ async def _viewers(ws_url: str, n: int, out: Path) -> None:
         frames.clear()
     print("ready", flush=True)
     cpu, start = time.process_time(), time.time()
-    await asyncio.sleep(SECONDS + 1.0)  # the measuring window (plus the last interval), not a synchronisation
+    await asyncio.sleep(SECONDS + 1.0)  # the sleep is the event itself: the measuring window (and the last interval)
     cpu = (time.process_time() - cpu) / (time.time() - start)
     stop.set()
     await asyncio.gather(*tasks)

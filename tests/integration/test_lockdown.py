@@ -9,6 +9,7 @@ delivered or answered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import stat
@@ -507,10 +508,11 @@ async def _answers(c: Client, subject: str, want: int, timeout: float = 10.0) ->
     await barrier(c.nc)
     await c.nc.publish(subject, b"", reply=inbox)
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while len(got) < want and loop.time() < deadline:
-        await asyncio.sleep(POLL_INTERVAL_S)
+    async def enough() -> bool:
+        return len(got) >= want
+
+    with contextlib.suppress(pytest.fail.Exception):  # fewer answers than wanted is an answer too: the caller judges
+        await wait_until(enough, timeout=timeout, what=f"{want} answers on {subject}")
     await sub.unsubscribe()
     return got
 

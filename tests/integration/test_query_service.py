@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import time
@@ -20,9 +19,10 @@ import pytest
 
 from events.model import Fill, decode
 from events.stream_readers import last_seq
-from projections.query_service import MAX_REQUEST_BYTES, QUERIES, QueryService
+from projections.query_service import MAX_REQUEST_BYTES, QUERIES
 from protocol.subjects import EVT_STREAM
 from tests.conftest import wait_until
+from tests.integration.gateway_harness import running_query_service as query_service
 from tests.integration.harness import (
     projection_position,
     publish_all,
@@ -32,19 +32,6 @@ from tests.integration.harness import (
     wait_for_command,
     workload,
 )
-
-
-@contextlib.asynccontextmanager
-async def query_service(url: str, db: Path) -> AsyncIterator[QueryService]:
-    """One instance on its own connection, as `jetbook query-service` runs it."""
-    conn = await nats.connect(url)
-    service = QueryService(conn, db)
-    await service.start()
-    try:
-        yield service
-    finally:
-        await service.stop()
-        await conn.close()
 
 
 async def ask(nc: Any, name: str, body: dict[str, Any] | None = None, *, as_json: bool = False) -> dict[str, Any]:
