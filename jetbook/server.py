@@ -26,6 +26,7 @@ from typing import Any
 from jetbook.settings import Credentials
 from protocol.errors import JetbookError, ServerNotFound
 from protocol.process import DIE_WITH_PARENT
+from protocol.shards import mappings
 from protocol.subjects import ENGINE_SERVICE, ENGINE_STATUS_SUBJECT, PROJECTION_SERVICE, PROJECTION_STATUS_SUBJECT
 
 # Nobody may write the log but the engine, nobody may publish where the server republishes it,
@@ -145,10 +146,12 @@ def permissions(user: str) -> dict[str, Any]:
 
 
 def server_config(
-    creds: Credentials | None, tls_cert: Path | None = None, tls_key: Path | None = None
+    creds: Credentials | None, tls_cert: Path | None = None, tls_key: Path | None = None, shards: int = 1
 ) -> dict[str, Any]:
     """The embedded server's config (JSON is valid nats-server config)."""
     conf: dict[str, Any] = {}
+    if shards > 1:
+        conf["mappings"] = mappings(shards)  # each market to its shard (protocol/shards.py)
     if creds is not None:
         conf["authorization"] = {
             "users": [
@@ -196,8 +199,10 @@ class EmbeddedServer:
         credentials: Credentials | None = None,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
+        shards: int = 1,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.shards = shards
         self.credentials = credentials
         self.tls_cert = tls_cert
         self.tls_key = tls_key
@@ -223,7 +228,7 @@ class EmbeddedServer:
             binary, "-js", "-sd", str(store), "-a", self.host, "-p", str(self.port or -1),
             "--ports_file_dir", str(run), "-n", "jetbook", "-l", str(self.log_path),
         ]  # fmt: skip
-        conf = server_config(self.credentials, self.tls_cert, self.tls_key)
+        conf = server_config(self.credentials, self.tls_cert, self.tls_key, self.shards)
         if conf:
             # The config holds passwords: 0600 from the first byte, rewritten on each start.
             conf_path = run / "server.conf"

@@ -13,12 +13,23 @@ import asyncio
 import logging
 from typing import Any
 
-from nats.js.api import DiscardPolicy, RePublish, RetentionPolicy, StorageType, StreamConfig, SubjectTransform
+from nats.js.api import (
+    DiscardPolicy,
+    RePublish,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamSource,
+    SubjectTransform,
+)
 from nats.js.errors import BadRequestError, NotFoundError
 
+from protocol.shards import all_markets_shard, cmd_stream_name, evt_stream_name, shard_root, wal_prefix
 from protocol.subjects import (
     ACCT_STREAM,
     ACCT_SUBJECTS,
+    ALL_MARKETS,
+    CMD_PREFIX,
     CMD_STREAM,
     CMD_SUBJECTS,
     EVT_PREFIX,
@@ -82,6 +93,32 @@ def evt_stream(
         allow_atomic=True,
         allow_direct=True,
     )
+
+
+def shard_cmd_stream(shard: int, shards: int, replicas: int = 1) -> StreamConfig:
+    """Shard k's command stream: what the account mappings route to jbs.<k>, stored back as jb.> (protocol/shards.py).
+
+    Every shard but the one `_all` hashes to sources the `_all` commands from that one, so a cancel_all over
+    every market reaches each shard as one command of its own.
+    """
+    if shards == 1:
+        return cmd_stream(replicas)
+    root = shard_root(shard)
+    config = cmd_stream(replicas, name=cmd_stream_name(shard, shards), subjects=(f"{root}.cmd.>", f"{root}.ctl.>"))
+    config.subject_transform = SubjectTransform(src=f"{root}.>", dest="jb.>")
+    home = all_markets_shard(shards)
+    if shard != home:
+        config.sources = [
+            StreamSource(name=cmd_stream_name(home, shards), filter_subject=f"{CMD_PREFIX}.{ALL_MARKETS}.*")
+        ]
+    return config
+
+
+def shard_evt_stream(shard: int, shards: int, replicas: int = 1) -> StreamConfig:
+    """Shard k's event stream: its engine publishes on jbs.<k>.wal.>, stored and republished as jb.evt.>."""
+    if shards == 1:
+        return evt_stream(replicas)
+    return evt_stream(replicas, name=evt_stream_name(shard, shards), wal_prefix=wal_prefix(shard, shards))
 
 
 log = logging.getLogger("jetbook.streams")
