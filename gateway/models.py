@@ -77,15 +77,22 @@ class Market(Open):
     runners: list[Runner]
 
 
+def _implied_qty(schema: dict[str, Any]) -> None:
+    """Listed in the schema but not a model field: a field would add `"implied_qty": null` to every other market."""
+    schema["properties"]["implied_qty"] = {
+        "type": "integer",
+        "description": "two_runner markets only (every level there has it): whole units the other runner's orders"
+        " offer here through the implied price (its back shows here as a lay rounded up a tick, its lay as a back"
+        " rounded down); 0 if none",
+    }
+
+
 class Level(Open):
+    model_config = ConfigDict(extra="allow", json_schema_extra=_implied_qty)
+
     price: int
-    qty: int = Field(description="resting on this book (direct)")
+    qty: int = Field(description="resting on this book (direct); 0 on a level that is implied only")
     orders: int = Field(description="direct orders at this price")
-    implied_qty: int | None = Field(
-        None,
-        description="two_runner markets only: whole units the other runner's orders offer here through the"
-        " implied price (a back there shows as a lay here rounded up a tick, a lay as a back rounded down)",
-    )
 
 
 class Ladder(Open):
