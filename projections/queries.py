@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, NotRequired, TypedDict, TypeVar, cast
 
-from protocol.odds import IMPLIED_SIDE, implied_levels
+from protocol.odds import IMPLIED_SIDE, implied_price, implied_qty
 from protocol.subjects import EVT_STREAM
 
 T = TypeVar("T")
@@ -223,38 +223,45 @@ def book(con: sqlite3.Connection, market_id: str, depth: int = 10, runner: str |
 def _ladders(con: sqlite3.Connection, m: Market, depth: int, runner: str | None) -> list[Ladder]:
     if m["kind"] == "pair":
         return [_ladder(con, m["market_id"], "", "", m["kind"], depth)]
-    two = m["book_type"] == "two_runner" and len(m["runners"]) == 2
     ladders = [
-        _ladder(con, m["market_id"], r["runner_id"], r["label"], m["kind"], -1 if two else depth)
+        _ladder(con, m["market_id"], r["runner_id"], r["label"], m["kind"], depth)
         for r in m["runners"]
         if runner is None or r["runner_id"] == runner
     ]
-    if two:
+    if m["book_type"] == "two_runner" and len(m["runners"]) == 2:
         ids = [r["runner_id"] for r in m["runners"]]
         for lad in ladders:
-            _merge_implied(con, m["market_id"], ids[1 - ids.index(lad["runner"])], lad, depth)
+            other = ids[1 - ids.index(lad["runner"])]
+            lad["bids"] = _with_implied(con, m["market_id"], other, "back", lad["bids"], depth)  # its backs: lays here
+            lad["asks"] = _with_implied(con, m["market_id"], other, "lay", lad["asks"], depth)  # its lays: backs here
     return ladders
-
-
-def _merge_implied(con: sqlite3.Connection, market_id: str, other: str, lad: Ladder, depth: int) -> None:
-    """Add the other runner's orders to `lad` as `implied_qty`, best first, then cut to `depth` levels a side.
-
-    Both books are read whole (an odds ladder has a few hundred prices), because several of the other
-    runner's prices can round to one tick here, and an implied level may rank above any direct one.
-    """
-    lad["bids"] = _with_implied(con, market_id, other, "back", lad["bids"], depth)  # its backs: lays here
-    lad["asks"] = _with_implied(con, market_id, other, "lay", lad["asks"], depth)  # its lays: backs here
 
 
 def _with_implied(
     con: sqlite3.Connection, market_id: str, other: str, other_side: str, direct: list[Level], depth: int
 ) -> list[Level]:
-    rows = con.execute(
-        "SELECT price, qty FROM book_levels WHERE market_id = ? AND runner = ? AND side = ? ORDER BY price",
-        (market_id, other, other_side),
-    ).fetchall()
+    """`direct` (this runner's best `depth` levels of one side) merged with the other runner's `other_side` shown
+    here as `implied_qty`, best first, `depth` levels.
+
+    The best `depth` direct levels are enough: a direct level past them has `depth` better ones. The other
+    runner's levels are read best first (its best back is the best implied lay here: the conversion keeps the
+    order), until `depth` implied prices are complete; several of its prices can round to one tick here.
+    """
     merged = {lv["price"]: Level(price=lv["price"], qty=lv["qty"], orders=lv["orders"], implied_qty=0) for lv in direct}
-    for price, qty in implied_levels(other_side, rows).items():
+    order = "ASC" if other_side == "back" else "DESC"
+    rows = con.execute(
+        f"SELECT price, qty FROM book_levels WHERE market_id = ? AND runner = ? AND side = ? ORDER BY price {order}",
+        (market_id, other, other_side),
+    )
+    implied: dict[int, int] = {}  # protocol.odds.implied_levels, cut short
+    for price, qty in rows:
+        p, q = implied_price(other_side, price), implied_qty(price, qty)
+        if p is None or q <= 0:
+            continue
+        if p not in implied and len(implied) == depth:
+            break  # the first price past the `depth`-th: the rest are worse
+        implied[p] = implied.get(p, 0) + q
+    for price, qty in implied.items():
         merged.setdefault(price, Level(price=price, qty=0, orders=0, implied_qty=0))["implied_qty"] = qty
     best_first = IMPLIED_SIDE[other_side] == "lay"  # bids: the highest price first
     levels = sorted(merged.values(), key=lambda lv: -lv["price"] if best_first else lv["price"])
