@@ -269,3 +269,20 @@ def test_implied_prices_on_the_ladder_at_tick_boundaries() -> None:
     assert odds.implied_qty(250, 10) == 15 and odds.implied_qty(150, 1) == 0 and odds.implied_qty(101, 99) == 0
     # two prices that round to one tick add up; a level covering no whole unit is left out
     assert odds.implied_levels("back", [(191, 10), (192, 10), (150, 1)]) == {210: 9 + 9}  # 209.89, 208.70
+
+
+async def test_a_layout_3_read_model_is_refused_with_the_rebuild_message(tmp_path: Any) -> None:
+    """Layout 4 adds the implied columns: a file of layout 3 would lose them, so it is refused, saying what to do."""
+    import sqlite3
+
+    import pytest
+
+    from projections.read_model import SCHEMA_VERSION, ReadModel
+
+    assert SCHEMA_VERSION == 4
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path)
+    con.executescript("CREATE TABLE orders (x INTEGER); PRAGMA user_version = 3;")
+    con.close()
+    with pytest.raises(ValueError, match=r"layout 3, this version writes 4: rebuild it \(jetbook replay rebuild"):
+        await ReadModel.open(path)
