@@ -64,6 +64,9 @@ class Market(Open):
     min_price: int
     max_price: int
     band_bps: int
+    book_type: str = Field(
+        "multi_runner", description="multi_runner | two_runner (odds: also matches through the implied price)"
+    )
     last_trade_id: int
     last_price: int | None
     volume: int
@@ -74,10 +77,22 @@ class Market(Open):
     runners: list[Runner]
 
 
+def _implied_qty(schema: dict[str, Any]) -> None:
+    """Listed in the schema but not a model field: a field would add `"implied_qty": null` to every other market."""
+    schema["properties"]["implied_qty"] = {
+        "type": "integer",
+        "description": "two_runner markets only (every level there has it): whole units the other runner's orders"
+        " offer here through the implied price (its back shows here as a lay rounded up a tick, its lay as a back"
+        " rounded down); 0 if none",
+    }
+
+
 class Level(Open):
+    model_config = ConfigDict(extra="allow", json_schema_extra=_implied_qty)
+
     price: int
-    qty: int
-    orders: int
+    qty: int = Field(description="resting on this book (direct); 0 on a level that is implied only")
+    orders: int = Field(description="direct orders at this price")
 
 
 class Ladder(Open):
@@ -139,6 +154,11 @@ class Fill(Open):
     seq: int = Field(description="JB_EVT sequence of the fill event; page with from_seq = last seq + 1")
     cmd_seq: int
     ts: int
+    implied: bool = Field(False, description="two_runner: matched through the implied price (PROTOCOL 11.1)")
+    maker_runner: str | None = Field(None, description="implied: the maker's runner (price is its odds there)")
+    maker_qty: int | None = Field(None, description="implied: what the maker's order gave up; else null")
+    maker_stake: int | None = Field(None, description="implied: the maker's stake, hundredths of a unit")
+    taker_stake: int | None = Field(None, description="implied: the taker's stake, hundredths of a unit")
 
 
 class RunnerPnl(Open):
@@ -255,6 +275,9 @@ class CreateMarket(Cmd):
     quote: str
     base: str | None = None
     kind: str | None = Field(default=None, description="pair | odds")
+    book_type: str | None = Field(
+        default=None, description="odds: multi_runner (default) | two_runner (exactly two runners, implied matching)"
+    )
     tick_size: int | None = None
     lot_size: int | None = None
     min_qty: int | None = None

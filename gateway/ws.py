@@ -140,12 +140,19 @@ def redact(event: dict[str, Any], principal: Principal) -> dict[str, Any]:
 
 
 def trade_frame(seq: int, event: Fill) -> dict[str, Any]:
-    """A fill as the public tape shows it: no accounts, no client order ids."""
-    return {
+    """A fill as the public tape shows it: no accounts, no client order ids.
+
+    An implied fill adds `implied` and the maker's runner (its `price` is the odds there); a direct one has
+    no such keys, as in the event itself, so the frames of every other market are what they were.
+    """
+    frame = {
         "type": "trade", "market_id": event.market_id, "seq": seq, "cmd_seq": event.cmd_seq,
         "trade_id": event.trade_id, "runner": event.runner, "price": event.price, "qty": event.qty,
         "taker_side": event.taker_side, "ts": event.ts,
     }  # fmt: skip
+    if event.implied:
+        frame |= {"implied": True, "maker_runner": event.maker_runner}
+    return frame
 
 
 # --- the outbox ---------------------------------------------------------------------------------------------

@@ -295,10 +295,16 @@ def fills(
         typer.echo(json.dumps({"seq": seq, **body}) if as_json else line)
         sys.stdout.flush()
 
+    def traded(f: dict[str, Any]) -> str:
+        """`qty @ price`; an implied fill (two_runner) names both runners, as its price is the maker's odds."""
+        if f.get("implied"):
+            return f"{f['qty']} on {f['runner']} implied via {f['maker_runner']} @ {f['price']}"
+        return f"{f['qty']} @ {f['price']}"
+
     async def body(js: Any) -> int:
         if tape:
             async for seq, t in tape_feed(js._nc, market_id=market, from_seq=from_seq, follow=follow):
-                show(seq, t, f"{seq:>8}  {t['market_id']}  trade {t['trade_id']}  {t['qty']} @ {t['price']}  "
+                show(seq, t, f"{seq:>8}  {t['market_id']}  trade {t['trade_id']}  {traded(t)}  "
                              f"taker {t['taker_side']}  (JB_EVT {t['evt_seq']})")  # fmt: skip
         elif account is not None:
             events = account_events(js._nc, account, market_id=market, from_seq=from_seq, follow=follow)
@@ -308,13 +314,13 @@ def fills(
                     coid = event.maker_client_order_id if mine == "maker" else event.taker_client_order_id
                     oid = event.maker_order_id if mine == "maker" else event.taker_order_id
                     show(seq, {"evt_seq": evt_seq, **to_wire(event)},
-                         f"{seq:>8}  {event.market_id}  trade {event.trade_id}  {event.qty} @ {event.price}  "
+                         f"{seq:>8}  {event.market_id}  trade {event.trade_id}  {traded(to_wire(event))}  "
                          f"{mine} #{oid} ({coid})  taker {event.taker_side}  (JB_EVT {evt_seq})")  # fmt: skip
                 elif all_events:
                     show(seq, {"evt_seq": evt_seq, **to_wire(event)}, f"{seq:>8}  {json.dumps(to_wire(event))}")
         else:
             async for seq, f in log_fills(js, market, from_seq, follow):
-                show(seq, to_wire(f), f"{seq:>8}  {f.market_id}  trade {f.trade_id}  {f.qty} @ {f.price}  "
+                show(seq, to_wire(f), f"{seq:>8}  {f.market_id}  trade {f.trade_id}  {traded(to_wire(f))}  "
                                       f"taker {f.taker_account} {f.taker_side} #{f.taker_order_id}  "
                                       f"maker {f.maker_account} #{f.maker_order_id}")  # fmt: skip
         return 0

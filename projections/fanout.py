@@ -98,11 +98,18 @@ def private_fill(fill: Fill, side: str) -> Fill:
 
 
 def trade(seq: int, fill: Fill) -> dict[str, Any]:
-    """A fill as the public tape shows it: what traded, never who."""
-    return {
+    """A fill as the public tape shows it: what traded, never who.
+
+    An implied fill adds `implied` and the maker's runner (its `price` is the odds there), never an account;
+    a direct one has no such keys, so the tape of every other market keeps its bytes.
+    """
+    out = {
         "type": TRADE, "market_id": fill.market_id, "runner": fill.runner, "trade_id": fill.trade_id,
         "price": fill.price, "qty": fill.qty, "taker_side": fill.taker_side, "ts": fill.ts, "evt_seq": seq,
     }  # fmt: skip
+    if fill.implied:
+        out |= {"implied": True, "maker_runner": fill.maker_runner}
+    return out
 
 
 def _acct(seq: int, account: str, event: Event, data: bytes) -> Out:

@@ -18,8 +18,9 @@ import sqlite3
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, TypedDict, TypeVar, cast
+from typing import Any, Generic, NotRequired, TypedDict, TypeVar, cast
 
+from protocol.odds import IMPLIED_SIDE, implied_price, implied_qty
 from protocol.subjects import EVT_STREAM
 
 T = TypeVar("T")
@@ -108,6 +109,7 @@ class Market(TypedDict):
     min_price: int
     max_price: int
     band_bps: int
+    book_type: str  # multi_runner | two_runner (odds; pairs say multi_runner)
     last_trade_id: int  # 0: no trade yet
     last_price: int | None
     volume: int
@@ -120,7 +122,8 @@ class Market(TypedDict):
 
 _MARKET = (
     "SELECT market_id, kind, base, quote, state, phase, tick_size, lot_size, min_qty, max_qty, min_price, max_price,"
-    " band_bps, last_trade_id, last_price, volume, created_seq, state_seq, settled_winner, settled_price FROM markets"
+    " band_bps, book_type, last_trade_id, last_price, volume, created_seq, state_seq, settled_winner, settled_price"
+    " FROM markets"
 )
 
 
@@ -172,8 +175,11 @@ def top_of_book(con: sqlite3.Connection, market_id: str | None = None) -> list[T
 
 class Level(TypedDict):
     price: int
-    qty: int  # resting quantity at this price
+    qty: int  # resting quantity at this price (direct: orders on this book)
     orders: int
+    # two_runner markets only (every level there has it, 0 if none): whole units the other runner's orders
+    # offer here through the implied price, shown at the quoting rule's tick (protocol/odds.py)
+    implied_qty: NotRequired[int]
 
 
 class Ladder(TypedDict):
@@ -217,11 +223,49 @@ def book(con: sqlite3.Connection, market_id: str, depth: int = 10, runner: str |
 def _ladders(con: sqlite3.Connection, m: Market, depth: int, runner: str | None) -> list[Ladder]:
     if m["kind"] == "pair":
         return [_ladder(con, m["market_id"], "", "", m["kind"], depth)]
-    return [
+    ladders = [
         _ladder(con, m["market_id"], r["runner_id"], r["label"], m["kind"], depth)
         for r in m["runners"]
         if runner is None or r["runner_id"] == runner
     ]
+    if m["book_type"] == "two_runner" and len(m["runners"]) == 2:
+        ids = [r["runner_id"] for r in m["runners"]]
+        for lad in ladders:
+            other = ids[1 - ids.index(lad["runner"])]
+            lad["bids"] = _with_implied(con, m["market_id"], other, "back", lad["bids"], depth)  # its backs: lays here
+            lad["asks"] = _with_implied(con, m["market_id"], other, "lay", lad["asks"], depth)  # its lays: backs here
+    return ladders
+
+
+def _with_implied(
+    con: sqlite3.Connection, market_id: str, other: str, other_side: str, direct: list[Level], depth: int
+) -> list[Level]:
+    """`direct` (this runner's best `depth` levels of one side) merged with the other runner's `other_side` shown
+    here as `implied_qty`, best first, `depth` levels.
+
+    The best `depth` direct levels are enough: a direct level past them has `depth` better ones. The other
+    runner's levels are read best first (its best back is the best implied lay here: the conversion keeps the
+    order), until `depth` implied prices are complete; several of its prices can round to one tick here.
+    """
+    merged = {lv["price"]: Level(price=lv["price"], qty=lv["qty"], orders=lv["orders"], implied_qty=0) for lv in direct}
+    order = "ASC" if other_side == "back" else "DESC"
+    rows = con.execute(
+        f"SELECT price, qty FROM book_levels WHERE market_id = ? AND runner = ? AND side = ? ORDER BY price {order}",
+        (market_id, other, other_side),
+    )
+    implied: dict[int, int] = {}  # protocol.odds.implied_levels, cut short
+    for price, qty in rows:
+        p, q = implied_price(other_side, price), implied_qty(price, qty)
+        if p is None or q <= 0:
+            continue
+        if p not in implied and len(implied) == depth:
+            break  # the first price past the `depth`-th: the rest are worse
+        implied[p] = implied.get(p, 0) + q
+    for price, qty in implied.items():
+        merged.setdefault(price, Level(price=price, qty=0, orders=0, implied_qty=0))["implied_qty"] = qty
+    best_first = IMPLIED_SIDE[other_side] == "lay"  # bids: the highest price first
+    levels = sorted(merged.values(), key=lambda lv: -lv["price"] if best_first else lv["price"])
+    return levels if depth < 0 else levels[:depth]
 
 
 class Snapshot(TypedDict):
@@ -376,11 +420,19 @@ class Trade(TypedDict):
     seq: int  # JB_EVT sequence of the fill event
     cmd_seq: int
     ts: int
+    # two_runner implied fills (PROTOCOL 11.1); on a direct fill False and None. `runner` is the taker's,
+    # `price` the maker's odds on maker_runner; maker_qty what the maker's order gave up; stakes in hundredths.
+    implied: bool
+    maker_runner: str | None
+    maker_qty: int | None
+    maker_stake: int | None
+    taker_stake: int | None
 
 
 _TRADE = (
     "SELECT market_id, trade_id, runner, price, qty, taker_side, maker_order_id, taker_order_id, maker_account,"
-    " taker_account, maker_client_order_id, taker_client_order_id, seq, cmd_seq, ts FROM trades"
+    " taker_account, maker_client_order_id, taker_client_order_id, seq, cmd_seq, ts, implied, maker_runner,"
+    " maker_qty, maker_stake, taker_stake FROM trades"
 )
 
 
@@ -393,7 +445,10 @@ def fills(
     if account_id is not None:
         sql += " AND (maker_account = ? OR taker_account = ?)"
         params += [account_id, account_id]
-    return cast(list[Trade], _rows(con, sql + " ORDER BY seq, trade_id LIMIT ?", [*params, limit]))
+    rows = _rows(con, sql + " ORDER BY seq, trade_id LIMIT ?", [*params, limit])
+    for row in rows:
+        row["implied"] = bool(row["implied"])  # stored 0/1: SQLite has no boolean
+    return cast(list[Trade], rows)
 
 
 # --- positions and risk ---------------------------------------------------------------------------

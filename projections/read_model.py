@@ -121,7 +121,8 @@ def plan(batch: Iterable[tuple[int, Event]]) -> Writes:
             w.trades.append((
                 m, e.trade_id, e.price, e.qty, e.maker_order_id, e.taker_order_id, e.maker_account,
                 e.taker_account, e.taker_side, e.maker_client_order_id, e.taker_client_order_id,
-                seq, e.cmd_seq, e.ts, runner,
+                seq, e.cmd_seq, e.ts, runner, int(e.implied), e.maker_runner,
+                *((e.maker_qty, e.maker_stake, e.taker_stake) if e.implied else (None, None, None)),
             ))  # fmt: skip
             _filled(w, (m, e.taker_order_id), e.qty, seq)
             if e.implied:  # two_runner: the maker sits on the other runner's same side; figures from the stakes
@@ -186,7 +187,7 @@ def plan(batch: Iterable[tuple[int, Event]]) -> Writes:
         elif isinstance(e, MarketCreated):
             w.markets.append((
                 m, e.base, e.quote, seq, e.ts, e.kind, e.tick_size, e.lot_size, e.min_qty, e.max_qty, e.min_price,
-                e.max_price, e.band_bps,
+                e.max_price, e.band_bps, e.book_type,
             ))  # fmt: skip
             w.runners += [(m, r, label, seq) for r, label in e.runners]
         elif isinstance(e, RunnerAdded):
@@ -205,7 +206,7 @@ def plan(batch: Iterable[tuple[int, Event]]) -> Writes:
 
 SCHEMA = resources.files("projections").joinpath("schema.sql").read_text()
 NAME = queries.READ_MODEL
-SCHEMA_VERSION = 3  # PRAGMA user_version set by schema.sql
+SCHEMA_VERSION = 4  # PRAGMA user_version set by schema.sql
 
 
 def write(con: sqlite3.Connection, w: Writes, name: str = NAME) -> None:
@@ -217,7 +218,7 @@ def write(con: sqlite3.Connection, w: Writes, name: str = NAME) -> None:
     if w.markets:
         con.executemany(
             "INSERT INTO markets (market_id, base, quote, created_seq, created_ts, kind, tick_size, lot_size,"
-            " min_qty, max_qty, min_price, max_price, band_bps) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " min_qty, max_qty, min_price, max_price, band_bps, book_type) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             w.markets,
         )
     if w.runners:
@@ -232,7 +233,7 @@ def write(con: sqlite3.Connection, w: Writes, name: str = NAME) -> None:
             w.orders,
         )
     if w.trades:
-        con.executemany("INSERT INTO trades VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", w.trades)
+        con.executemany("INSERT INTO trades VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", w.trades)
     if w.first_seq:
         con.execute("INSERT INTO projection_origin VALUES (?, ?) ON CONFLICT DO NOTHING", (name, w.first_seq))
     if w.amends:

@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS markets (
     min_price        INTEGER NOT NULL DEFAULT 1,
     max_price        INTEGER NOT NULL DEFAULT 1000000000,
     band_bps         INTEGER NOT NULL DEFAULT 0,
+    book_type        TEXT NOT NULL DEFAULT 'multi_runner',   -- odds: 'two_runner' also matches through the implied price
     state            TEXT NOT NULL DEFAULT 'open',   -- open | suspended | halted | closed | settled | voided
     phase            TEXT NOT NULL DEFAULT 'pre',    -- pre | in_play
     state_seq        INTEGER,                        -- JB_EVT seq of the newest state change
@@ -97,7 +98,14 @@ CREATE TABLE IF NOT EXISTS trades (
     seq                    INTEGER NOT NULL,
     cmd_seq                INTEGER NOT NULL,
     ts                     INTEGER NOT NULL,
-    runner                 TEXT NOT NULL DEFAULT '',
+    runner                 TEXT NOT NULL DEFAULT '',   -- the taker's runner
+    -- two_runner implied fills (PROTOCOL 11.1): the maker rests on maker_runner, same side as the taker, at price;
+    -- maker_qty is what its order gave up, the stakes are hundredths of a unit. Direct fills: 0 and NULLs.
+    implied                INTEGER NOT NULL DEFAULT 0,
+    maker_runner           TEXT,
+    maker_qty              INTEGER,
+    maker_stake            INTEGER,
+    taker_stake            INTEGER,
     PRIMARY KEY (market_id, trade_id)
 ) WITHOUT ROWID;
 
@@ -180,5 +188,6 @@ LEFT JOIN book_levels a ON a.market_id = k.market_id AND a.runner = k.runner AND
 -- 2: protocol v1.1 (runners, positions, settlements, risk limits, book per runner).
 -- 3: every amount that is summed in SQL is checked to stay an INTEGER (an int64 overflow would make it a REAL);
 --    projection_origin, so that a model folded from the start checks that every fill, cancel and amend has its order.
+-- 4: issue 13: markets.book_type, and the trades' implied fill fields (implied, maker_runner, maker_qty, stakes).
 -- A file of an older layout is refused by the worker; rebuild it with `jetbook replay rebuild`.
-PRAGMA user_version = 3;
+PRAGMA user_version = 4;

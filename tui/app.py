@@ -30,6 +30,7 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Input, Static
 
+from protocol.odds import odds_step
 from tui.client import Connection
 from tui.metrics import EngineView, Metrics, default_sources, seconds
 
@@ -44,12 +45,7 @@ TAPE: Final = 200
 LOG: Final = 50
 SIZES: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 SOCCER_RUNNERS: Final = (("HOME", "Home"), ("DRAW", "Draw"), ("AWAY", "Away"))
-# Decimal odds x 100, the protocol's ladder (docs/PROTOCOL.md section 11): (from, to, step).
-ODDS_LADDER: Final = (
-    (101, 200, 1), (200, 300, 2), (300, 400, 5), (400, 600, 10), (600, 1000, 20),
-    (1000, 2000, 50), (2000, 3000, 100), (3000, 5000, 200), (5000, 10000, 500), (10000, 100000, 1000),
-)  # fmt: skip
-ODDS_MAX: Final = 100_000
+TENNIS_RUNNERS: Final = (("P1", "Player 1"), ("P2", "Player 2"))  # a two_runner book: implied matching
 KEY_NAMES: Final = {
     "question_mark": "?", "plus": "+", "equals_sign": "=", "minus": "-", "up": "↑", "down": "↓", "left": "←",
     "right": "→", "pageup": "PgUp", "pagedown": "PgDn", "left_square_bracket": "[", "right_square_bracket": "]",
@@ -65,22 +61,7 @@ LIFECYCLE: Final = {
 
 
 # --- prices ---------------------------------------------------------------------------------------------------
-
-
-def odds_step(price: int, up: bool) -> int:
-    """The next price on the odds ladder above (or below) `price`, which need not be on it."""
-    if up:
-        for lo, hi, step in ODDS_LADDER:
-            if price < hi:
-                nxt = lo if price < lo else lo + ((price - lo) // step + 1) * step
-                return min(nxt, ODDS_MAX)
-        return ODDS_MAX
-    for lo, hi, step in reversed(ODDS_LADDER):
-        if price > lo:
-            top = min(price, hi)
-            prv = lo + ((top - lo - 1) // step) * step
-            return max(prv, ODDS_LADDER[0][0])
-    return ODDS_LADDER[0][0]
+# The odds ladder's steps are the protocol's (protocol/odds.py odds_step): the cursor moves on the engine's grid.
 
 
 def step_price(market: Frame, price: int, n: int) -> int:
@@ -329,7 +310,11 @@ def _describe(frame: Frame) -> str:
 def _levels(lad: Frame | None) -> tuple[Any, ...]:
     if not lad:
         return ()
-    return tuple((lv["price"], lv["qty"], lv["orders"]) for side in ("bids", "asks") for lv in lad.get(side) or [])
+    return tuple(
+        (lv["price"], lv["qty"], lv["orders"], lv.get("implied_qty"))
+        for side in ("bids", "asks")
+        for lv in lad.get(side) or []
+    )
 
 
 def markets_key(model: Model) -> tuple[Any, ...]:
@@ -366,7 +351,7 @@ def render_markets(model: Model) -> Table:
             str(m.get("phase")), show_price(m, m.get("last_price")), str(m.get("volume", 0)),
         )  # fmt: skip
     if not model.markets:
-        t.add_row("", Text("no markets: n = soccer preset, N = pair", style="dim"), "", "", "", "", "")
+        t.add_row("", Text("no markets: n = soccer, t = tennis, N = pair", style="dim"), "", "", "", "", "")
     runners = model.runners()
     if runners and model.snapshot is not None:
         books = {lad.get("runner"): lad for lad in model.snapshot.get("ladders") or []}
@@ -382,6 +367,29 @@ def render_markets(model: Model) -> Table:
                 show_price(model.market, bid), show_price(model.market, ask), "", "",
             )  # fmt: skip
     return t
+
+
+IMPLIED_MARK: Final = "~"
+IMPLIED_STYLE: Final = "italic dim"
+
+
+def level_cell(lv: Frame | None, *, right: bool) -> Text:
+    """`qty (orders)` of the direct orders, and in a two_runner market `~n` (dim, italic) for the implied units.
+
+    The implied part is kept apart because it is not an order here: it is the other runner's, shown at the
+    quoting rule's tick, and what a taker gets there is decided at the exact implied price.
+    """
+    cell = Text()
+    if lv is None:
+        return cell
+    direct = f"{lv['qty']} ({lv['orders']})" if lv.get("qty") else ""
+    implied = f"{IMPLIED_MARK}{lv['implied_qty']}" if lv.get("implied_qty") else ""
+    parts = [(direct, ""), (implied, IMPLIED_STYLE)]
+    if right:
+        parts.reverse()  # the bid column is right-aligned: the implied part on the outside, away from the price
+    for i, (text, style) in enumerate(p for p in parts if p[0]):
+        cell.append((" " if i else "") + text, style=style)
+    return cell
 
 
 def render_ladder(model: Model, rows: int = 40) -> Table | Text:
@@ -401,6 +409,8 @@ def render_ladder(model: Model, rows: int = 40) -> Table | Text:
     title = m["market_id"] + (
         f" · {dict(model.runners()).get(model.runner or '', model.runner)}" if model.runner else ""
     )
+    if m.get("book_type") == "two_runner":
+        title += f" · {IMPLIED_MARK}n = implied from the other runner"
     t = Table(box=None, expand=True, padding=(0, 1), header_style="bold", title=title, title_style="bold")
     t.add_column("mine", justify="right", no_wrap=True)
     t.add_column(f"{lad.get('bid_side')} (bid)", justify="right", no_wrap=True, style="cyan")
@@ -416,12 +426,11 @@ def render_ladder(model: Model, rows: int = 40) -> Table | Text:
     for p in shown:
         cur = p == model.cursor
         style = "reverse" if cur else ("bold" if p in (best_bid, best_ask) else "")
-        b, a = bids.get(p), asks.get(p)
         t.add_row(
             str(mine[p]) if p in mine else "",
-            f"{b['qty']} ({b['orders']})" if b else "",
+            level_cell(bids.get(p), right=True),
             Text(("▶ " if cur else "") + show_price(m, p), style=style),
-            f"{a['qty']} ({a['orders']})" if a else "",
+            level_cell(asks.get(p), right=False),
         )
     if not prices:
         t.add_row("", "", Text("empty book", style="dim"), "")
@@ -438,8 +447,10 @@ def render_tape(model: Model, rows: int = 40) -> Table:
         clock = time.strftime("%H:%M:%S", time.gmtime(ts / 1e9)) + f".{(ts // 1_000_000) % 1000:03d}"
         side = str(tr.get("taker_side"))
         colour = "cyan" if side in ("buy", "lay") else "magenta"
-        t.add_row(clock, str(tr.get("runner") or ""), Text(side, style=colour), show_price(m, tr.get("price")),
-                  str(tr.get("qty")))  # fmt: skip
+        runner = Text(str(tr.get("runner") or ""))
+        if tr.get("implied"):  # the price is the maker's odds on its own runner: say which
+            runner.append(f" {IMPLIED_MARK}{tr.get('maker_runner')}", style=IMPLIED_STYLE)
+        t.add_row(clock, runner, Text(side, style=colour), show_price(m, tr.get("price")), str(tr.get("qty")))
     if not model.trades:
         t.add_row(Text("no trades yet", style="dim"), "", "", "", "")
     return t
@@ -618,6 +629,7 @@ class TradingApp(App[None]):
         Binding("2", "bots('noise')", "noise traders on/off", show=False),
         Binding("3", "bots('informed')", "informed traders on/off", show=False),
         Binding("n", "create('soccer')", "new soccer", show=False),
+        Binding("t", "create('tennis')", "new tennis (two runners, implied)", show=False),
         Binding("N", "create('pair')", "new pair", show=False),
         Binding("p", "lifecycle('suspend')", "suspend", show=False),
         Binding("o", "lifecycle('resume')", "resume", show=False),
@@ -681,9 +693,9 @@ class TradingApp(App[None]):
             yield Static(id="engine", classes="pane")
         with Horizontal(id="control"):
             for bid, label in (
-                ("create-soccer", "+Soccer n"), ("create-pair", "+Pair N"), ("suspend", "Suspend p"),
-                ("resume", "Resume o"), ("await_live", "Await live w"), ("go_live", "Go live g"),
-                ("close", "Close C"), ("settle", "Settle W"), ("void", "Void V"),
+                ("create-soccer", "+Soccer n"), ("create-tennis", "+Tennis t"), ("create-pair", "+Pair N"),
+                ("suspend", "Suspend p"), ("resume", "Resume o"), ("await_live", "Await live w"),
+                ("go_live", "Go live g"), ("close", "Close C"), ("settle", "Settle W"), ("void", "Void V"),
             ):  # fmt: skip
                 yield Button(label, id=bid, compact=True)
         yield Static(id="log")
@@ -970,16 +982,22 @@ class TradingApp(App[None]):
         self.refresh_panes()
 
     def action_create(self, kind: str) -> None:
-        prefix = "SOCCER" if kind == "soccer" else "PAIR"
+        prefix = kind.upper()
         n = 1
         while f"{prefix}-{n}" in self.model.markets or f"{prefix}-{n}" in self._created:
             n += 1
         mid = f"{prefix}-{n}"
         self._created.add(mid)
         frame: Frame = {"type": "create_market", "market_id": mid}
-        if kind == "soccer":
-            frame |= {"kind": "odds", "quote": "GBP",
-                      "runners": [{"runner_id": r, "label": label} for r, label in SOCCER_RUNNERS]}  # fmt: skip
+        if kind in ("soccer", "tennis"):
+            runners = SOCCER_RUNNERS if kind == "soccer" else TENNIS_RUNNERS
+            frame |= {
+                "kind": "odds",
+                "quote": "GBP",
+                "runners": [{"runner_id": r, "label": label} for r, label in runners],
+            }
+            if kind == "tennis":
+                frame["book_type"] = "two_runner"
         else:
             frame |= {"kind": "pair", "base": "BTC", "quote": "USD", "tick_size": 1}
         self.model.want_market = mid

@@ -55,6 +55,7 @@ POLL_FAST_S: Final = 0.5  # high throughput: beliefs about own orders go stale f
 DISCOVER_S: Final = 3.0  # list the markets again
 DEFAULT_PAIR_CENTRE: Final = 1000  # grid steps above min_price: where an empty pair book is quoted around
 DEFAULT_ODDS_CENTRE: Final = 300  # odds 3.00: an empty runner's book (three runners: about even)
+DEFAULT_TWO_RUNNER_CENTRE: Final = 200  # evens: an empty book of a two_runner market (two runners: even)
 MM_LEVELS: Final = 3
 MM_MAX_RUNNERS: Final = 8  # a market maker quotes at most this many runners of one market (open orders bounded)
 NOISE_MAX_OPEN: Final = 8
@@ -72,13 +73,15 @@ class Grid:
     tick: int
     lo: int
     hi: int
+    centre: int = DEFAULT_ODDS_CENTRE  # odds: the price an empty book is quoted around
 
     @staticmethod
     def of(market: Frame) -> Grid:
         if market.get("kind") == "odds":
             lo = bisect.bisect_left(ODDS_PRICES, int(market.get("min_price") or 101))
             hi = bisect.bisect_right(ODDS_PRICES, int(market.get("max_price") or 100000)) - 1
-            return Grid("odds", 1, lo, hi)
+            two = market.get("book_type") == "two_runner"
+            return Grid("odds", 1, lo, hi, DEFAULT_TWO_RUNNER_CENTRE if two else DEFAULT_ODDS_CENTRE)
         tick = int(market.get("tick_size") or 1)
         lo = -(-int(market.get("min_price") or tick) // tick)
         hi = int(market.get("max_price") or 10**9) // tick
@@ -95,7 +98,7 @@ class Grid:
 
     def default(self) -> int:
         if self.kind == "odds":
-            return self.index(DEFAULT_ODDS_CENTRE)
+            return self.index(self.centre)
         return min(self.lo + DEFAULT_PAIR_CENTRE - 1, self.hi)
 
 
@@ -138,13 +141,18 @@ class Book:
 
 
 def books_of(snapshot: Frame, grid: Grid) -> list[Book]:
+    """The ladders as a bot reads them; in a two_runner market a level's implied units count as liquidity there.
+
+    They are: a back here takes the other runner's backs too (PROTOCOL 11.1), so the fair value and the
+    informed trader's sweeps see the whole price, not only the direct half.
+    """
     out = []
     for ladder in snapshot.get("ladders") or []:
         runner = ladder.get("runner") or None
         out.append(Book(
             runner, ladder.get("bid_side", "buy"), ladder.get("ask_side", "sell"),
-            [(grid.index(lv["price"]), lv["qty"]) for lv in ladder.get("bids") or []],
-            [(grid.index(lv["price"]), lv["qty"]) for lv in ladder.get("asks") or []],
+            [(grid.index(lv["price"]), lv["qty"] + (lv.get("implied_qty") or 0)) for lv in ladder.get("bids") or []],
+            [(grid.index(lv["price"]), lv["qty"] + (lv.get("implied_qty") or 0)) for lv in ladder.get("asks") or []],
         ))  # fmt: skip
     return out
 
@@ -347,8 +355,11 @@ class MarketMaker(Bot):
     def decide(self, market_id: str, market: Frame, ms: MarketState, books: list[Book]) -> list[Frame]:
         out: list[Frame] = []
         last = market.get("last_price") if market.get("kind") != "odds" else None
-        for book in books[:MM_MAX_RUNNERS]:
-            fair = book.fair(ms.grid, last) + self.skew  # the same book gives the same quotes: no churn
+        two = market.get("book_type") == "two_runner"
+        for i, book in enumerate(books[:MM_MAX_RUNNERS]):
+            # the same book gives the same quotes: no churn. In a two_runner market longer odds on one runner are
+            # shorter on the other, so the skew is mirrored: skewing both one way would cross its own quotes
+            fair = book.fair(ms.grid, last) + (-self.skew if two and i else self.skew)
             for side, sign in ((book.bid_side, -1), (book.ask_side, 1)):
                 for level in range(MM_LEVELS):
                     want = fair + sign * (self.half_spread + level)

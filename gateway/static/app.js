@@ -177,6 +177,19 @@ function clearBook() {
   $("at-seq").textContent = "";
 }
 
+// Direct qty, and in a two_runner market the other runner's offer at its implied price as "~n" (italic, grey).
+function qtyCell(row, lvl, cls) {
+  const td = cell(row, lvl.qty ? lvl.qty : "", cls);
+  if (lvl.implied_qty) {
+    const i = document.createElement("i");
+    i.className = "implied";
+    i.title = "implied from the other runner's orders (matched at the exact price)";
+    i.textContent = ` ~${lvl.implied_qty}`;
+    td.append(i);
+  }
+  return td;
+}
+
 function renderSnapshot(f) {
   if (f.market_id !== state.market) return;
   const tbody = $("ladder").tBodies[0];
@@ -191,13 +204,13 @@ function renderSnapshot(f) {
     tr.className = "ask";
     cell(tr, "", "bid");
     cell(tr, lvl.price, "price");
-    cell(tr, lvl.qty, "ask");
+    qtyCell(tr, lvl, "ask");
     tbody.append(tr);
   }
   for (const lvl of ladder.bids) {
     const tr = document.createElement("tr");
     tr.className = "bid";
-    cell(tr, lvl.qty, "bid");
+    qtyCell(tr, lvl, "bid");
     cell(tr, lvl.price, "price");
     cell(tr, "", "ask");
     tbody.append(tr);
@@ -211,7 +224,7 @@ function renderTrade(f) {
   tr.className = "trade";
   tr.dataset.tradeId = String(f.trade_id);
   cell(tr, f.seq);
-  cell(tr, f.runner);
+  cell(tr, f.implied ? `${f.runner} ~${f.maker_runner}` : f.runner);
   cell(tr, f.price, "price");
   cell(tr, f.qty, "qty");
   cell(tr, f.taker_side);
@@ -287,6 +300,7 @@ function create(ev) {
       return { runner_id: id, label: label || id };
     });
   }
+  if (frame.kind === "odds" && $("new-two").checked) frame.book_type = "two_runner";
   send(frame, `create ${frame.market_id}`);
 }
 

@@ -24,6 +24,7 @@ from tui.bots import Fleet
 
 PAIR = "BOTS-PAIR"
 ODDS = "BOTS-ODDS"
+TENNIS = "BOTS-TENNIS"  # two_runner: implied matching
 
 
 @pytest.fixture
@@ -40,14 +41,18 @@ async def command(c: httpx.AsyncClient, market: str, cmd: dict[str, Any]) -> lis
 
 
 async def create_markets(url: str) -> None:
-    """A pair market on a tick of 5 and an odds market with three runners (the soccer preset), via the gateway."""
+    """A pair market on a tick of 5, an odds market with three runners (the soccer preset) and a two_runner one
+    (the tennis preset), via the gateway."""
     async with httpx.AsyncClient(base_url=url, timeout=10) as c:
         pair = {"type": "create_market", "market_id": PAIR, "base": "B", "quote": "Q", "tick_size": 5, "lot_size": 2}
         odds = {"type": "create_market", "market_id": ODDS, "kind": "odds", "quote": "GBP", "runners": [
             {"runner_id": "HOME", "label": "Home"}, {"runner_id": "DRAW", "label": "Draw"},
             {"runner_id": "AWAY", "label": "Away"},
         ]}  # fmt: skip
-        for market, cmd in ((PAIR, pair), (ODDS, odds)):
+        tennis = {"type": "create_market", "market_id": TENNIS, "kind": "odds", "quote": "GBP",
+                  "book_type": "two_runner", "runners": [{"runner_id": "P1", "label": "Player 1"},
+                                                         {"runner_id": "P2", "label": "Player 2"}]}  # fmt: skip
+        for market, cmd in ((PAIR, pair), (ODDS, odds), (TENNIS, tennis)):
             assert [e["type"] for e in await command(c, market, cmd)] == ["market_created"]
 
 
@@ -67,6 +72,14 @@ async def check_log_and_positions(stack: Stack, markets: list[str]) -> None:
             assert r.status_code == 200, r.text
             positions = r.json()["result"]["positions"]
             assert positions, f"no positions in {market}"
+            # whoever wins, the accounts' P&L sums to zero (an implied fill's two sides sit on different runners)
+            pnl: dict[str, int] = {}
+            for account in r.json()["result"]["accounts"]:
+                for w in account["if_wins"]:
+                    pnl[w["runner"]] = pnl.get(w["runner"], 0) + w["pnl"]
+            assert all(v == 0 for v in pnl.values()), (market, pnl)
+            if market == TENNIS:
+                continue
             for key in ("net_qty", "cash", "if_win", "if_lose"):
                 by_runner: dict[str, int] = {}
                 for p in positions:
@@ -86,20 +99,21 @@ async def test_fleet_trades_pair_and_odds_and_attributes_everything(stack: Stack
         async def traded() -> bool:
             if task.done():
                 task.result()
-            counts = [len(await market_fills(c, m)) for m in (PAIR, ODDS)]
+            counts = [len(await market_fills(c, m)) for m in (PAIR, ODDS, TENNIS)]
             kinds = {b.kind for b in fleet.bots if b.trades}
-            return min(counts) >= 10 and {"mm", "noise"} <= kinds and fleet.totals[1] >= 40
+            implied = any(f["implied"] for f in await market_fills(c, TENNIS))
+            return min(counts) >= 10 and {"mm", "noise"} <= kinds and fleet.totals[1] >= 40 and implied
 
         try:
-            await wait_until(traded, timeout=25, what="trades in both markets")
+            await wait_until(traded, timeout=25, what="trades in every market, implied ones in the tennis market")
         finally:
             stop.set()
             await asyncio.wait_for(task, 15)
         pnl_ready = [b for b in fleet.bots if b.pnl is not None]
         assert pnl_ready, "no /risk answer reached a bot"
-        fills = {m: await market_fills(c, m) for m in (PAIR, ODDS)}
+        fills = {m: await market_fills(c, m) for m in (PAIR, ODDS, TENNIS)}
 
-    assert set(fleet.feeds) == {PAIR, ODDS}
+    assert set(fleet.feeds) == {PAIR, ODDS, TENNIS}
     assert all(b.sent > 0 for b in fleet.bots), fleet.bots
     assert fleet.unattributed == 0
     responses = sum(b.responses for b in fleet.bots)
@@ -115,7 +129,9 @@ async def test_fleet_trades_pair_and_odds_and_attributes_everything(stack: Stack
     # odds prices all on the ladder and within the market's bounds; pair prices on the tick
     assert all(f["price"] % 5 == 0 and f["qty"] % 2 == 0 for f in fills[PAIR])
     assert all(101 <= f["price"] <= 100000 and f["runner"] in ("HOME", "DRAW", "AWAY") for f in fills[ODDS])
-    await check_log_and_positions(stack, [PAIR, ODDS])
+    assert all(101 <= f["price"] <= 100000 and f["runner"] in ("P1", "P2") for f in fills[TENNIS])
+    assert any(f["implied"] and f["maker_runner"] != f["runner"] for f in fills[TENNIS])
+    await check_log_and_positions(stack, [PAIR, ODDS, TENNIS])
 
 
 async def test_fleet_with_no_ack_counts_trades_from_fills(stack: Stack) -> None:
@@ -159,7 +175,7 @@ async def test_jetbook_bots_cli(stack: Stack) -> None:
     assert {"bot-mm-1", "bot-noise-1", "bot-inf-1", "total"} <= rows.keys(), text
     assert int(rows["total"][0]) > 0, text  # frames sent
     assert int(rows["total"][0]) == sum(int(rows[b][0]) for b in ("bot-mm-1", "bot-noise-1", "bot-inf-1"))
-    assert re.search(rf"markets 2: {ODDS} {PAIR}", text), text
+    assert re.search(rf"markets 3: {ODDS} {PAIR} {TENNIS}", text), text
 
 
 HOSTILE_ARGS = [

@@ -213,3 +213,45 @@ async def test_the_fills_command_shows_own_fills_and_the_tape(nc: Any, js: Any, 
     (trade,) = await asyncio.to_thread(run, "--tape", "--market", "M")
     assert not {k for k in trade if "account" in k or "order_id" in k}
     assert len(await asyncio.to_thread(run, "--account", "alice", "--all")) == 5
+
+
+async def test_an_implied_fill_on_the_feeds_and_in_jetbook_fills(nc: Any, js: Any, nats_server: EmbeddedServer) -> None:
+    """Each side's copy keeps the implied fields without the other's account; the tape names the maker's runner
+    and no account; `jetbook fills` prints the fill as implied in each of its three modes."""
+    import msgpack
+    import typer
+    from typer.testing import CliRunner
+
+    from jetbook.submit_cli import fills
+
+    def cmd(subject: str, body: dict[str, Any]) -> tuple[str, bytes]:
+        return subject, bytes(msgpack.packb(body))
+
+    players = [{"runner_id": "A", "label": "Player 1"}, {"runner_id": "B", "label": "Player 2"}]
+    last = await publish_all(js, [
+        cmd("jb.ctl.T", {"type": "create_market", "market_id": "T", "kind": "odds", "quote": "GBP",
+                         "runners": players, "book_type": "two_runner"}),
+        cmd("jb.cmd.T.alice", {"type": "place_order", "client_order_id": "a", "runner": "B", "side": "back",
+                               "price": 250, "qty": 10}),
+        cmd("jb.cmd.T.bob", {"type": "place_order", "client_order_id": "b", "runner": "A", "side": "back",
+                             "price": 166, "qty": 10}),
+    ])  # fmt: skip
+    async with running_engine(nc), running_fanout(nc) as worker:
+        await wait_for_command(js, last)
+        await fanned_out(js, worker)
+    app = typer.Typer()
+    app.command()(fills)
+    app.command("unused")(lambda: None)
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(app, ["fills", "--nats-url", nats_server.url, *args])
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    for args in (("--account", "alice"), ("--account", "bob"), ("--tape",), ("--market", "T")):
+        assert "10 on A implied via B @ 250" in await asyncio.to_thread(run, *args), args
+    (bob,) = [e for _, _, e in [x async for x in account_events(nc, "bob", market_id="T")] if isinstance(e, Fill)]
+    assert (bob.implied, bob.maker_runner, bob.maker_qty, bob.maker_account) == (True, "B", 7, "")
+    (trade,) = [t async for _, t in tape(nc, market_id="T")]
+    assert (trade["implied"], trade["maker_runner"], trade["runner"]) == (True, "B", "A")
+    assert not {k for k in trade if "account" in k or "order_id" in k}

@@ -203,6 +203,36 @@ async def test_soccer_preset_trade_cancel_and_lifecycle(nats_server: Any, nc: An
             assert app.metrics.sources[0].up is True
 
 
+async def test_tennis_preset_shows_implied_liquidity(nats_server: Any, nc: Any, js: Any, tmp_path: Path) -> None:
+    """`t` makes a two_runner market; a back on Player 2 shows on Player 1's ladder as implied (~n), and the
+    implied trade on the tape names the maker's runner."""
+    async with stack(nats_server, nc, js, tmp_path) as gw, httpx.AsyncClient(base_url=gw.url) as http:
+        app = screen_app(gw)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.conn.state == "connected", "the screen to connect")
+            await pilot.press("t")
+            model = app.model
+            await until(
+                pilot, lambda: model.market_id == "TENNIS-1" and model.snapshot is not None, "the tennis market"
+            )
+            assert model.runners() == [("P1", "Player 1"), ("P2", "Player 2")] and model.runner == "P1"
+            assert (model.market or {}).get("book_type") == "two_runner"
+            r = await http.post("/orders", json={"market_id": "TENNIS-1", "account_id": "alice", "client_order_id": "a",
+                                                 "side": "back", "price": 250, "qty": 10, "runner": "P2"})  # fmt: skip
+            assert r.status_code == 200, r.text
+            await until(pilot, lambda: (model.ladder() or {}).get("bids") == [
+                {"price": 167, "qty": 0, "orders": 0, "implied_qty": 15}], "the implied lay on Player 1")  # fmt: skip
+            await until(
+                pilot, lambda: "~15" in text(app, "ladder") and "1.67" in text(app, "ladder"), "the ladder pane"
+            )
+            assert "implied" in text(app, "ladder")  # the title says what ~ means
+            await pilot.press("c", "down")  # the cursor to 1.66, under the shown 1.67: the exact 1.6667 crosses
+            assert model.cursor == 166
+            await pilot.press("b")
+            await until(pilot, lambda: any(t.get("implied") for t in model.trades), "the implied trade")
+            await until(pilot, lambda: "~P2" in text(app, "tape"), "the tape pane marks it")
+
+
 async def test_bots_trade_and_pause(nats_server: Any, nc: Any, js: Any, tmp_path: Path) -> None:
     async with stack(nats_server, nc, js, tmp_path) as gw:
         app = screen_app(gw, mm=1, noise=2, informed=1, seed=7)

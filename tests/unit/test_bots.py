@@ -129,6 +129,34 @@ def test_market_maker_quotes_both_sides_levels_deep_and_amends_after_a_move() ->
     assert any(f["type"] == "place_order" and f["side"] == gone["side"] for f in again)
 
 
+def test_market_makers_quote_both_runners_of_a_two_runner_market_without_crossing_themselves() -> None:
+    """Tennis: an empty two_runner book is quoted around evens on both runners, and no maker's own quotes cross
+    through the implied price (a mirrored skew), so its quotes never self-trade; implied levels count as liquidity."""
+    players = [{"runner_id": "P1", "label": "Player 1"}, {"runner_id": "P2", "label": "Player 2"}]
+    market = {**ODDS_MARKET, "market_id": "T", "book_type": "two_runner", "runners": players}
+    empty = {"type": "snapshot", "market_id": "T", "at_seq": 1, "market": market, "ladders": [
+        {"runner": r, "label": r, "bid_side": "lay", "ask_side": "back", "bids": [], "asks": []} for r in ("P1", "P2")
+    ]}  # fmt: skip
+    for mm in make_bots(3, 0, 0, 1):  # half spread 1, skews 1, -1, 1: unmirrored, their lays would cross
+        places = [f for f in mm.step(empty) if f["type"] == "place_order"]
+        assert {f["runner"] for f in places} == {"P1", "P2"} and len(places) == 4 * B.MM_LEVELS
+        assert all(190 <= f["price"] <= 212 for f in places)  # around 2.00
+        by = {(r, s): [f["price"] for f in places if (f["runner"], f["side"]) == (r, s)] for r in ("P1", "P2")
+              for s in ("back", "lay")}  # fmt: skip
+        for side in ("back", "lay"):  # a back on P1 at a and one on P2 at b cross iff (a-100)(b-100) <= 10000
+            a, b = (min(by[(r, side)]) if side == "back" else max(by[(r, side)]) for r in ("P1", "P2"))
+            crosses = (a - 100) * (b - 100) <= 10_000 if side == "back" else (a - 100) * (b - 100) >= 10_000
+            assert not crosses, (mm.name, side, a, b)
+    # an implied-only level is a price the bots can trade at: the fair value sees it
+    implied = {**empty, "ladders": [
+        {"runner": "P1", "label": "P1", "bid_side": "lay", "ask_side": "back",
+         "bids": [{"price": 150, "qty": 0, "orders": 0, "implied_qty": 20}], "asks": []},
+        {"runner": "P2", "label": "P2", "bid_side": "lay", "ask_side": "back", "bids": [], "asks": []},
+    ]}  # fmt: skip
+    (book, _) = B.books_of(implied, Grid.of(market))
+    assert book.bids == [(Grid.of(market).index(150), 20)]
+
+
 def test_noise_trader_bounds_its_open_orders() -> None:
     noise = make_bots(0, 1, 0, 9)[0]
     frames = [f for _ in range(400) for f in noise.step(pair_snapshot(5000, 5010))]

@@ -216,3 +216,73 @@ async def test_the_read_model_folds_implied_fills(tmp_path: Any) -> None:
     positions = {(a, r): [win, lose] for a, r, win, lose in con.execute(
         "SELECT account_id, runner, if_win, if_lose FROM positions")}  # fmt: skip
     assert positions == {(a, r): wl for a, pos in market.positions.items() for r, wl in pos.items()}
+    # the trades keep the implied fields as exact integers, and the fills query gives them back
+    from projections import queries
+
+    wire = [to_wire(e) for e in events if isinstance(e, Fill)]
+    got = queries.fills(con, "T")
+    assert len(got) == len(wire)
+    for row, f in zip(got, wire, strict=True):
+        assert row["implied"] == f.get("implied", False) and row["maker_runner"] == f.get("maker_runner")
+        if row["implied"]:
+            assert (row["maker_qty"], row["maker_stake"], row["taker_stake"]) == (
+                f["maker_qty"], f["maker_stake"], f["taker_stake"])  # fmt: skip
+        else:
+            assert row["maker_qty"] is row["maker_stake"] is row["taker_stake"] is None
+    # the snapshot shows each runner's direct levels and, marked apart, the other's through the quoting rule
+    from protocol.odds import IMPLIED_SIDE, implied_levels
+
+    snap = queries.snapshot(con, "T", depth=-1)
+    assert snap is not None and snap["market"]["book_type"] == "two_runner"
+    for lad in snap["ladders"]:
+        other = market.books["B" if lad["runner"] == "A" else "A"]
+        for key, side in (("bids", "lay"), ("asks", "back")):
+            implied = implied_levels(IMPLIED_SIDE[side], other.depth(IMPLIED_SIDE[side], 999))
+            direct = dict(market.books[lad["runner"]].depth(side, 999))
+            assert {lv["price"]: lv["implied_qty"] for lv in lad[key] if lv["implied_qty"]} == implied
+            assert {lv["price"]: lv["qty"] for lv in lad[key] if lv["qty"]} == direct
+            prices = [lv["price"] for lv in lad[key]]
+            assert prices == sorted(prices, reverse=key == "bids")
+    top = queries.snapshot(con, "T", depth=2)
+    assert top is not None and all(len(lad[k]) <= 2 for lad in top["ladders"] for k in ("bids", "asks"))
+    assert [lad["bids"] for lad in top["ladders"]] == [lad["bids"][:2] for lad in snap["ladders"]]
+
+
+def test_implied_prices_on_the_ladder_at_tick_boundaries() -> None:
+    """The quoting rule: the other runner's back shows as a lay here rounded UP a tick, its lay as a back DOWN."""
+    from engine.decide import ODDS_LADDER, on_ladder
+    from protocol import odds
+
+    assert odds.ODDS_LADDER == ODDS_LADDER  # the engine decides with its copy; the screen must step the same one
+    assert all(odds.on_ladder(p) == on_ladder(p) for p in range(90, 100_100))
+    assert odds.implied_price("back", 200) == odds.implied_price("lay", 200) == 200  # evens is evens
+    assert odds.implied_price("back", 300) == odds.implied_price("lay", 300) == 150  # exact and on the ladder
+    assert odds.implied_price("back", 250) == 167  # 166.67: up for a back, down for a lay
+    assert odds.implied_price("lay", 250) == 166
+    assert odds.implied_price("back", 150) == 300  # 300 exactly, on a step boundary (2 below it, 5 above)
+    assert odds.implied_price("back", 149) == 305  # 304.08: up to the 5-tick band
+    assert odds.implied_price("lay", 149) == 300  # 304.08: down to the 5-tick band's 300
+    assert odds.implied_price("back", 101) == 11_000  # 10100: up to the 1000-tick band
+    assert odds.implied_price("lay", 101) == 10_000
+    assert odds.implied_price("back", 100_000) == 101  # 100.1 rounds up to the ladder's first price
+    assert odds.implied_price("lay", 100_000) is None  # 100.1 down is off the ladder: not shown
+    assert odds.implied_qty(250, 10) == 15 and odds.implied_qty(150, 1) == 0 and odds.implied_qty(101, 99) == 0
+    # two prices that round to one tick add up; a level covering no whole unit is left out
+    assert odds.implied_levels("back", [(191, 10), (192, 10), (150, 1)]) == {210: 9 + 9}  # 209.89, 208.70
+
+
+async def test_a_layout_3_read_model_is_refused_with_the_rebuild_message(tmp_path: Any) -> None:
+    """Layout 4 adds the implied columns: a file of layout 3 would lose them, so it is refused, saying what to do."""
+    import sqlite3
+
+    import pytest
+
+    from projections.read_model import SCHEMA_VERSION, ReadModel
+
+    assert SCHEMA_VERSION == 4
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path)
+    con.executescript("CREATE TABLE orders (x INTEGER); PRAGMA user_version = 3;")
+    con.close()
+    with pytest.raises(ValueError, match=r"layout 3, this version writes 4: rebuild it \(jetbook replay rebuild"):
+        await ReadModel.open(path)
