@@ -104,6 +104,18 @@ class SqliteProjection(Protocol):
     def write(self, con: sqlite3.Connection, writes: Any, name: str, /) -> None: ...
 
 
+def create_schema(con: sqlite3.Connection, script: str, journal: str = "WAL") -> None:
+    """A projection's whole schema in one transaction.
+
+    A reader (the query service) that can read the position table can then
+    read every table: the projection's first start no longer shows it a file
+    with some tables and not others. The journal mode is set first because
+    SQLite cannot change it inside a transaction.
+    """
+    con.execute(f"PRAGMA journal_mode = {journal}")
+    con.executescript(f"BEGIN IMMEDIATE;\n{script}\nCOMMIT;")
+
+
 @dataclass(frozen=True, slots=True)
 class Streams:
     """An application's names on the broker. Two applications on one server differ in all of them."""

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from framework.app import SqliteProjection
+from framework.app import SqliteProjection, create_schema
 from projections import queries
 
 T = TypeVar("T")
@@ -37,7 +37,7 @@ def _connect(path: Path, projection: SqliteProjection) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Used only from the model's own thread; check_same_thread is off because that thread is not this one.
     con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    con.executescript(projection.SCHEMA)
+    create_schema(con, projection.SCHEMA)
     con.execute("PRAGMA synchronous = NORMAL")
     return con
 

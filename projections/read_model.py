@@ -35,6 +35,7 @@ from events.model import (
     RiskLimitsSet,
     RunnerAdded,
 )
+from framework.app import create_schema
 from projections import queries
 from protocol.errors import CorruptLog
 
@@ -329,7 +330,7 @@ def _connect(path: Path) -> sqlite3.Connection:
             f"{path} has read-model layout {version}, this version writes {SCHEMA_VERSION}: "
             "rebuild it (jetbook replay rebuild --db PATH)"
         )
-    con.executescript(SCHEMA)
+    create_schema(con, SCHEMA)
     # WAL + NORMAL: a crash can lose the newest transactions but never tears one,
     # and the position is inside each transaction, so lost ones are simply re-read.
     con.execute("PRAGMA synchronous = NORMAL")

@@ -1,6 +1,5 @@
 -- jetbook read model. Every table is WITHOUT ROWID with an explicit key, so its
 -- content (and a hash of it) does not depend on the batch sizes that built it.
-PRAGMA journal_mode = WAL;
 
 CREATE TABLE IF NOT EXISTS projection_position (
     name      TEXT PRIMARY KEY,

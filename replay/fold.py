@@ -38,7 +38,7 @@ import msgpack
 from engine.exchange import APP as EXCHANGE
 from events.logged import LogCheck, Messages, decode_chunk, decode_fast
 from events.stream_readers import subject_text
-from framework.app import App, SqliteProjection, load_app
+from framework.app import App, SqliteProjection, create_schema, load_app
 from projections import queries
 from protocol.errors import CorruptLog
 
@@ -74,8 +74,7 @@ def plan_checked(projection: SqliteProjection, batch: list[tuple[int, Any]], sub
 def open_new(path: Path, projection: SqliteProjection, first_seq: int, stream: str = "") -> sqlite3.Connection:
     """A fresh file set up for bulk writing: no journal, no fsync, secondary indexes off until `finish`."""
     con = sqlite3.connect(path, isolation_level=None)
-    con.executescript(projection.SCHEMA)
-    con.execute("PRAGMA journal_mode = OFF")
+    create_schema(con, projection.SCHEMA, journal="OFF")
     con.execute("PRAGMA synchronous = OFF")
     con.execute("PRAGMA cache_size = -262144")  # 256 MiB: the whole working set of a large model
     con.execute("PRAGMA temp_store = MEMORY")

@@ -21,7 +21,6 @@ NAME: Final = "ledger_balances"
 EVT_STREAM: Final = "LEDGER_EVT"
 
 SCHEMA: Final = """
-PRAGMA journal_mode = WAL;
 
 CREATE TABLE IF NOT EXISTS projection_position (
     name      TEXT PRIMARY KEY,
