@@ -26,7 +26,7 @@ from engine.decide import (
     _chunk_size,
     decide,
 )
-from engine.evolve import evolve
+from engine.evolve import evolve, fold
 from engine.state import Market, Risk, State, restore, snapshot, state_hash
 from events.model import ENGINE_MARKET, Checkpoint, Event, Rejected, make_encoders
 from protocol.subjects import UNROUTABLE_MARKET, WAL_PREFIX, is_id, wal_subject
@@ -164,8 +164,7 @@ class Engine:
         state = self.state
         before = state.event_count
         try:
-            for event in events:
-                evolve(state, event)
+            fold(state, events)
         except Exception as err:
             raise HalfApplied(f"command {cmd_seq}: folding its own events raised {type(err).__name__}") from err
         if state.event_count // self.checkpoint_every > before // self.checkpoint_every:

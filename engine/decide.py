@@ -406,9 +406,23 @@ def _check_positions(market: Market, plan: list[tuple[Order, int]], account: str
     Only the state after the whole command counts: Python ints do not overflow
     in between, and nothing is stored or published in between.
     """
+    pair = market.kind == "pair"
+    if pair:
+        # Each account's change is a signed sum of the plan's terms, so it is at most the plan's total qty and
+        # notional: if every account involved stays in bounds with those, the exact sums below would too.
+        total_qty = total_notional = 0
+        for maker, q in plan:
+            total_qty += q
+            total_notional += maker.price * q
+        positions = market.positions
+        for who in (account, *[maker.account_id for maker, q in plan if q]):
+            pos = positions.get(who) or (0, 0)
+            if abs(pos[1]) + total_notional + (abs(pos[0]) + total_qty) * MAX_PRICE > MAX_AMOUNT:
+                break
+        else:
+            return
     deltas: dict[str, list[int]] = {}
     sign = 1 if side == "buy" or side == "back" else -1
-    pair = market.kind == "pair"
     for maker, q in plan:
         if not q:
             continue
@@ -482,14 +496,21 @@ def _would_take(market: Market, book: Book, side: str, price: int, runner: str |
 
 
 def _decide_place(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
+    """A new order. The checks run in the order PROTOCOL.md gives; each one that an order does not use
+    (a runner, risk limits, post_only, an implied book, a fill) costs it one test. A check that can fail
+    is first made as one cheap comparison, and only a failure calls the function that names the reason.
+    """
     cmd = p.command
     assert isinstance(cmd, PlaceOrder) and p.account_id is not None
-    market = _market(state, p)
+    market = state.markets.get(p.market_id)
+    if market is None:
+        market = _market(state, p)  # raises unknown_market
     if market.state != "open":
         raise _Refuse("market_not_open", f"market is {market.state}")
     runner = cmd.runner
     side = cmd.side
-    if market.kind == "odds":
+    pair = market.kind == "pair"
+    if not pair:
         if runner is None:
             raise _Refuse("missing_field", "runner: missing")
         if runner not in market.runners:
@@ -502,14 +523,19 @@ def _decide_place(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
         if side not in PAIR_SIDES:
             raise _Refuse("invalid_side", "side: buy or sell in pair markets")
     book = market.books[runner]
-    price = cmd.price if cmd.order_type == "limit" else cmd.protection_price
-    if price is not None:
+    order_type = cmd.order_type
+    price = cmd.price if order_type == "limit" else cmd.protection_price
+    if price is not None and (
+        not pair or price % market.tick_size or not market.min_price <= price <= market.max_price or market.band_bps
+    ):
         _check_price(market, book, price)
     qty = cmd.qty
-    _check_qty(market, qty)
+    if qty % market.lot_size or qty < market.min_qty or qty > market.max_qty:
+        _check_qty(market, qty)
     account = p.account_id
     coid = cmd.client_order_id
-    if coid in market.client_orders.get(account, _EMPTY):
+    mine = market.client_orders.get(account)
+    if mine is not None and coid in mine:
         raise _Refuse("duplicate_client_order_id", "client_order_id already used")
     risk = market.risk.get(account)
     if risk is not None and risk.max_order_qty is not None and qty > risk.max_order_qty:
@@ -518,15 +544,19 @@ def _decide_place(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
     assert tif is not None  # parse resolved the default
     if tif == "post_only" and price is not None and _would_take(market, book, side, price, runner):
         raise _Refuse("post_only_would_take", "the order would take liquidity")
-    plan, stopped, filled, overflow, takes = _match(market, book, side, price, qty, account, cmd.stp, runner)
-    if tif == "fok" and filled < qty:
+    if market.book_type != "two_runner":
+        plan, stopped, filled, overflow = book.match(side, price, qty, account, cmd.stp, MAX_FILLS)
+        takes = None
+    else:
+        plan, stopped, filled, overflow, takes = _match(market, book, side, price, qty, account, cmd.stp, runner)
+    if filled < qty and tif == "fok":
         raise _Refuse("fok_not_filled", f"only {filled} of {qty} available")
     if overflow:
         raise _Refuse("too_many_fills", f"would need more than {MAX_COMMAND_EVENTS} events")
     remainder = qty - filled
     resting = remainder if not stopped and (tif == "gtc" or tif == "post_only") else 0
     taker_cancel = remainder > 0 and not resting
-    if 1 + len(plan) + taker_cancel > MAX_COMMAND_EVENTS:
+    if plan and 1 + len(plan) + taker_cancel > MAX_COMMAND_EVENTS:
         raise _Refuse("too_many_fills", f"would need more than {MAX_COMMAND_EVENTS} events")
     if risk is not None:
         if risk.max_open_exposure is not None:
@@ -547,7 +577,8 @@ def _decide_place(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
         assert price is not None  # only limit orders rest
         if risk is not None and risk.open_orders >= MAX_OPEN_ORDERS:
             raise _Refuse("too_many_open_orders", f"at most {MAX_OPEN_ORDERS} open orders per account and market")
-        if (risk.open_exposure if risk is not None else 0) + market.exposure(side, price, resting) > MAX_AMOUNT:
+        exposure = price * resting if pair else market.exposure(side, price, resting)
+        if (risk.open_exposure if risk is not None else 0) + exposure > MAX_AMOUNT:
             raise _Refuse("amount_out_of_range", "open exposure would pass its 64-bit bound")
     if takes is not None:
         _check_positions_two(market, takes, account, side, runner)
@@ -560,7 +591,7 @@ def _decide_place(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
         OrderAccepted(
             market_id=m, cmd_seq=seq, ts=ts, order_id=order_id, account_id=account, client_order_id=coid,
             side=side, price=price, qty=qty, tif=tif, resting_qty=resting, runner=runner,
-            order_type=cmd.order_type, stp=cmd.stp, persistence=cmd.persistence,
+            order_type=order_type, stp=cmd.stp, persistence=cmd.persistence,
         )
     ]  # fmt: skip
     if plan:

@@ -97,9 +97,13 @@ def _on_accepted(state: State, e: Event) -> None:
             e.persistence, e.cmd_seq,
         )  # fmt: skip
         market.books[e.runner].add(order)
-        risk = _risk(market, e.account_id)
+        risk = market.risk.get(e.account_id)
+        if risk is None:
+            risk = market.risk[e.account_id] = Risk()
         risk.open_orders += 1
-        risk.open_exposure += market.exposure(e.side, e.price, e.resting_qty)
+        risk.open_exposure += (
+            e.price * e.resting_qty if market.kind == "pair" else market.exposure(e.side, e.price, e.resting_qty)
+        )
     mine = market.client_orders.get(e.account_id)
     if mine is None:
         mine = market.client_orders[e.account_id] = {}
@@ -243,4 +247,15 @@ def evolve(state: State, event: Event) -> State:
     _EVOLVERS[type(event)](state, event)
     state.last_cmd_seq = event.cmd_seq
     state.event_count += 1
+    return state
+
+
+def fold(state: State, events: list[Event]) -> State:
+    """evolve over one command's events: the same appliers, the counters set once at the end."""
+    evolvers = _EVOLVERS
+    for event in events:
+        evolvers[type(event)](state, event)
+    if events:
+        state.last_cmd_seq = events[-1].cmd_seq
+        state.event_count += len(events)
     return state

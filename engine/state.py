@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from operator import attrgetter
+from typing import Any, Final
 
 import msgpack
+import msgspec
 
 from engine.book import Book, Order
 from protocol.vocab import MarketKind, MarketState, Phase
@@ -84,30 +86,39 @@ class State:
     event_count: int = 0  # events folded in so far; equals the JB_EVT sequence of the newest one
 
 
+# An order's row in the snapshot, built in C (attrgetter makes the tuple; msgspec packs a tuple as the array
+# msgpack packs a list as). A two_runner market's rows carry the order's arrival too.
+_ORDER_ROW: Final = attrgetter("order_id", "account_id", "client_order_id", "qty", "tif", "stp", "persistence")
+_ORDER_ROW_TWO: Final = attrgetter(
+    "order_id", "account_id", "client_order_id", "qty", "tif", "stp", "persistence", "arrival"
+)
+_RISK_ROW: Final = attrgetter("open_orders", "open_exposure", "max_order_qty", "max_open_orders", "max_open_exposure")
+_pack: Final = msgspec.msgpack.Encoder().encode
+
+
 def _state_tree(state: State) -> list[Any]:
-    """Everything the engine knows as plain lists, in a canonical order (no hash-order iteration)."""
+    """Everything the engine knows as plain lists and tuples, in a canonical order (no hash-order iteration).
+
+    Tuples where the rows are built in C: they pack to the same msgpack arrays as lists. The client
+    order ids sort by account, then by id within it, which is the order of the (account, id, order)
+    rows sorted whole, since each (account, id) is unique.
+    """
     markets: list[Any] = []
     for market_id in sorted(state.markets):
         m = state.markets[market_id]
         books = []
-        two = m.book_type == "two_runner"  # only there is an order's arrival part of the state
+        row_of = _ORDER_ROW_TWO if m.book_type == "two_runner" else _ORDER_ROW
         for runner, book in m.books.items():
-            sides = []
-            for levels in (book.bids, book.asks):
-                sides.append(
-                    [
-                        [abs(k), [[o.order_id, o.account_id, o.client_order_id, o.qty, o.tif, o.stp, o.persistence,
-                                   *((o.arrival,) if two else ())]
-                                  for o in lvl.values()]]
-                        for k, lvl in levels.items()
-                    ]
-                )  # fmt: skip
+            sides = [
+                [[abs(k), list(map(row_of, lvl.values()))] for k, lvl in levels.items()]
+                for levels in (book.bids, book.asks)
+            ]
             books.append([runner, book.last_price, sides])
-        clients = sorted([a, c, oid] for a, mine in m.client_orders.items() for c, oid in mine.items())
-        risk = [
-            [a, r.open_orders, r.open_exposure, r.max_order_qty, r.max_open_orders, r.max_open_exposure]
-            for a, r in sorted(m.risk.items())
-        ]
+        clients = []
+        for a in sorted(m.client_orders):
+            mine = m.client_orders[a]
+            clients += [(a, c, mine[c]) for c in sorted(mine)]
+        risk = [(a, *_RISK_ROW(r)) for a, r in sorted(m.risk.items())]
         if m.kind == "pair":
             positions = [[a, pos] for a, pos in sorted(m.positions.items())]
         else:
@@ -124,8 +135,13 @@ def _state_tree(state: State) -> list[Any]:
 
 
 def snapshot(state: State) -> bytes:
-    """The state as canonical msgpack: equal states give equal bytes, and `restore` reverses it."""
-    return msgpack.packb(_state_tree(state), use_bin_type=True)  # type: ignore[no-any-return]
+    """The state as canonical msgpack: equal states give equal bytes, and `restore` reverses it.
+
+    msgspec packs the tree to the bytes msgpack-python gives for it (the same smallest int, str and
+    array forms; tuples as arrays; an int outside 64 bits raises OverflowError in both), about three
+    times as fast: a checkpoint packs every resting order.
+    """
+    return _pack(_state_tree(state))
 
 
 def restore(data: bytes) -> State:

@@ -13,7 +13,6 @@ order.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields
 from typing import Any, Protocol
 
 import msgpack
@@ -24,7 +23,7 @@ from protocol.errors import CorruptLog, JetbookError
 
 
 def _wire_layouts() -> dict[str, tuple[type[Event], tuple[str, ...]]]:
-    return {kind: (cls, ("type", *(f.name for f in fields(cls)))) for kind, cls in EVENT_TYPES.items()}
+    return {kind: (cls, ("type", *cls.__struct_fields__)) for kind, cls in EVENT_TYPES.items()}
 
 
 _LAYOUTS = _wire_layouts()

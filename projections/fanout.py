@@ -35,7 +35,6 @@ its expected sequence, and it reads the tails again).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Final
@@ -43,6 +42,7 @@ from typing import Any, Final
 import msgpack
 import nats.errors
 import nats.js.errors
+from msgspec.structs import replace as struct_replace
 
 from events.logged import decode_logged
 from events.model import (
@@ -91,10 +91,8 @@ class Out:
 def private_fill(fill: Fill, side: str) -> Fill:
     """One side's copy of a fill: the counterparty's account, order and client order id are blanked."""
     if side == "maker":
-        return dataclasses.replace(
-            fill, taker_account="", taker_order_id=0, taker_client_order_id="", taker_remaining=0
-        )
-    return dataclasses.replace(fill, maker_account="", maker_order_id=0, maker_client_order_id="", maker_remaining=0)
+        return struct_replace(fill, taker_account="", taker_order_id=0, taker_client_order_id="", taker_remaining=0)
+    return struct_replace(fill, maker_account="", maker_order_id=0, maker_client_order_id="", maker_remaining=0)
 
 
 def trade(seq: int, fill: Fill) -> dict[str, Any]:
@@ -145,13 +143,13 @@ def outputs(seq: int, event: Event, raw: bytes) -> list[Out]:
         for entry in event.orders:
             by_account.setdefault(str(entry[1]), []).append(entry)
         return [
-            _acct(seq, account, event, encode(dataclasses.replace(event, orders=entries)))
+            _acct(seq, account, event, encode(struct_replace(event, orders=entries)))
             for account, entries in by_account.items()
             if is_id(account)
         ]
     if isinstance(event, MarketSettled):
         return [
-            _acct(seq, str(line[0]), event, encode(dataclasses.replace(event, pnl=[line])))
+            _acct(seq, str(line[0]), event, encode(struct_replace(event, pnl=[line])))
             for line in event.pnl
             if is_id(line[0])
         ]

@@ -54,8 +54,19 @@ def bench(
     tls: Annotated[
         bool, typer.Option(help="TLS on every connection to the bench's own server (a throwaway CA; needs trustme).")
     ] = False,
+    peer: Annotated[
+        bool,
+        typer.Option(
+            help="Only the core beside the PyPI peer matching-engine 0.1.1 on its own workload (--orders, --runs"
+            " [default: 2], --seed); fetches it with pip, exit 2 without network."
+        ),
+    ] = False,
 ) -> None:
     """Measure the pipeline against the transport floor: throughput, latency, core, projection, memory."""
+    if peer:
+        from jetbook.bench.peer import main as peer_main
+
+        raise typer.Exit(peer_main(["--commands", str(orders), "--runs", str(runs or 2), "--seed", str(seed)]))
     from jetbook.bench.procs import BenchError
     from jetbook.bench.report import print_report
     from jetbook.bench.run import Options, run

@@ -9,7 +9,6 @@ valid order, and every event it returned must encode to the bytes it publishes.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
@@ -316,13 +315,14 @@ def test_resting_orders_past_the_per_account_per_market_limit_are_refused_but_ta
 
 def _sample(cls: type[Event]) -> Event:
     values: dict[str, Any] = {"market_id": M, "cmd_seq": 7, "ts": 2**62}
-    for f in dataclasses.fields(cls):
-        if f.name in values:
+    annotations: dict[str, Any] = {}  # the declared (string) annotation of every field, the base class's too
+    for klass in reversed(cls.__mro__):
+        annotations.update(getattr(klass, "__annotations__", {}))
+    for name in cls.__struct_fields__:
+        if name in values:
             continue
-        t = str(f.type)
-        values[f.name] = (
-            [[1, "a", None]] if "list" in t else -(2**63) if "int" in t else True if "bool" in t else "é\x00"
-        )
+        t = str(annotations[name])
+        values[name] = [[1, "a", None]] if "list" in t else -(2**63) if "int" in t else True if "bool" in t else "é\x00"
     return cls(**values)
 
 

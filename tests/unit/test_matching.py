@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
+from msgspec.structs import replace
 
 from engine.core import Diverged, Engine, restore, snapshot, state_hash
 from events.model import Checkpoint, Fill, OrderAccepted, OrderCancelled, decode, encode

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typing
-from dataclasses import fields
 from typing import Any
 
 import msgpack
@@ -28,7 +27,7 @@ def _sample(annotation: Any, i: int) -> Any:
 
 def example(cls: type[Event]) -> Event:
     hints = typing.get_type_hints(cls)
-    return cls(**{f.name: _sample(hints[f.name], i) for i, f in enumerate(fields(cls))})
+    return cls(**{name: _sample(hints[name], i) for i, name in enumerate(cls.__struct_fields__)})
 
 
 @pytest.mark.parametrize("kind", sorted(EVENT_TYPES))
