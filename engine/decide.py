@@ -12,6 +12,7 @@ docs/PROTOCOL.md; the deciders follow that page section by section.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -24,8 +25,10 @@ from commands.model import (
     AddRunner,
     AmendOrder,
     AwaitLive,
+    Batch,
     CancelAll,
     CancelOrder,
+    CancelOrders,
     CloseMarket,
     Command,
     CreateMarket,
@@ -33,12 +36,15 @@ from commands.model import (
     Invalid,
     Parsed,
     PlaceOrder,
+    PlaceOrders,
+    ReplaceOrders,
     SetMarketState,
     SetRiskLimits,
     SettleMarket,
     VoidMarket,
 )
 from engine.book import Book, Order, Take, implied_crosses, match_two_runner
+from engine.evolve import evolve
 from engine.state import Market, State
 from events.model import (
     Event,
@@ -745,6 +751,82 @@ def _decide_cancel_all(state: State, seq: int, ts: int, p: Parsed) -> list[Event
     ]
 
 
+# --- batches: place_orders, cancel_orders, replace_orders (docs/PROTOCOL.md "Batch commands") --------
+
+
+def _scratch(state: State, market: Market) -> State:
+    """A private copy of the one market a batch trades in, for its instructions to be decided and folded into.
+
+    Each instruction must see the effects of the ones before it, yet decide may
+    not change the state it reads: the instructions are folded into this copy,
+    and the live state gets the batch's events from the engine like any
+    command's. Only the batch's market is copied (no instruction reaches
+    another). pickle rather than deepcopy: it is several times faster, and
+    rebuilds the same dicts in the same order.
+    """
+    copy = pickle.loads(pickle.dumps(market, pickle.HIGHEST_PROTOCOL))
+    return State({market.market_id: copy}, state.last_cmd_seq, state.event_count)
+
+
+def _instruction_rejected(
+    p: Parsed, seq: int, ts: int, cmd: Batch, index: int, reason: Reason, detail: str, order_id: int | None = None
+) -> Rejected:
+    ins = cmd.instructions[index]
+    return Rejected(
+        market_id=p.market_id, cmd_seq=seq, ts=ts, reason=reason, detail=detail, account_id=p.account_id,
+        command_type=cmd.type, client_order_id=ins.client_order_id, order_id=order_id, index=index,
+    )  # fmt: skip
+
+
+def _decide_batch(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
+    """Each instruction decided by its single command's decider, in order, against the state after the ones before.
+
+    Every instruction gets at least one event, so the batch's events stay within
+    one atomic batch: an instruction whose events would leave too few slots for
+    the rest is refused `too_many_fills`. With all_or_none the first refusal
+    refuses every instruction, each with that reason, and nothing else happens.
+    """
+    cmd = p.command
+    assert isinstance(cmd, PlaceOrders | CancelOrders | ReplaceOrders)
+    market = _market(state, p)
+    decider = _BATCH_DECIDERS[type(cmd)]
+    instructions = cmd.instructions
+    n = len(instructions)
+    work = _scratch(state, market) if n > 1 else state
+    out: list[Event] = []
+    for i, ins in enumerate(instructions):
+        if isinstance(ins, Invalid):
+            events: list[Event] = [_instruction_rejected(p, seq, ts, cmd, i, ins.reason, ins.detail)]
+        else:
+            try:
+                events = decider(work, seq, ts, Parsed(p.market_id, p.account_id, ins))
+                if len(out) + len(events) + n - 1 - i > MAX_COMMAND_EVENTS:
+                    raise _Refuse("too_many_fills", f"the batch would need more than {MAX_COMMAND_EVENTS} events")
+            except _Refuse as r:
+                events = [_instruction_rejected(p, seq, ts, cmd, i, r.reason, r.detail, r.order_id)]
+        if type(events[0]) is Rejected:
+            if isinstance(cmd, PlaceOrders) and cmd.all_or_none:
+                first = events[0]
+                assert isinstance(first, Rejected)
+                return [
+                    first if j == i else
+                    _instruction_rejected(p, seq, ts, cmd, j, first.reason, f"all_or_none: instruction {i} refused")
+                    for j in range(n)
+                ]  # fmt: skip
+        elif i < n - 1:
+            for e in events:
+                evolve(work, e)
+        out += events
+    return out
+
+
+_BATCH_DECIDERS: Final[dict[type[Command], Decider]] = {
+    PlaceOrders: _decide_place,
+    CancelOrders: _decide_cancel,
+    ReplaceOrders: _decide_amend,
+}
+
+
 # --- decide ------------------------------------------------------------------------------------------
 
 Decider = Callable[[State, int, int, Parsed], list[Event]]
@@ -763,6 +845,9 @@ DECIDERS: Final[dict[type[Command], Decider]] = {
     CancelOrder: _decide_cancel,
     AmendOrder: _decide_amend,
     CancelAll: _decide_cancel_all,
+    PlaceOrders: _decide_batch,
+    CancelOrders: _decide_batch,
+    ReplaceOrders: _decide_batch,
 }
 
 

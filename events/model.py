@@ -174,6 +174,9 @@ class Rejected(Event):
     command_type: str | None = None
     client_order_id: str | None = None
     order_id: int | None = None
+    # Optional: only a batch's instruction carries it (its 0-based place in `instructions`), so a single
+    # command's reject keeps its bytes.
+    index: int | None = None
 
 
 # Checkpoints are the engine's, not a market's: they go out under this reserved market token.
@@ -205,6 +208,7 @@ _FIELDS: Final[dict[type[Event], tuple[str, ...]]] = {
 _OPTIONAL: Final[dict[type[Event], dict[str, Any]]] = {
     MarketCreated: {"book_type": "multi_runner"},
     Fill: {"implied": False, "maker_runner": None, "maker_qty": 0, "maker_stake": 0, "taker_stake": 0},
+    Rejected: {"index": None},
 }
 
 
