@@ -527,7 +527,11 @@ _RULES: Final[dict[type[Any], dict[str, Callable[[dict[str, Any]], tuple[Reason,
     ReplaceOrders: {"instructions": _instructions_rule},
 }
 # A batch command's class -> the single command each of its instructions is.
-BATCH_OF: Final[dict[type[Any], type[Any]]] = {PlaceOrders: PlaceOrder, CancelOrders: CancelOrder, ReplaceOrders: AmendOrder}
+BATCH_OF: Final[dict[type[Any], type[Any]]] = {
+    PlaceOrders: PlaceOrder,
+    CancelOrders: CancelOrder,
+    ReplaceOrders: AmendOrder,
+}
 
 
 _FAST_PLACE: Final = frozenset(("type", "v", "client_order_id", "side", "price", "qty", "tif"))

@@ -716,7 +716,9 @@ class ReferenceExchange:
             if events[0]["type"] == "rejected" and c["all_or_none"]:
                 self.markets, self.arrival = before
                 return [
-                    dict(events[0]) if j == i else self._rejected(events[0]["reason"], ctype, self._coid(items[j]), None, j)
+                    dict(events[0])
+                    if j == i
+                    else self._rejected(events[0]["reason"], ctype, self._coid(items[j]), None, j)
                     for j in range(len(items))
                 ]
             out += events

@@ -604,6 +604,30 @@ GOOD: dict[str, tuple[str, dict[str, Any], dict[str, list[Any]]]] = {
         {"type": "cancel_all", "side": "buy", "runner": "H"},
         {"side": ["up", 5, "BUY"], "runner": [5, "has space"], "market_id": ["OTHER"], "foo": [1]},
     ),
+    "place_orders": (
+        "jb.cmd.P1.a",
+        {"type": "place_orders", "all_or_none": False,
+         "instructions": [{"client_order_id": "f1", "side": "buy", "qty": 3, "price": 101}]},
+        {
+            "instructions": ["MISSING", None, 5, [], {"a": 1}, [{"client_order_id": "f1"}] * 201,
+                             [{"client_order_id": "f1", "side": "buy", "qty": 3, "price": 101, "type": "place_order"}],
+                             [{"client_order_id": "f1", "side": "buy", "qty": 3, "price": 101}, 7]],
+            "all_or_none": [1, "x", True],
+            "market_id": ["bad id", "OTHER"],
+            "account_id": ["zed"],
+            "foo": [1],
+        },
+    ),
+    "replace_orders": (
+        "jb.cmd.P1.a",
+        {"type": "replace_orders", "instructions": [{"order_id": 1, "qty": 4}, {"client_order_id": "r1", "price": 99}]},
+        {"instructions": [[{"order_id": 1}], [{"qty": 4}], [{"order_id": 1, "qty": 0}], [{"order_id": 2, "qty": 1}]]},
+    ),
+    "cancel_orders": (
+        "jb.cmd.P1.a",
+        {"type": "cancel_orders", "instructions": [{"order_id": 1}]},
+        {"instructions": [[{}], [{"order_id": 0}], [{"order_id": 1}, {"order_id": 1}], [{"client_order_id": "r2"}]]},
+    ),
     "set_market_state": ("jb.ctl.P1", {"type": "set_market_state", "state": "halted"}, {"state": ["closed", 1]}),
     "settle_market": (
         "jb.ctl.O1",
