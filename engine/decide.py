@@ -779,7 +779,54 @@ def _instruction_rejected(
 
 
 def _decide_batch(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
-    """Each instruction decided by its single command's decider, in order, against the state after the ones before.
+    """The batch decided purely: its instructions folded into a scratch copy of the market, never into `state`.
+
+    The engine takes this path only for all_or_none, which may have to leave no
+    trace; other batches it decides in place (`decide_in_place`), to the same
+    events without the copy.
+    """
+    market = _market(state, p)
+    cmd = p.command
+    assert isinstance(cmd, PlaceOrders | CancelOrders | ReplaceOrders)
+    if len(cmd.instructions) == 1:
+        return _batch_loop(state, seq, ts, p, None)
+    work = _scratch(state, market)
+
+    def fold(index: int, events: list[Event]) -> list[Event]:
+        for e in events:
+            evolve(work, e)
+        return events
+
+    return _batch_loop(work, seq, ts, p, fold)
+
+
+def decide_in_place(
+    state: State, seq: int, ts: int, p: Parsed, fold: Callable[[int, list[Event]], list[Event]]
+) -> list[Event] | None:
+    """A batch (not all_or_none) decided instruction by instruction against the live state, each folded in by
+    `fold` before the next is decided; None if the batch is refused whole (nothing folded: decide it as usual).
+
+    A batch is its instructions one by one, so deciding each against the state
+    the ones before left, as separate commands would be, gives exactly
+    `_decide_batch`'s events, without copying the market. `fold(index,
+    events)` folds an instruction's events into `state` (the engine also
+    encodes them there) and returns what was folded. A bug while deciding one instruction becomes that
+    instruction's `internal_error` reject: the ones before it are folded, as
+    they would be had they been sent alone, so nothing is half-applied.
+    """
+    cmd = p.command
+    assert isinstance(cmd, PlaceOrders | CancelOrders | ReplaceOrders)
+    if p.market_id not in state.markets or (isinstance(cmd, PlaceOrders) and cmd.all_or_none):
+        return None
+    return _batch_loop(state, seq, ts, p, fold, in_place=True)
+
+
+def _batch_loop(
+    work: State, seq: int, ts: int, p: Parsed, fold: Callable[[int, list[Event]], list[Event]] | None,
+    in_place: bool = False,
+) -> list[Event]:  # fmt: skip
+    """Each instruction decided by its single command's decider, in order, against `work` as the ones before
+    left it (`fold` folds them in; the last one's only when in place, the live state needing them all).
 
     Every instruction gets at least one event, so the batch's events stay within
     one atomic batch: an instruction whose events would leave too few slots for
@@ -788,11 +835,9 @@ def _decide_batch(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
     """
     cmd = p.command
     assert isinstance(cmd, PlaceOrders | CancelOrders | ReplaceOrders)
-    market = _market(state, p)
     decider = _BATCH_DECIDERS[type(cmd)]
     instructions = cmd.instructions
     n = len(instructions)
-    work = _scratch(state, market) if n > 1 else state
     out: list[Event] = []
     for i, ins in enumerate(instructions):
         if isinstance(ins, Invalid):
@@ -804,18 +849,20 @@ def _decide_batch(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
                     raise _Refuse("too_many_fills", f"the batch would need more than {MAX_COMMAND_EVENTS} events")
             except _Refuse as r:
                 events = [_instruction_rejected(p, seq, ts, cmd, i, r.reason, r.detail, r.order_id)]
-        if type(events[0]) is Rejected:
-            if isinstance(cmd, PlaceOrders) and cmd.all_or_none:
-                first = events[0]
-                assert isinstance(first, Rejected)
-                return [
-                    first if j == i else
-                    _instruction_rejected(p, seq, ts, cmd, j, first.reason, f"all_or_none: instruction {i} refused")
-                    for j in range(n)
-                ]  # fmt: skip
-        elif i < n - 1:
-            for e in events:
-                evolve(work, e)
+            except Exception as err:
+                if not in_place:
+                    raise  # decided purely: the engine makes the whole command its internal_error
+                events = [_instruction_rejected(p, seq, ts, cmd, i, "internal_error", type(err).__name__)]
+        if type(events[0]) is Rejected and isinstance(cmd, PlaceOrders) and cmd.all_or_none:
+            first = events[0]
+            assert isinstance(first, Rejected) and not in_place
+            return [
+                first if j == i else
+                _instruction_rejected(p, seq, ts, cmd, j, first.reason, f"all_or_none: instruction {i} refused")
+                for j in range(n)
+            ]  # fmt: skip
+        if fold is not None and (in_place or i < n - 1):
+            events = fold(i, events)
         out += events
     return out
 

@@ -25,7 +25,7 @@ from events.model import (
     RiskLimitsSet,
 )
 from events.model import encode as encode_event
-from tests.unit.helpers import M, Session
+from tests.unit.helpers import M, Session, raw
 
 
 def _place(i: int, side: str = "buy", price: int = 100, qty: int = 1, **extra: Any) -> dict[str, Any]:
@@ -190,3 +190,41 @@ def test_a_single_commands_reject_keeps_its_bytes() -> None:
     assert b"index" not in encode_event(r)
     r.index = 0
     assert encode_event(r).endswith(b"\xa5index\x00")
+
+
+def test_the_engine_decides_a_batch_in_place_to_the_events_the_pure_decide_gives() -> None:
+    s = Session()
+    _batch(s, "a", "place_orders", [_place(i, "sell", 100 + i % 5, 2) for i in range(20)])
+    _batch(s, "b", "place_orders", [_place(i, "buy", 95 - i % 5, 2) for i in range(20)])
+    batches = [
+        ("place_orders", [_place(100 + i, "buy" if i % 3 else "sell", 97 + i % 7, 1 + i % 4) for i in range(30)]),
+        ("replace_orders", [{"client_order_id": f"q{i}", "price": 99 + i % 3} for i in range(0, 20, 2)]),
+        ("cancel_orders", [{"client_order_id": f"q{i}"} for i in range(20)]),
+    ]
+    for ctype, instructions in batches:
+        data = raw({"type": ctype, "instructions": instructions})
+        pure = decide(s.engine.state, s.seq + 1, 1_000 + s.seq + 1, parse(f"jb.cmd.{M}.b", data))
+        live = s.send(f"jb.cmd.{M}.b", data)
+        assert [encode_event(e) for e in live] == [encode_event(e) for e in pure] and len(live) > 1
+
+
+def test_a_bug_deciding_one_instruction_in_place_is_its_internal_error_and_the_others_stand(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import engine.decide as decide_module
+
+    real = decide_module._decide_place
+
+    def flaky(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
+        assert isinstance(p.command, PlaceOrder)
+        if p.command.client_order_id == "q1":
+            raise ZeroDivisionError
+        return real(state, seq, ts, p)
+
+    monkeypatch.setitem(decide_module._BATCH_DECIDERS, PlaceOrders, flaky)
+    s = Session()
+    events = _batch(s, "mm", "place_orders", [_place(0), _place(1), _place(2)])
+    assert [type(e) for e in events] == [OrderAccepted, Rejected, OrderAccepted]
+    assert (events[1].reason, events[1].detail, events[1].index) == ("internal_error", "ZeroDivisionError", 1)
+    assert sorted(s.engine.state.markets[M].books[None].orders) == [1, 2]
+    assert [d for _, d in s.engine.payloads] == [encode_event(e) for e in events]
