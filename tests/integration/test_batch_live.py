@@ -134,7 +134,6 @@ def test_a_hostile_batch_file_is_a_clear_error_not_a_crash(tmp_path: Path) -> No
     cases = {
         "deep.json": "[" * 100_000,
         "garbage.json": "\x00\xff not json",
-        "map.json": '{"client_order_id": "a"}',
         "bad.jsonl": '{"client_order_id": "a", "side": "buy", "price": 1, "qty": 1}\n{"side": "up"}\n',
         "many.json": json.dumps(
             [{"client_order_id": f"c{i}", "side": "buy", "price": 1, "qty": 1} for i in range(201)]
@@ -150,9 +149,4 @@ def test_a_hostile_batch_file_is_a_clear_error_not_a_crash(tmp_path: Path) -> No
         )  # fmt: skip
         assert done.returncode == 2 and done.stderr.startswith("error: "), (name, done.stderr)
         assert "Traceback" not in done.stderr and "cannot reach NATS" not in done.stderr, (name, done.stderr)
-    many = subprocess.run(
-        [*JETBOOK, "submit", "place-orders", "-m", "M", "-a", "a", "--from-file", str(tmp_path / "many.json"),
-         "--nats-url", nowhere],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert "too_many_instructions" in many.stderr
+        assert name != "many.json" or "too_many_instructions" in done.stderr, done.stderr
