@@ -59,6 +59,8 @@ MAX_AMOUNT: Final = 2**63 - 1
 # Venue resources (docs/PROTOCOL.md "Limits"): each has a reject reason when a command would pass it.
 MAX_MARKETS: Final = 10_000  # markets ever created on the venue (settled and voided ones stay in the state)
 MAX_OPEN_ORDERS: Final = 10_000  # resting orders per account per market
+# Instructions in one batch command (place_orders, cancel_orders, replace_orders); more is refused whole.
+MAX_INSTRUCTIONS: Final = 200
 # How deep `show` looks into a value before it gives up and names only its type.
 _SHOW_DEPTH: Final = 16
 
@@ -180,10 +182,42 @@ class CancelAll:
     account_id: str | None = None
 
 
+@dataclass(slots=True)
+class PlaceOrders:
+    """Up to MAX_INSTRUCTIONS place_orders decided in order, as one command: one cmd_seq, one atomic batch.
+
+    An instruction that failed parse stays in the list as its Invalid, so it is
+    rejected at its place (with its index) and the others still go on.
+    """
+
+    type: ClassVar[str] = "place_orders"
+    instructions: list[PlaceOrder | Invalid]
+    all_or_none: bool = False
+    market_id: str | None = None
+    account_id: str | None = None
+
+
+@dataclass(slots=True)
+class CancelOrders:
+    type: ClassVar[str] = "cancel_orders"
+    instructions: list[CancelOrder | Invalid]
+    market_id: str | None = None
+    account_id: str | None = None
+
+
+@dataclass(slots=True)
+class ReplaceOrders:
+    type: ClassVar[str] = "replace_orders"
+    instructions: list[AmendOrder | Invalid]
+    market_id: str | None = None
+    account_id: str | None = None
+
+
 Command = (
     CreateMarket | AddRunner | SetMarketState | AwaitLive | GoLive | CloseMarket | SettleMarket | VoidMarket
-    | SetRiskLimits | PlaceOrder | CancelOrder | AmendOrder | CancelAll
+    | SetRiskLimits | PlaceOrder | CancelOrder | AmendOrder | CancelAll | PlaceOrders | CancelOrders | ReplaceOrders
 )  # fmt: skip
+Batch = PlaceOrders | CancelOrders | ReplaceOrders
 
 
 @dataclass(slots=True)
@@ -290,6 +324,14 @@ def _runners(v: Any) -> str | None:
     return None
 
 
+def _list(v: Any) -> str | None:
+    return None if type(v) is list else "not_list"
+
+
+def _bool(v: Any) -> str | None:
+    return None if type(v) is bool else "not_bool"
+
+
 @dataclass(frozen=True, slots=True)
 class F:
     """One field of a command: its check, whether it is required, and the reject reason when it is bad."""
@@ -381,6 +423,11 @@ SPECS: Final[dict[str, Spec]] = {
             F("runner", _id, nullable=True),
             *_ECHOES,
         )),
+        _spec(PlaceOrders, "cmd", (
+            F("instructions", _list, required=True), F("all_or_none", _bool, nullable=True), *_ECHOES,
+        )),
+        _spec(CancelOrders, "cmd", (F("instructions", _list, required=True), *_ECHOES)),
+        _spec(ReplaceOrders, "cmd", (F("instructions", _list, required=True), *_ECHOES)),
     )
 }  # fmt: skip
 
@@ -467,8 +514,24 @@ def _tif_rule(kw: dict[str, Any]) -> tuple[Reason, str] | None:
     return None
 
 
+def _instructions_rule(kw: dict[str, Any]) -> tuple[Reason, str] | None:
+    n = len(kw["instructions"])
+    if n > MAX_INSTRUCTIONS:
+        return "too_many_instructions", f"instructions: {n} > {MAX_INSTRUCTIONS}"
+    return None if n else ("invalid_field", "instructions: out_of_range")
+
+
 _RULES: Final[dict[type[Any], dict[str, Callable[[dict[str, Any]], tuple[Reason, str] | None]]]] = {
     PlaceOrder: {"price": _price_rule, "protection_price": _protection_rule, "tif": _tif_rule},
+    PlaceOrders: {"instructions": _instructions_rule},
+    CancelOrders: {"instructions": _instructions_rule},
+    ReplaceOrders: {"instructions": _instructions_rule},
+}
+# A batch command's class -> the single command each of its instructions is.
+BATCH_OF: Final[dict[type[Any], type[Any]]] = {
+    PlaceOrders: PlaceOrder,
+    CancelOrders: CancelOrder,
+    ReplaceOrders: AmendOrder,
 }
 
 
@@ -629,7 +692,43 @@ def parse(subject: str, data: bytes) -> Parsed | Invalid:
             return Invalid(market, account, "account_mismatch", "account_id: mismatch", ctype, coid)
         if market == ALL_MARKETS and spec.cls is not CancelAll:
             return Invalid(market, account, "unknown_market", f"{ctype} needs one market", ctype, coid)
+    if spec.cls in BATCH_OF:
+        one = SPECS[BATCH_OF[spec.cls].type]
+        kw["instructions"] = [_instruction(one, market, account, ctype, body) for body in kw["instructions"]]
     return Parsed(market, account, spec.cls(**kw))
+
+
+def _instruction(spec: Spec, market: str, account: str | None, ctype: str, body: Any) -> Any:
+    """One instruction of a batch, checked by its single command's table and rules, or its Invalid.
+
+    The same checks in the same order as `parse` makes for the single command,
+    so an instruction is valid exactly when the command it stands for would be.
+    An instruction has no `type` or `v` of its own: the batch's apply.
+    """
+    if type(body) is not dict:
+        return Invalid(market, account, "malformed", f"instruction: {type(body).__name__}, not a map", ctype)
+    raw_coid = body.get("client_order_id")
+    coid = raw_coid if is_id(raw_coid) else None
+    for name in ("type", "v"):
+        if name in body:
+            return Invalid(market, account, "unknown_field", f"{name}: unknown", ctype, coid)
+    kw = _fields(spec, body)
+    if type(kw) is tuple:
+        return Invalid(market, account, kw[0], kw[1], ctype, coid)
+    assert isinstance(kw, dict)
+    if spec.cls is PlaceOrder:
+        for name in ("side", "tif", "stp", "persistence", "order_type"):
+            if name in kw:
+                kw[name] = _CANON[kw[name]]
+    elif "order_id" not in kw and "client_order_id" not in kw:
+        return Invalid(market, account, "missing_field", "order_id: missing", ctype, coid)
+    if spec.cls is AmendOrder and "qty" not in kw and "price" not in kw:
+        return Invalid(market, account, "missing_field", "qty: missing", ctype, coid)
+    if kw.get("market_id", market) != market:
+        return Invalid(market, account, "market_mismatch", "market_id: mismatch", ctype, coid)
+    if kw.get("account_id", account) != account:
+        return Invalid(market, account, "account_mismatch", "account_id: mismatch", ctype, coid)
+    return spec.cls(**kw)
 
 
 _DEFAULTS: Final[dict[type[Any], dict[str, Any]]] = {
@@ -647,6 +746,16 @@ def to_body(command: Command) -> dict[str, Any]:
             body[f.name] = v
     if isinstance(command, CreateMarket) and command.runners is not None:
         body["runners"] = [{"runner_id": r, "label": label} for r, label in command.runners]
+    if isinstance(command, PlaceOrders | CancelOrders | ReplaceOrders):
+        body["instructions"] = [_instruction_body(i) for i in command.instructions]
+    return body
+
+
+def _instruction_body(instruction: Any) -> dict[str, Any]:
+    if isinstance(instruction, Invalid):
+        raise ValueError(f"an invalid instruction cannot be sent: {instruction.reason}")
+    body = to_body(instruction)
+    del body["type"]
     return body
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from commands.model import Invalid, Parsed, parse
+from commands.model import CancelOrders, Invalid, Parsed, PlaceOrders, ReplaceOrders, parse
 from engine.decide import (
     CHUNK,
     DECIDERS,
@@ -25,6 +25,7 @@ from engine.decide import (
     MAX_ODDS_PNL,
     _chunk_size,
     decide,
+    decide_in_place,
 )
 from engine.evolve import evolve, fold
 from engine.state import Market, Risk, State, restore, snapshot, state_hash
@@ -83,6 +84,9 @@ def _unparsed(subject: Any, err: Exception) -> Invalid:
     except Exception:  # a subject that is not even a str
         pass
     return Invalid(market, account, "internal_error", type(err).__name__)
+
+
+_BATCHES: Final = (PlaceOrders, CancelOrders, ReplaceOrders)
 
 
 def _hash(state: State) -> str:
@@ -148,6 +152,10 @@ class Engine:
             parsed = parse(subject, data)
         except Exception as err:  # parse is total by design; this guards a bug in it
             parsed = _unparsed(subject, err)
+        if type(parsed) is Parsed and type(parsed.command) in _BATCHES:
+            batch = self._batch_in_place(cmd_seq, ts, parsed)
+            if batch is not None:
+                return batch
         try:
             events = decide(self.state, cmd_seq, ts, parsed)
             if len(events) > MAX_COMMAND_EVENTS:
@@ -161,12 +169,47 @@ class Engine:
             # restart. decide does not mutate, so nothing is half-applied.
             events = [_internal_error(parsed, cmd_seq, ts, err)]
             payloads = [(wal_subject(events[0].market_id, Rejected.type), self._encoders[Rejected](events[0]))]
+        before = self.state.event_count
+        self._fold(cmd_seq, events)
+        return self._checkpoint(cmd_seq, ts, before, events, payloads)
+
+    def _fold(self, cmd_seq: int, events: list[Event]) -> None:
         state = self.state
-        before = state.event_count
         try:
             fold(state, events)
         except Exception as err:
             raise HalfApplied(f"command {cmd_seq}: folding its own events raised {type(err).__name__}") from err
+
+    def _batch_in_place(self, cmd_seq: int, ts: int, parsed: Parsed) -> list[Event] | None:
+        """A batch decided and folded instruction by instruction (engine.decide.decide_in_place); None: decide it
+        the usual way. Each instruction's events are encoded before they are folded, and one that cannot be
+        becomes that instruction's internal_error reject, so what is folded is what is published."""
+        before = self.state.event_count
+        payloads: list[tuple[str, bytes]] = []
+        enc = self._encoders
+
+        def fold(index: int, events: list[Event]) -> list[Event]:
+            try:
+                encoded = [(f"{WAL_PREFIX}.{e.market_id}.{e.type}", enc[type(e)](e)) for e in events]
+            except Exception as err:
+                reject = _internal_error(parsed, cmd_seq, ts, err)
+                reject.index = index
+                events = [reject]
+                encoded = [(wal_subject(reject.market_id, Rejected.type), enc[Rejected](reject))]
+            self._fold(cmd_seq, events)
+            payloads.extend(encoded)
+            return events
+
+        events = decide_in_place(self.state, cmd_seq, ts, parsed, fold)
+        if events is None:
+            return None
+        return self._checkpoint(cmd_seq, ts, before, events, payloads)
+
+    def _checkpoint(
+        self, cmd_seq: int, ts: int, before: int, events: list[Event], payloads: list[tuple[str, bytes]]
+    ) -> list[Event]:
+        """The command's events (and payloads), with a checkpoint after them when they cross a multiple."""
+        state = self.state
         if state.event_count // self.checkpoint_every > before // self.checkpoint_every:
             checkpoint = Checkpoint(
                 market_id=ENGINE_MARKET, cmd_seq=cmd_seq, ts=ts, covers_seq=state.event_count, state_hash=_hash(state)

@@ -12,6 +12,7 @@ docs/PROTOCOL.md; the deciders follow that page section by section.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -24,8 +25,10 @@ from commands.model import (
     AddRunner,
     AmendOrder,
     AwaitLive,
+    Batch,
     CancelAll,
     CancelOrder,
+    CancelOrders,
     CloseMarket,
     Command,
     CreateMarket,
@@ -33,12 +36,15 @@ from commands.model import (
     Invalid,
     Parsed,
     PlaceOrder,
+    PlaceOrders,
+    ReplaceOrders,
     SetMarketState,
     SetRiskLimits,
     SettleMarket,
     VoidMarket,
 )
 from engine.book import Book, Order, Take, implied_crosses, match_two_runner
+from engine.evolve import evolve
 from engine.state import Market, State
 from events.model import (
     Event,
@@ -776,6 +782,129 @@ def _decide_cancel_all(state: State, seq: int, ts: int, p: Parsed) -> list[Event
     ]
 
 
+# --- batches: place_orders, cancel_orders, replace_orders (docs/PROTOCOL.md "Batch commands") --------
+
+
+def _scratch(state: State, market: Market) -> State:
+    """A private copy of the one market a batch trades in, for its instructions to be decided and folded into.
+
+    Each instruction must see the effects of the ones before it, yet decide may
+    not change the state it reads: the instructions are folded into this copy,
+    and the live state gets the batch's events from the engine like any
+    command's. Only the batch's market is copied (no instruction reaches
+    another). pickle rather than deepcopy: it is several times faster, and
+    rebuilds the same dicts in the same order.
+    """
+    copy = pickle.loads(pickle.dumps(market, pickle.HIGHEST_PROTOCOL))
+    return State({market.market_id: copy}, state.last_cmd_seq, state.event_count)
+
+
+def _instruction_rejected(
+    p: Parsed, seq: int, ts: int, cmd: Batch, index: int, reason: Reason, detail: str, order_id: int | None = None
+) -> Rejected:
+    ins = cmd.instructions[index]
+    return Rejected(
+        market_id=p.market_id, cmd_seq=seq, ts=ts, reason=reason, detail=detail, account_id=p.account_id,
+        command_type=cmd.type, client_order_id=ins.client_order_id, order_id=order_id, index=index,
+    )  # fmt: skip
+
+
+def _decide_batch(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
+    """The batch decided purely: its instructions folded into a scratch copy of the market, never into `state`.
+
+    The engine takes this path only for all_or_none, which may have to leave no
+    trace; other batches it decides in place (`decide_in_place`), to the same
+    events without the copy.
+    """
+    market = _market(state, p)
+    cmd = p.command
+    assert isinstance(cmd, PlaceOrders | CancelOrders | ReplaceOrders)
+    if len(cmd.instructions) == 1:
+        return _batch_loop(state, seq, ts, p, None)
+    work = _scratch(state, market)
+
+    def fold(index: int, events: list[Event]) -> list[Event]:
+        for e in events:
+            evolve(work, e)
+        return events
+
+    return _batch_loop(work, seq, ts, p, fold)
+
+
+def decide_in_place(
+    state: State, seq: int, ts: int, p: Parsed, fold: Callable[[int, list[Event]], list[Event]]
+) -> list[Event] | None:
+    """A batch (not all_or_none) decided instruction by instruction against the live state, each folded in by
+    `fold` before the next is decided; None if the batch is refused whole (nothing folded: decide it as usual).
+
+    A batch is its instructions one by one, so deciding each against the state
+    the ones before left, as separate commands would be, gives exactly
+    `_decide_batch`'s events, without copying the market. `fold(index,
+    events)` folds an instruction's events into `state` (the engine also
+    encodes them there) and returns what was folded. A bug while deciding one instruction becomes that
+    instruction's `internal_error` reject: the ones before it are folded, as
+    they would be had they been sent alone, so nothing is half-applied.
+    """
+    cmd = p.command
+    assert isinstance(cmd, PlaceOrders | CancelOrders | ReplaceOrders)
+    if p.market_id not in state.markets or (isinstance(cmd, PlaceOrders) and cmd.all_or_none):
+        return None
+    return _batch_loop(state, seq, ts, p, fold, in_place=True)
+
+
+def _batch_loop(
+    work: State, seq: int, ts: int, p: Parsed, fold: Callable[[int, list[Event]], list[Event]] | None,
+    in_place: bool = False,
+) -> list[Event]:  # fmt: skip
+    """Each instruction decided by its single command's decider, in order, against `work` as the ones before
+    left it (`fold` folds them in; the last one's only when in place, the live state needing them all).
+
+    Every instruction gets at least one event, so the batch's events stay within
+    one atomic batch: an instruction whose events would leave too few slots for
+    the rest is refused `too_many_fills`. With all_or_none the first refusal
+    refuses every instruction, each with that reason, and nothing else happens.
+    """
+    cmd = p.command
+    assert isinstance(cmd, PlaceOrders | CancelOrders | ReplaceOrders)
+    decider = _BATCH_DECIDERS[type(cmd)]
+    instructions = cmd.instructions
+    n = len(instructions)
+    out: list[Event] = []
+    for i, ins in enumerate(instructions):
+        if isinstance(ins, Invalid):
+            events: list[Event] = [_instruction_rejected(p, seq, ts, cmd, i, ins.reason, ins.detail)]
+        else:
+            try:
+                events = decider(work, seq, ts, Parsed(p.market_id, p.account_id, ins))
+                if len(out) + len(events) + n - 1 - i > MAX_COMMAND_EVENTS:
+                    raise _Refuse("too_many_fills", f"the batch would need more than {MAX_COMMAND_EVENTS} events")
+            except _Refuse as r:
+                events = [_instruction_rejected(p, seq, ts, cmd, i, r.reason, r.detail, r.order_id)]
+            except Exception as err:
+                if not in_place:
+                    raise  # decided purely: the engine makes the whole command its internal_error
+                events = [_instruction_rejected(p, seq, ts, cmd, i, "internal_error", type(err).__name__)]
+        if type(events[0]) is Rejected and isinstance(cmd, PlaceOrders) and cmd.all_or_none:
+            first = events[0]
+            assert isinstance(first, Rejected) and not in_place
+            return [
+                first if j == i else
+                _instruction_rejected(p, seq, ts, cmd, j, first.reason, f"all_or_none: instruction {i} refused")
+                for j in range(n)
+            ]  # fmt: skip
+        if fold is not None and (in_place or i < n - 1):
+            events = fold(i, events)
+        out += events
+    return out
+
+
+_BATCH_DECIDERS: Final[dict[type[Command], Decider]] = {
+    PlaceOrders: _decide_place,
+    CancelOrders: _decide_cancel,
+    ReplaceOrders: _decide_amend,
+}
+
+
 # --- decide ------------------------------------------------------------------------------------------
 
 Decider = Callable[[State, int, int, Parsed], list[Event]]
@@ -794,6 +923,9 @@ DECIDERS: Final[dict[type[Command], Decider]] = {
     CancelOrder: _decide_cancel,
     AmendOrder: _decide_amend,
     CancelAll: _decide_cancel_all,
+    PlaceOrders: _decide_batch,
+    CancelOrders: _decide_batch,
+    ReplaceOrders: _decide_batch,
 }
 
 

@@ -164,6 +164,9 @@ class Rejected(Event, tag="rejected"):
     command_type: str | None = None
     client_order_id: str | None = None
     order_id: int | None = None
+    # Optional: only a batch's instruction carries it (its 0-based place in `instructions`), so a single
+    # command's reject keeps its bytes.
+    index: int | None = None
 
 
 # Checkpoints are the engine's, not a market's: they go out under this reserved market token.
@@ -192,6 +195,7 @@ _FIELDS: Final[dict[type[Event], tuple[str, ...]]] = {cls: cls.__struct_fields__
 _OPTIONAL: Final[dict[type[Event], dict[str, Any]]] = {
     MarketCreated: {"book_type": "multi_runner"},
     Fill: {"implied": False, "maker_runner": None, "maker_qty": 0, "maker_stake": 0, "taker_stake": 0},
+    Rejected: {"index": None},
 }
 
 
@@ -234,7 +238,8 @@ def make_encoders() -> dict[type[Event], Callable[[Event], bytes]]:
     header) only when its whole group is at the defaults; an implied fill (whose
     group goes out whole, defaults included) and a market_created (one per
     market; msgspec would write a map16 header where msgpack writes a fixmap)
-    go through the generated dict encoder, as before. Those share one Packer,
+    go through the generated dict encoder, as before, and so does a reject
+    (its optional batch `index`). Those share one Packer,
     which is not thread-safe, so each user (the engine) makes its own.
     """
     pack = msgpack.Packer(use_bin_type=True).pack
@@ -254,6 +259,10 @@ def make_encoders() -> dict[type[Event], Callable[[Event], bytes]]:
 
     encoders[Fill] = encode_fill
     encoders[MarketCreated] = slow[MarketCreated]
+    # A reject's optional `index` (a batch instruction's) must be absent, not nil, on a single command's
+    # reject, and the other None fields present: no msgspec option says that, so rejects (rare on the hot
+    # path) keep the dict encoder.
+    encoders[Rejected] = slow[Rejected]
     return encoders
 
 

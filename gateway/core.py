@@ -67,7 +67,27 @@ class Outcome:
 
     @property
     def rejected(self) -> dict[str, Any] | None:
-        return next((e for e in self.events if e["type"] == Rejected.type), None)
+        return rejection(self.events)
+
+
+def rejection(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The reject that refused a command as a whole, if one did.
+
+    A batch (place_orders...) whose instructions are partly refused is not a
+    refused command: those rejects carry an `index` and sit among the other
+    instructions' events. It is refused when a reject has no index (the whole
+    command: too many instructions, an unknown market) or when every
+    instruction was (all_or_none); then the first failure's reject.
+    """
+    rejects = [e for e in events if e["type"] == Rejected.type]
+    if not rejects:
+        return None
+    whole = next((e for e in rejects if e.get("index") is None), None)
+    if whole is not None:
+        return whole
+    if len(rejects) < len(events):
+        return None
+    return next((e for e in rejects if not str(e.get("detail", "")).startswith("all_or_none:")), rejects[0])
 
 
 def is_control(command_type: str) -> bool:

@@ -374,9 +374,36 @@ class CancelAll(Cmd):
     account_id: str | None = None
 
 
+# Batches: the instructions are left to the engine's parser (each as its single command, without `type`), so a
+# bad one is that instruction's reject, with its index, as on every other way in (docs/PROTOCOL.md section 6.14).
+_INSTRUCTIONS = "up to 200 instructions, each the fields of {} without `type`; decided in order as one command"
+
+
+class PlaceOrders(Cmd):
+    type: Literal["place_orders"]
+    instructions: list[Any] = Field(description=_INSTRUCTIONS.format("place_order"))
+    all_or_none: bool | None = Field(default=None, description="if any instruction would be refused, refuse all")
+    market_id: str | None = None
+    account_id: str | None = None
+
+
+class CancelOrders(Cmd):
+    type: Literal["cancel_orders"]
+    instructions: list[Any] = Field(description=_INSTRUCTIONS.format("cancel_order"))
+    market_id: str | None = None
+    account_id: str | None = None
+
+
+class ReplaceOrders(Cmd):
+    type: Literal["replace_orders"]
+    instructions: list[Any] = Field(description=_INSTRUCTIONS.format("amend_order"))
+    market_id: str | None = None
+    account_id: str | None = None
+
+
 Command = Annotated[
     CreateMarket | AddRunner | SetMarketState | AwaitLive | GoLive | CloseMarket | SettleMarket | VoidMarket
-    | SetRiskLimits | PlaceOrder | CancelOrder | AmendOrder | CancelAll,
+    | SetRiskLimits | PlaceOrder | CancelOrder | AmendOrder | CancelAll | PlaceOrders | CancelOrders | ReplaceOrders,
     Field(discriminator="type"),
 ]  # fmt: skip
 

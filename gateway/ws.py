@@ -35,7 +35,7 @@ from starlette.websockets import WebSocketState
 from commands.model import SPECS
 from events.model import Event, Fill, to_wire
 from gateway.auth import Auth, Principal
-from gateway.core import DEFAULT_TIMEOUT_S, Gateway, GatewayError, is_control
+from gateway.core import DEFAULT_TIMEOUT_S, Gateway, GatewayError, is_control, rejection
 from gateway.metrics import COMMAND_ROUND_TRIP, WS_CLIENTS, WS_FRAMES
 from protocol.subjects import is_id
 
@@ -635,7 +635,7 @@ class Session:
             raise GatewayError(504, "timeout", str(err), cmd_seq=outcome.cmd_seq) from None
         COMMAND_ROUND_TRIP.labels(via="ws").observe(time.perf_counter() - started)
         wire = [redact(to_wire(e), self.principal) for e in events]
-        rejected = next((e for e in wire if e["type"] == "rejected"), None)
+        rejected = rejection(wire)
         await self.send({
             "type": "order_response", "correlation_id": cid, "cmd_seq": outcome.cmd_seq, "events": wire,
             "rejected": None if rejected is None else {"reason": rejected["reason"], "detail": rejected["detail"]},

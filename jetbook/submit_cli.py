@@ -259,6 +259,108 @@ def cancel_all(
     _send(nats_url, market or ALL_MARKETS, account, CancelAll(side=side, runner=runner), wait)
 
 
+# A batch's file is read whole: a JSON form of 200 instructions is far below this, and the command itself is
+# bounded by JB_CMD's 64 KiB message size.
+MAX_BATCH_FILE = 1 << 20
+FromFile = Annotated[
+    str,
+    typer.Option("--from-file", "-f", help="A JSON list of instruction maps, or JSON lines (one a line); - is stdin."),
+]
+
+
+def _read_instructions(path: str) -> list[Any]:
+    """The instructions in a file, or exit 2 with why: a file from anywhere must not take the CLI down."""
+    import sys
+
+    try:
+        if path == "-":
+            text = sys.stdin.read(MAX_BATCH_FILE + 1)
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read(MAX_BATCH_FILE + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        typer.echo(f"error: cannot read {path}: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if len(text) > MAX_BATCH_FILE:
+        typer.echo(f"error: {path} is over {MAX_BATCH_FILE} characters", err=True)
+        raise typer.Exit(2)
+    try:
+        stripped = text.lstrip()
+        if stripped.startswith("["):
+            items = json.loads(text)
+        else:
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (ValueError, RecursionError) as exc:
+        typer.echo(f"error: {path} is neither a JSON list nor JSON lines: {str(exc)[:200]}", err=True)
+        raise typer.Exit(2) from None
+    if not isinstance(items, list):
+        typer.echo(f"error: {path}: expected a list of instructions", err=True)
+        raise typer.Exit(2)
+    return items
+
+
+def _send_batch(
+    url: str, market: str, account: str, ctype: str, path: str, wait: bool, msg_id: str | None, **extra: Any
+) -> None:
+    """Read, check with the engine's parse (the whole command and every instruction), then send as one command."""
+    import msgpack
+
+    from commands.model import Invalid, parse
+    from protocol.subjects import cmd_subject
+
+    body = {"type": ctype, "instructions": _read_instructions(path), **extra}
+    try:
+        data = msgpack.packb(body, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:  # e.g. an int past 64 bits
+        typer.echo(f"error: invalid command: {type(exc).__name__}: {str(exc)[:200]}", err=True)
+        raise typer.Exit(2) from None
+    parsed = parse(cmd_subject(market, account), data)
+    if isinstance(parsed, Invalid):
+        typer.echo(f"error: invalid command: {parsed.reason} ({parsed.detail})", err=True)
+        raise typer.Exit(2)
+    bad = [(i, x) for i, x in enumerate(getattr(parsed.command, "instructions", [])) if isinstance(x, Invalid)]
+    for i, x in bad:
+        typer.echo(f"error: instruction {i}: {x.reason} ({x.detail})", err=True)
+    if bad:
+        raise typer.Exit(2)
+    _send(url, market, account, parsed.command, wait, msg_id)
+
+
+@submit_app.command("place-orders")
+def place_orders(
+    market: Market,
+    account: Account,
+    from_file: FromFile,
+    all_or_none: Annotated[
+        bool, typer.Option(help="Refuse every instruction if any would be refused (nothing happens).")
+    ] = False,
+    msg_id: MsgId = None,
+    nats_url: Url = DEFAULT_URL,
+    wait: Wait = True,
+) -> None:
+    """Place up to 200 orders as one command: each instruction is a place_order without "type"."""
+    extra = {"all_or_none": True} if all_or_none else {}
+    _send_batch(nats_url, market, account, "place_orders", from_file, wait, msg_id, **extra)
+
+
+@submit_app.command("cancel-orders")
+def cancel_orders(
+    market: Market, account: Account, from_file: FromFile, msg_id: MsgId = None, nats_url: Url = DEFAULT_URL,
+    wait: Wait = True,
+) -> None:  # fmt: skip
+    """Cancel up to 200 orders as one command: each instruction has an order_id and/or a client_order_id."""
+    _send_batch(nats_url, market, account, "cancel_orders", from_file, wait, msg_id)
+
+
+@submit_app.command("replace-orders")
+def replace_orders(
+    market: Market, account: Account, from_file: FromFile, msg_id: MsgId = None, nats_url: Url = DEFAULT_URL,
+    wait: Wait = True,
+) -> None:  # fmt: skip
+    """Amend up to 200 orders as one command: each instruction has an id and a price and/or qty."""
+    _send_batch(nats_url, market, account, "replace_orders", from_file, wait, msg_id)
+
+
 def fills(
     account: Annotated[
         str | None, typer.Option("--account", "-a", help="Your account's own fills, from JB_ACCT.")

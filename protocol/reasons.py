@@ -29,6 +29,7 @@ Reason = Literal[
     "invalid_tif",
     "market_mismatch",
     "account_mismatch",
+    "too_many_instructions",
     # engine stage (engine/decide.py)
     "market_exists",
     "unknown_market",

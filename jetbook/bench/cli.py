@@ -61,6 +61,13 @@ def bench(
             " [default: 2], --seed); fetches it with pip, exit 2 without network."
         ),
     ] = False,
+    batch: Annotated[
+        int | None,
+        typer.Option(
+            help="Instead: a quoting flow sent one order per command and K per batch command (place_orders,"
+            " cancel_orders), side by side; --orders of it [default: 20,000], --runs alternated [default: 2]."
+        ),
+    ] = None,
 ) -> None:
     """Measure the pipeline against the transport floor: throughput, latency, core, projection, memory."""
     if peer:
@@ -94,6 +101,8 @@ def bench(
     if min(opts.orders, opts.markets, opts.resting, opts.window, opts.runs) < 1:
         typer.echo("error: --orders, --markets, --resting, --window and --runs must be at least 1", err=True)
         raise typer.Exit(2)
+    if batch is not None:
+        _batch(opts, batch, orders_given="--orders" in sys.argv, runs_given=runs is not None)
 
     def interrupted(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")  # unwinds through the finally blocks that stop our children
@@ -120,3 +129,25 @@ def bench(
     if py_spy is not None:
         typer.echo(f"py-spy profiles in {py_spy}; summarise with: python -m jetbook.bench.spy {py_spy}/engine.txt")
     raise typer.Exit(1 if doc["problems"] else 0)
+
+
+def _batch(opts: Any, k: int, *, orders_given: bool, runs_given: bool) -> None:
+    """`jetbook bench --batch K`: jetbook/bench/batch.py's comparison, its table, and --json."""
+    from jetbook.bench.batch import print_batch_report, run_batch
+    from jetbook.bench.procs import BenchError
+
+    if not orders_given:
+        opts.orders = 20_000
+    if not runs_given:
+        opts.runs = 2
+    try:
+        doc = run_batch(opts, k)
+    except BenchError as err:
+        typer.echo(f"benchmark failed: {err}", err=True)
+        raise typer.Exit(1) from err
+    print_batch_report(doc)
+    if opts.json_path is not None:
+        opts.json_path.parent.mkdir(parents=True, exist_ok=True)
+        opts.json_path.write_text(json.dumps(doc, indent=1) + "\n")
+        typer.echo(f"wrote {opts.json_path}")
+    raise typer.Exit(0)

@@ -14,6 +14,7 @@ marked "Reading:" and the test report lists them.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from dataclasses import dataclass, field
@@ -53,7 +54,11 @@ CONTROL: Final = (
     "void_market",
     "set_risk_limits",
 )
-TRADING: Final = ("place_order", "amend_order", "cancel_order", "cancel_all")
+TRADING: Final = (
+    "place_order", "amend_order", "cancel_order", "cancel_all", "place_orders", "cancel_orders", "replace_orders",
+)  # fmt: skip
+MAX_INSTRUCTIONS: Final = 200
+BATCH_OF: Final = {"place_orders": "place_order", "cancel_orders": "cancel_order", "replace_orders": "amend_order"}
 
 BID_LIKE: Final = ("buy", "lay")  # rest below the ask-like side; take asks/backs at or under their price
 ASK_LIKE: Final = ("sell", "back")
@@ -131,6 +136,7 @@ class RefOrder:
     stp: str
     persistence: str
     arrival: int = 0  # global counter, set each time the order (re-)enters a level
+    entered: int = 0  # the seq of the command that last put it in its level
 
 
 def price_of(o: RefOrder) -> int:
@@ -218,7 +224,9 @@ def _makers(market: RefMarket, runner: str | None, taker_side: str, limit: int |
                 if (effective(runner, o) >= limit if taker_side == "back" else effective(runner, o) <= limit)
             ]  # fmt: skip
         sign = -1 if taker_side == "back" else 1
-        return sorted(cands, key=lambda o: (sign * effective(runner, o), o.arrival))
+        # Reading (issue 14): orders that entered with one command (a batch) tie on time across the two books;
+        # the taker's own runner's go first, then each book in its own order.
+        return sorted(cands, key=lambda o: (sign * effective(runner, o), o.entered, o.runner != runner, o.arrival))
     side = OPPOSITE[taker_side]
     cands = [o for o in market.book(runner) if o.side == side and _crosses(taker_side, limit, price_of(o))]
     if taker_side in BID_LIKE:
@@ -327,9 +335,9 @@ class ReferenceExchange:
         return {"type": etype, "market_id": market_id, "cmd_seq": self.seq, "ts": self.ts, **fields}
 
     def _rejected(
-        self, reason: str, ctype: str | None, coid: str | None, order_id: int | None = None
+        self, reason: str, ctype: str | None, coid: str | None, order_id: int | None = None, index: int | None = None
     ) -> dict[str, Any]:
-        return self._ev(
+        e = self._ev(
             "rejected",
             self.market_id,
             reason=reason,
@@ -339,6 +347,9 @@ class ReferenceExchange:
             client_order_id=coid,
             order_id=order_id,
         )
+        if index is not None:
+            e["index"] = index
+        return e
 
     def _state_changed(self, m: RefMarket, state: str, phase: str, cause: str) -> dict[str, Any]:
         e = self._ev(
@@ -640,6 +651,93 @@ class ReferenceExchange:
         self._check_echo(out)
         return out
 
+    def _parse_batch(self, b: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
+        self._unknown(b, ("type", "instructions", *allowed, "market_id", "account_id"))
+        if "instructions" not in b:
+            raise Reject("missing_field")
+        instructions = b["instructions"]
+        if not isinstance(instructions, list):
+            raise Reject("invalid_field")
+        if len(instructions) > MAX_INSTRUCTIONS:
+            raise Reject("too_many_instructions")
+        if not instructions:
+            raise Reject("invalid_field")
+        out: dict[str, Any] = {"instructions": instructions, "all_or_none": False}
+        if "all_or_none" in allowed and b.get("all_or_none") is not None:
+            if not isinstance(b["all_or_none"], bool):
+                raise Reject("invalid_field")
+            out["all_or_none"] = b["all_or_none"]
+        self._echo_ids(b, out)
+        self._check_echo(out)
+        return out
+
+    def _parse_place_orders(self, b: dict[str, Any]) -> dict[str, Any]:
+        return self._parse_batch(b, ("all_or_none",))
+
+    def _parse_cancel_orders(self, b: dict[str, Any]) -> dict[str, Any]:
+        return self._parse_batch(b, ())
+
+    def _parse_replace_orders(self, b: dict[str, Any]) -> dict[str, Any]:
+        return self._parse_batch(b, ())
+
+    # --- batches: the instructions one by one, as if each were its own command ------------------
+
+    def _do_batch(self, ctype: str, c: dict[str, Any]) -> list[dict[str, Any]]:
+        """Reading (issue 14): an instruction is its single command without `type`, decided in order; a failure
+        is that instruction's reject (with its index) and the rest go on, unless all_or_none, which refuses every
+        instruction with the first failure's reason and leaves nothing behind. The batch shares one atomic batch:
+        an instruction whose events leave too few slots for one event per later instruction is too_many_fills."""
+        self._market()
+        single = BATCH_OF[ctype]
+        items = c["instructions"]
+        out: list[dict[str, Any]] = []
+        before = copy.deepcopy((self.markets, self.arrival))
+        for i, item in enumerate(items):
+            coid = item.get("client_order_id") if isinstance(item, dict) else None
+            coid = coid if is_id(coid) else None
+            try:
+                if not isinstance(item, dict):
+                    raise Reject("malformed")
+                if "type" in item or "v" in item:
+                    raise Reject("unknown_field")
+                cmd = getattr(self, f"_parse_{single}")(dict(item))
+            except Reject as r:
+                events = [self._rejected(r.reason, ctype, coid, None, i)]
+            else:
+                coid = cmd.get("client_order_id")
+                undo = copy.deepcopy((self.markets, self.arrival))
+                try:
+                    events = getattr(self, f"_do_{single}")(cmd)
+                    if len(out) + len(events) + len(items) - 1 - i > MAX_EVENTS:
+                        self.markets, self.arrival = undo
+                        raise Reject("too_many_fills")
+                except Reject as r:
+                    events = [self._rejected(r.reason, ctype, coid, r.order_id, i)]
+            if events[0]["type"] == "rejected" and c["all_or_none"]:
+                self.markets, self.arrival = before
+                return [
+                    dict(events[0])
+                    if j == i
+                    else self._rejected(events[0]["reason"], ctype, self._coid(items[j]), None, j)
+                    for j in range(len(items))
+                ]
+            out += events
+        return out
+
+    @staticmethod
+    def _coid(item: Any) -> str | None:
+        coid = item.get("client_order_id") if isinstance(item, dict) else None
+        return coid if is_id(coid) else None
+
+    def _do_place_orders(self, c: dict[str, Any]) -> list[dict[str, Any]]:
+        return self._do_batch("place_orders", c)
+
+    def _do_cancel_orders(self, c: dict[str, Any]) -> list[dict[str, Any]]:
+        return self._do_batch("cancel_orders", c)
+
+    def _do_replace_orders(self, c: dict[str, Any]) -> list[dict[str, Any]]:
+        return self._do_batch("replace_orders", c)
+
     # --- control commands ---------------------------------------------------------------------
 
     def _market(self) -> RefMarket:
@@ -879,6 +977,7 @@ class ReferenceExchange:
     def _rest(self, m: RefMarket, o: RefOrder) -> None:
         self.arrival += 1
         o.arrival = self.arrival
+        o.entered = self.seq
         m.open_orders.append(o)
 
     def _do_place_order(self, c: dict[str, Any]) -> list[dict[str, Any]]:

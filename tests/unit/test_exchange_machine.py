@@ -68,7 +68,7 @@ def weighted(*pairs: tuple[Any, int]) -> st.SearchStrategy[Any]:
 
 STEPS = weighted(
     ("place", 50), ("amend", 12), ("cancel", 8), ("cancel_all", 4), ("lifecycle", 5), ("reopen", 8),
-    ("set_risk_limits", 4), ("add_runner", 2), ("create_market", 3),
+    ("set_risk_limits", 4), ("add_runner", 2), ("create_market", 3), ("batch", 8),
 )  # fmt: skip
 PLACE_SHAPE = st.fixed_dictionaries(
     {
@@ -180,11 +180,20 @@ class ExchangeMachine(RuleBasedStateMachine):
     def check_fills(self, events: list[dict[str, Any]], before: dict[tuple[str, int], tuple[Any, int, str]]) -> None:
         last_arrival: dict[tuple[str, Any, int], int] = {}
         last_price: Fraction | None = None
+        # A batch's later instruction may take an order an earlier one placed or amended: that one's as it is now.
+        touched = {(e["market_id"], e["order_id"]) for e in events if e["type"] in ("order_accepted", "order_amended")}
+        taker = None
         for e in events:
             if e["type"] != "fill":
                 continue
+            if e["taker_order_id"] != taker:  # each instruction of a batch walks the book afresh
+                taker, last_price, last_arrival = e["taker_order_id"], None, {}
             assert e["maker_account"] != e["taker_account"], f"self-trade {e}"
-            price, arrival, maker_side = before[(e["market_id"], e["maker_order_id"])]
+            key = (e["market_id"], e["maker_order_id"])
+            if key in touched or key not in before:
+                o = self.ref.markets[e["market_id"]].every_order[e["maker_order_id"]]
+                before[key] = (o.price, o.arrival, o.side)
+            price, arrival, maker_side = before[key]
             assert e["price"] == price, f"fill away from the maker's price {e}"
             if e.get("implied"):
                 assert maker_side == e["taker_side"] and e["maker_runner"] != e["runner"], e
@@ -308,8 +317,15 @@ class ExchangeMachine(RuleBasedStateMachine):
 
     def place(self, data: st.DataObject) -> None:
         market = self.market_for(data)
+        account, body = self.place_body(data, market)
+        events = self.send(f"jb.cmd.{market}.{account}", body)
+        if events[0]["type"] == "order_accepted":
+            self.coids.setdefault((market, account), []).append(body["client_order_id"])
+
+    def place_body(self, data: st.DataObject, market: str, account: str | None = None) -> tuple[str, dict[str, Any]]:
+        """A place_order of a drawn shape (now and then with one thing wrong), and the account that sends it."""
         shape = data.draw(PLACE_SHAPE)  # one draw for the order's shape: far cheaper than a draw per field
-        account = shape["account"]
+        account = account or shape["account"]
         odds = self.kind_of(market) == "odds"
         side = (
             (["back", "lay"] if odds else ["buy", "sell"])[shape["side"]]
@@ -347,9 +363,31 @@ class ExchangeMachine(RuleBasedStateMachine):
         if runner is not None:
             body["runner"] = runner
         self.mutate(shape["mutate"], body)
+        return account, body
+
+    def batch(self, data: st.DataObject) -> None:
+        """place_orders, cancel_orders or replace_orders of a few instructions, held to the reference's reading:
+        the instructions one by one (all_or_none aside), in one command."""
+        market = self.market_for(data)
+        account = data.draw(st.sampled_from(ACCOUNTS))
+        kind = data.draw(st.sampled_from(["place_orders", "place_orders", "cancel_orders", "replace_orders"]))
+        n = data.draw(st.integers(1, 5))
+        instructions: list[Any] = []
+        for _ in range(n):
+            if kind == "place_orders":
+                instructions.append(self.place_body(data, market, account)[1])
+            else:
+                instructions.append(self.reference(data, market, account, kind == "replace_orders"))
+            del instructions[-1]["type"]
+        if data.draw(st.integers(0, 19)) == 0:
+            instructions[data.draw(st.integers(0, n - 1))] = data.draw(st.sampled_from([5, [], {"type": "x"}]))
+        body: dict[str, Any] = {"type": kind, "instructions": instructions}
+        if kind == "place_orders" and data.draw(st.integers(0, 2)) == 0:
+            body["all_or_none"] = True
         events = self.send(f"jb.cmd.{market}.{account}", body)
-        if events[0]["type"] == "order_accepted":
-            self.coids.setdefault((market, account), []).append(coid)
+        for e in events:
+            if e["type"] == "order_accepted":
+                self.coids.setdefault((market, account), []).append(e["client_order_id"])
 
     @staticmethod
     def mutate(what: int, body: dict[str, Any]) -> None:
@@ -375,6 +413,29 @@ class ExchangeMachine(RuleBasedStateMachine):
             body["tif"] = "gtc"
         elif what == 9:
             body["market_id"] = "ELSEWHERE"
+
+    def reference(self, data: st.DataObject, market: str, account: str, amend: bool) -> dict[str, Any]:
+        """A cancel_order or amend_order body for a batch of `account`'s (mostly its own orders)."""
+        m = self.ref.markets.get(market)
+        own = sorted((o for o in m.open_orders if o.account == account), key=lambda o: o.order_id) if m else []
+        if own and data.draw(st.integers(0, 4)):
+            o = data.draw(st.sampled_from(own))
+            oid, coid = o.order_id, o.coid
+        else:
+            picked = self.pick_order(data, market)
+            oid, _, coid = picked if picked is not None else (1, "a", "k0")
+        body: dict[str, Any] = {"type": "amend_order" if amend else "cancel_order"}
+        how = data.draw(st.integers(0, 9))
+        if how < 6:
+            body["order_id"] = oid if data.draw(st.integers(0, 19)) else oid + 100
+        if how >= 4:
+            body["client_order_id"] = coid if data.draw(st.integers(0, 9)) else "k0"
+        if amend:
+            if data.draw(st.integers(0, 2)):
+                body["qty"] = data.draw(st.integers(1, 10))
+            if data.draw(st.integers(0, 2)) or "qty" not in body:
+                body["price"] = self.price_for(data, market)
+        return body
 
     def amend(self, data: st.DataObject) -> None:
         market = self.market_for(data)
@@ -542,6 +603,30 @@ GOOD: dict[str, tuple[str, dict[str, Any], dict[str, list[Any]]]] = {
         "jb.cmd.P1.a",
         {"type": "cancel_all", "side": "buy", "runner": "H"},
         {"side": ["up", 5, "BUY"], "runner": [5, "has space"], "market_id": ["OTHER"], "foo": [1]},
+    ),
+    "place_orders": (
+        "jb.cmd.P1.a",
+        {"type": "place_orders", "all_or_none": False,
+         "instructions": [{"client_order_id": "f1", "side": "buy", "qty": 3, "price": 101}]},
+        {
+            "instructions": ["MISSING", None, 5, [], {"a": 1}, [{"client_order_id": "f1"}] * 201,
+                             [{"client_order_id": "f1", "side": "buy", "qty": 3, "price": 101, "type": "place_order"}],
+                             [{"client_order_id": "f1", "side": "buy", "qty": 3, "price": 101}, 7]],
+            "all_or_none": [1, "x", True],
+            "market_id": ["bad id", "OTHER"],
+            "account_id": ["zed"],
+            "foo": [1],
+        },
+    ),
+    "replace_orders": (
+        "jb.cmd.P1.a",
+        {"type": "replace_orders", "instructions": [{"order_id": 1, "qty": 4}, {"client_order_id": "r1", "price": 99}]},
+        {"instructions": [[{"order_id": 1}], [{"qty": 4}], [{"order_id": 1, "qty": 0}], [{"order_id": 2, "qty": 1}]]},
+    ),
+    "cancel_orders": (
+        "jb.cmd.P1.a",
+        {"type": "cancel_orders", "instructions": [{"order_id": 1}]},
+        {"instructions": [[{}], [{"order_id": 0}], [{"order_id": 1}, {"order_id": 1}], [{"client_order_id": "r2"}]]},
     ),
     "set_market_state": ("jb.ctl.P1", {"type": "set_market_state", "state": "halted"}, {"state": ["closed", 1]}),
     "settle_market": (

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import commands.model as model
 from commands.model import parse
-from events.model import EVENT_TYPES, Fill, MarketCreated, encode, make_encoders
+from events.model import EVENT_TYPES, Fill, MarketCreated, Rejected, encode, make_encoders
 
 SUBJECT = "jb.cmd.M1.alice"
 _values = st.one_of(
@@ -96,6 +96,9 @@ def _fill(**optional: Any) -> Fill:
             band_bps=0,
             runners=[],
         ),
+        # A single command's reject has no `index` key; a batch instruction's has it.
+        Rejected(market_id="M", cmd_seq=1, ts=2, reason="invalid_field", detail="d", account_id="a"),
+        Rejected(market_id="M", cmd_seq=1, ts=2, reason="invalid_field", detail="d", account_id="a", index=3),
     ],
 )
 def test_the_msgspec_encoder_keeps_the_optional_groups(event: Any) -> None:

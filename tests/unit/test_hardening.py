@@ -350,13 +350,15 @@ SUBJECTS = st.one_of(
 _SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=20),
     st.binary(max_size=20), st.sampled_from(["place_order", "cancel_order", "amend_order", "cancel_all", "buy",
-                                              "sell", "gtc", "ioc", "limit", "market", "c1", M]),
+                                              "sell", "gtc", "ioc", "limit", "market", "c1", M, "place_orders",
+                                              "cancel_orders", "replace_orders"]),
     st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=8)),
     st.builds(lambda n: "x" * n, st.integers(60, 70_000)),
 )  # fmt: skip
 _KEYS = st.sampled_from(
     ["type", "v", "client_order_id", "side", "price", "qty", "tif", "order_type", "order_id", "stp", "runner",
-     "persistence", "market_id", "account_id", "protection_price", "state", "runners", "colour"]
+     "persistence", "market_id", "account_id", "protection_price", "state", "runners", "colour", "instructions",
+     "all_or_none"]
 )  # fmt: skip
 VALUES = st.recursive(
     _SCALARS,
@@ -376,7 +378,8 @@ def payloads(draw: st.DrawFn) -> bytes:
     if how == 0:
         return draw(st.binary(max_size=200))
     base: dict[str, Any] = {"type": draw(st.sampled_from(["place_order", "cancel_order", "amend_order", "cancel_all",
-                                                          "create_market", "settle_market"]))}  # fmt: skip
+                                                          "create_market", "settle_market", "place_orders",
+                                                          "cancel_orders", "replace_orders"]))}  # fmt: skip
     base.update(draw(st.dictionaries(_KEYS, VALUES, max_size=6)))
     if how <= 3:  # a value nested close to msgpack's limit under one key (or as a key, or the whole payload)
         key = draw(_KEYS)
@@ -439,3 +442,60 @@ def test_fuzz_payloads_on_a_valid_subject_small(data: bytes) -> None:
 @given(subject=SUBJECTS, data=payloads())
 def test_fuzz_inbound_path_large(subject: str, data: bytes) -> None:
     _fuzz_one(subject, data)
+
+
+# --- batches (issue 14): hostile instructions are that instruction's reject, never the engine's end ------
+
+_GOOD_INSTRUCTION: dict[str, dict[str, Any]] = {
+    "place_orders": {"client_order_id": "b1", "side": "buy", "price": 1, "qty": 1},
+    "cancel_orders": {"client_order_id": "ask"},
+    "replace_orders": {"client_order_id": "ask", "qty": 1, "price": 3},
+}
+
+
+@st.composite
+def batch_payloads(draw: st.DrawFn) -> bytes:
+    """A batch command whose instructions are near-valid maps, hostile values, or too many of either."""
+    ctype = draw(st.sampled_from(sorted(_GOOD_INSTRUCTION)))
+    good = _GOOD_INSTRUCTION[ctype]
+    item = st.one_of(
+        st.builds(lambda extra: {**good, **extra}, st.dictionaries(_KEYS, VALUES, max_size=3)),
+        VALUES,
+        st.just(good),
+    )
+    n = draw(st.sampled_from([0, 1, 3, 8, 200, 201, 5000]))
+    items = draw(st.lists(item, min_size=min(n, 8), max_size=min(n, 8)))
+    items = (items * (n // max(1, len(items)) + 1))[:n] if items else []
+    body: dict[str, Any] = {"type": ctype, "instructions": items}
+    if draw(st.booleans()):
+        body["all_or_none"] = draw(VALUES)
+    data: bytes = msgpack.packb(body, use_bin_type=True)
+    if draw(st.integers(0, 4)) == 0:  # one instruction nested close to msgpack's limit
+        deep = _nest(draw(st.integers(900, 1000)), b"\x00")
+        data = b"\x82" + msgpack.packb("type") + msgpack.packb(ctype) + msgpack.packb("instructions") + b"\x92"
+        data += msgpack.packb(good) + deep
+    return data
+
+
+@settings(FUZZ, max_examples=150)
+@given(data=batch_payloads())
+def test_fuzz_batch_payloads_on_a_valid_subject(data: bytes) -> None:
+    s = Session()
+    s.place("maker", "sell", 2, 1, coid="ask")
+    events = s.send(f"jb.cmd.{M}.maker", data)
+    _published(s.engine, events)
+    assert 1 <= len(events) <= core.MAX_COMMAND_EVENTS and {e.cmd_seq for e in events} == {s.seq}
+    _still_trades(s)
+
+
+def test_a_deeply_nested_instruction_is_that_instructions_reject_and_the_others_go_on() -> None:
+    s = Session()
+    data = (
+        b"\x82" + msgpack.packb("type") + msgpack.packb("place_orders") + msgpack.packb("instructions") + b"\x92"
+        + msgpack.packb(_GOOD_INSTRUCTION["place_orders"]) + DEEP
+    )  # fmt: skip
+    events = s.send(f"jb.cmd.{M}.alice", data)
+    assert isinstance(events[0], OrderAccepted)
+    assert isinstance(events[1], Rejected) and (events[1].reason, events[1].index) == ("malformed", 1)
+    _published(s.engine, events)
+    _still_trades(s)

@@ -1,0 +1,152 @@
+"""Batch order entry (issue 14 section 2) on a real nats-server: the log, the CLI, POST /commands and /ws_ctl.
+
+A place_orders of 50 instructions is one command in JB_CMD and one atomic batch in JB_EVT (one cmd_seq, one
+Nats-Batch-Id, contiguous), and the log re-decides to its bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgpack
+from websockets.asyncio.client import connect
+
+from engine.commit import HDR_BATCH_ID
+from events.model import OrderAccepted, OrderCancelled, Rejected, decode
+from protocol.subjects import EVT_STREAM
+from tests.integration.gateway_harness import gateway_stack
+from tests.integration.harness import assert_log_is_exact, publish_all, read_all, running_engine, wait_for_command
+
+JETBOOK = [sys.executable, "-m", "jetbook"]
+
+
+def _cmd(subject: str, body: dict[str, Any]) -> tuple[str, bytes]:
+    return subject, bytes(msgpack.packb(body))
+
+
+def _quote(i: int) -> dict[str, Any]:
+    side = "buy" if i % 2 else "sell"
+    return {"client_order_id": f"q{i}", "side": side, "price": 100 - 1 - i // 2 if i % 2 else 100 + i // 2, "qty": 2}
+
+
+async def test_a_place_orders_of_50_is_one_atomic_batch_with_one_cmd_seq_then_cancel_orders(nc: Any, js: Any) -> None:
+    commands = [
+        _cmd("jb.ctl.M", {"type": "create_market", "market_id": "M", "base": "B", "quote": "Q"}),
+        _cmd("jb.cmd.M.taker", {"type": "place_order", "client_order_id": "t", "side": "buy", "price": 101, "qty": 3}),
+        _cmd("jb.cmd.M.mm", {"type": "place_orders", "instructions": [_quote(i) for i in range(50)]}),
+        _cmd("jb.cmd.M.mm", {"type": "cancel_orders",
+                             "instructions": [{"client_order_id": f"q{i}"} for i in range(50)]}),
+    ]  # fmt: skip
+    last = await publish_all(js, commands)
+    async with running_engine(nc):
+        await wait_for_command(js, last)
+    stored = await read_all(js, EVT_STREAM)
+    events = [(m, decode(m.data)) for m in stored]
+    batch = [(m, e) for m, e in events if e.cmd_seq == 3]
+    seqs = [m.seq for m, _ in batch]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a command's events are contiguous"
+    assert len({(m.headers or {}).get(HDR_BATCH_ID) for m, _ in batch}) == 1, "one atomic batch"
+    accepted = [e for _, e in batch if isinstance(e, OrderAccepted)]
+    assert [e.client_order_id for e in accepted] == [f"q{i}" for i in range(50)]
+    assert sum(e.type == "fill" for _, e in batch) == 2  # the sells at 100 and 101 met the taker's buy
+    cancels = [e for m, e in events if e.cmd_seq == 4]
+    assert all(isinstance(e, OrderCancelled | Rejected) for e in cancels) and len(cancels) == 50
+    assert sum(isinstance(e, OrderCancelled) for e in cancels) == 49  # q0 was filled whole: order_not_open
+    assert [e.index for e in cancels if isinstance(e, Rejected)] == [0]
+    await assert_log_is_exact(js)  # JB_CMD re-decided gives JB_EVT byte for byte
+
+
+async def test_the_cli_post_commands_and_ws_ctl_take_batches(
+    nats_server: Any, nc: Any, js: Any, tmp_path: Path
+) -> None:
+    async with gateway_stack(nats_server, nc, js, tmp_path) as stack, httpx.AsyncClient(base_url=stack.url) as c:
+        r = await c.post("/commands", json={"market_id": "M", "command": {
+            "type": "create_market", "market_id": "M", "base": "B", "quote": "Q"}})  # fmt: skip
+        assert r.status_code == 200, r.text
+
+        # POST /commands: one bad instruction among good ones is that instruction's reject, not a refused command
+        batch = {"type": "place_orders", "instructions": [_quote(0), {**_quote(2), "qty": 0}, _quote(4)]}
+        r = await c.post("/commands", json={"market_id": "M", "account_id": "mm", "command": batch})
+        assert r.status_code == 200, r.text
+        events = r.json()["events"]
+        assert [(e["type"], e.get("index")) for e in events] == [
+            ("order_accepted", None), ("rejected", 1), ("order_accepted", None)
+        ]  # fmt: skip
+        # all_or_none refuses every instruction: a refused command, 422 with the first failure's reason
+        r = await c.post(
+            "/commands", json={"market_id": "M", "account_id": "mm", "command": {**batch, "all_or_none": True}}
+        )
+        assert r.status_code == 422 and r.json()["error"] == "duplicate_client_order_id", r.text
+        assert [e["index"] for e in r.json()["events"]] == [0, 1, 2]
+        r = await c.post("/commands", json={"market_id": "M", "account_id": "mm", "command": {
+            "type": "cancel_orders", "instructions": [{"order_id": 1}] * 201}})  # fmt: skip
+        assert r.status_code == 422 and r.json()["error"] == "too_many_instructions", r.text
+
+        # /ws_ctl: a replace_orders, answered with its events
+        ws_url = stack.url.replace("http://", "ws://") + "/ws_ctl"
+        frame = {
+            "type": "replace_orders",
+            "correlation_id": "r",
+            "market_id": "M",
+            "account_id": "mm",
+            "instructions": [{"client_order_id": "q0", "qty": 1}, {"client_order_id": "q4", "price": 105}],
+        }
+        async with connect(ws_url) as ctl:
+            await ctl.send(json.dumps(frame))
+            replies: list[dict[str, Any]] = []
+            while len(replies) < 2:  # the ack and the order_response; any other frame is not this command's
+                reply = json.loads(await asyncio.wait_for(ctl.recv(), 15))
+                if reply.get("correlation_id") == "r":
+                    replies.append(reply)
+        assert [f["type"] for f in replies] == ["ack", "order_response"], replies
+        response = replies[1]
+        assert response["rejected"] is None
+        assert [(e["type"], e["priority"]) for e in response["events"]] == [
+            ("order_amended", "kept"),
+            ("order_amended", "lost"),
+        ]
+
+        # the CLI: a JSON-lines file of cancels, sent and answered while the engine runs
+        lines = tmp_path / "cancels.jsonl"
+        lines.write_text('{"client_order_id": "q0"}\n{"client_order_id": "q4"}\n')
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [*JETBOOK, "submit", "cancel-orders", "-m", "M", "-a", "mm", "--from-file", str(lines),
+             "--nats-url", stack.nats_url],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        printed = [json.loads(line) for line in done.stdout.splitlines()]
+        assert [(e["type"], e["client_order_id"]) for e in printed] == [
+            ("order_cancelled", "q0"),
+            ("order_cancelled", "q4"),
+        ]
+
+
+def test_a_hostile_batch_file_is_a_clear_error_not_a_crash(tmp_path: Path) -> None:
+    nowhere = "nats://127.0.0.1:1"
+    cases = {
+        "deep.json": "[" * 100_000,
+        "garbage.json": "\x00\xff not json",
+        "bad.jsonl": '{"client_order_id": "a", "side": "buy", "price": 1, "qty": 1}\n{"side": "up"}\n',
+        "many.json": json.dumps(
+            [{"client_order_id": f"c{i}", "side": "buy", "price": 1, "qty": 1} for i in range(201)]
+        ),
+    }
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text, errors="surrogateescape")
+    for name in cases:
+        done = subprocess.run(
+            [*JETBOOK, "submit", "place-orders", "-m", "M", "-a", "a", "--from-file", str(tmp_path / name),
+             "--nats-url", nowhere],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 2 and done.stderr.startswith("error: "), (name, done.stderr)
+        assert "Traceback" not in done.stderr and "cannot reach NATS" not in done.stderr, (name, done.stderr)
+        assert name != "many.json" or "too_many_instructions" in done.stderr, done.stderr
