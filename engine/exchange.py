@@ -97,6 +97,7 @@ class ExchangeDecider:
 
 DECIDER: Final = ExchangeDecider()
 
+
 async def ensure_checked_streams(js: Any, replicas: int = 1) -> None:
     """JB_CMD and JB_EVT, refusing a venue made with shards (protocol.streams.ShardsMismatch): the one-shard engine."""
     await ensure_one_shard_streams(js, 0, 1, replicas)
