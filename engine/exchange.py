@@ -22,6 +22,7 @@ import engine.decide
 import engine.evolve
 import engine.state
 import events.model
+import protocol.odds
 import protocol.reasons
 import protocol.subjects
 import protocol.vocab
@@ -39,7 +40,7 @@ from protocol.subjects import CMD_STREAM, CMD_SUBJECTS, EVT_PREFIX, EVT_STREAM, 
 # version of any of them is not trusted on its digest alone.
 CORE_MODULES: Final = (
     engine.core, engine.state, engine.decide, engine.evolve, engine.book, commands.model, events.model,
-    protocol.reasons, protocol.vocab, protocol.subjects,
+    protocol.reasons, protocol.vocab, protocol.subjects, protocol.odds,
 )  # fmt: skip
 
 

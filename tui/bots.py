@@ -30,18 +30,13 @@ from urllib.parse import urlencode
 
 import httpx
 
+from protocol.odds import ODDS_LADDER
 from tui.client import Connection
 
 log = logging.getLogger("jetbook.tui.bots")
 
 Frame = dict[str, Any]
 
-# The wire protocol's odds ladder (PROTOCOL.md section 11): (from, to, step). A client keeps its own copy, as any
-# client of the protocol would; tests/unit/test_bots.py checks it against the engine's.
-ODDS_LADDER: Final = (
-    (101, 200, 1), (200, 300, 2), (300, 400, 5), (400, 600, 10), (600, 1000, 20),
-    (1000, 2000, 50), (2000, 3000, 100), (3000, 5000, 200), (5000, 10000, 500), (10000, 100000, 1000),
-)  # fmt: skip
 ODDS_PRICES: Final = tuple([p for lo, hi, step in ODDS_LADDER for p in range(lo, hi, step)] + [100000])
 
 KINDS: Final = ("mm", "noise", "informed")

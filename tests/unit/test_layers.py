@@ -41,6 +41,7 @@ PURE = [
     "protocol/subjects.py",
     "protocol/reasons.py",
     "protocol/vocab.py",
+    "protocol/odds.py",
 ]
 IMPURE = {
     "asyncio", "nats", "sqlite3", "socket", "time", "random", "secrets", "os", "subprocess", "threading",
