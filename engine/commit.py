@@ -90,7 +90,7 @@ async def _no_hold() -> None:
 def _timed(on_commit: Callable[[float], None], sent: float, reply: asyncio.Future[Any]) -> None:
     """When a commit's reply arrives: its time, if it is an answer (a timeout or a cancel is not a commit time)."""
     if not reply.cancelled() and reply.exception() is None:
-        on_commit(time.perf_counter() - sent)
+        on_commit(time.monotonic() - sent)
 
 
 class CommitPipeline:
@@ -277,7 +277,7 @@ class CommitPipeline:
             self.nc.request(subject, data, timeout=self.timeout, headers=headers)
         )
         if self.on_commit is not None:
-            reply.add_done_callback(partial(_timed, self.on_commit, time.perf_counter()))
+            reply.add_done_callback(partial(_timed, self.on_commit, time.monotonic()))
         return reply
 
     async def _landed(self, batch_id: str, expected: int, n: int) -> bool:

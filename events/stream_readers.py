@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from protocol.errors import TRANSIENT
 
 log = logging.getLogger("jetbook.reader")
+monotonic = time.monotonic
 
 HIGH_WATER = 50_000  # buffered messages before delivery is paused (flow control does the rest)
 
@@ -54,6 +56,7 @@ class RawMsg:
     data: bytes
     pending: int  # messages left in the stream after this one (for this filter)
     headers: dict[str, str] | None = None
+    received: float = 0.0  # time.monotonic() when the reader took the delivery (0.0: not a live delivery)
 
 
 def ack_metadata(reply: str) -> tuple[str, int, int, int]:
@@ -116,7 +119,7 @@ class StreamReader:
                 self._restarting = asyncio.get_running_loop().create_task(self._restart())
             return
         self._next = seq + 1
-        self._buf.append(RawMsg(seq, ts, msg.subject, msg.data, pending, msg.headers))
+        self._buf.append(RawMsg(seq, ts, msg.subject, msg.data, pending, msg.headers, monotonic()))
         self._arrived.set()
         while len(self._buf) >= HIGH_WATER:
             self._drained.clear()

@@ -49,6 +49,7 @@ from jetbook.bench.procs import (
     tail,
     wait_for,
 )
+from jetbook.bench.stages import breakdown, delta, first_event_ts, free_port, scrape_stages, stream_ts
 from jetbook.bench.workload import Cmd, Flow, avg_size
 from protocol.subjects import CMD_STREAM, EVT_STREAM, HDR_MSG_ID
 
@@ -225,6 +226,11 @@ async def refuse_foreign_streams(js: Any) -> None:
             )
 
 
+def per_command_us(cpu_s: float, commands: int) -> float:
+    """User + sys CPU of one process over the commands it handled, µs: steadier on a shared machine than a rate."""
+    return round(cpu_s * 1e6 / commands, 1) if commands else 0.0
+
+
 def _rate(n: int, seconds: float) -> int:
     return round(n / seconds) if seconds > 0 else 0
 
@@ -274,6 +280,7 @@ async def phase_floor(
         "publish_per_s": _rate(n, pub_s),
         "events": events,
         "cpu_s": cpu,
+        "null_engine_cpu_us_per_command": per_command_us(cpu.get("null engine", 0.0), n),
         "timeline": sampler.timeline(),
         "jb_evt_last_seq": done.evt_last,
     }
@@ -303,7 +310,8 @@ async def phase_end_to_end(
     db: Path, children: Children, server_pid: int | None, *, profile: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any], Probe]:  # fmt: skip
     await fresh_streams(js)
-    engine = children.spawn("engine", role_argv("engine", url))
+    metrics_port = free_port()  # the engine's stage histograms, read by the latency phase
+    engine = children.spawn("engine", role_argv("engine", url, metrics_port=metrics_port))
     projection = children.spawn("projection", role_argv("project", url, db))
     probe = Probe(js, db)
     clients = await Clients.open(url, opts.effective_clients(), opts.window)
@@ -339,7 +347,9 @@ async def phase_end_to_end(
         "last_event_cmd_seq": done.evt_cmd,
         "cpu_s": cpu_engine_done,
         "timeline": sampler.timeline(),
+        "engine_cpu_us_per_command": per_command_us(cpu_engine_done.get("engine", 0.0), n),
         "pids": pids,
+        "metrics_port": metrics_port,
     }
     projection_live = {
         "seconds": round(proj_done.t, 3),
@@ -425,8 +435,9 @@ PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99, 100.0)
 
 
 async def phase_latency(
-    opts: Options, url: str, flow: Flow, max_rate: int, probe: Probe, children: Children, pids: dict[str, int]
-) -> dict[str, Any]:
+    opts: Options, url: str, flow: Flow, max_rate: int, probe: Probe, children: Children, pids: dict[str, int],
+    metrics_port: int = 0,
+) -> dict[str, Any]:  # fmt: skip
     from jetbook.wiring import connect
 
     watcher_nc = await connect(url, "jetbook-bench-latency", reconnect=False)
@@ -437,9 +448,12 @@ async def phase_latency(
     try:
         for load in LOADS:
             rate = max(load * max_rate, 1.0)
+            evt_first = flow.events + 1
             cmds = flow.take(max(200, int(rate * opts.latency_seconds)))
             want_events = flow.events
+            stages0 = await asyncio.to_thread(scrape_stages, metrics_port) if metrics_port else None
             cpu0 = cpu_snapshot(pids)
+            wall_offset = time.time() - time.perf_counter()  # the bench's clock to this host's wall clock
             intended, actual, futures = await open_loop(clients, cmds, rate)
             sent_s = actual[-1] - actual[0] if len(actual) > 1 else 0.0
             seqs = check_acks([f.result() for f in futures], len(cmds))
@@ -449,6 +463,15 @@ async def phase_latency(
 
             await wait_for(f"the events of the {load:.0%} load run", all_seen, children, opts.stall)
             cpu = cpu_delta(cpu0, cpu_snapshot(pids))
+            engine_stages = (
+                delta(await asyncio.to_thread(scrape_stages, metrics_port), stages0) if stages0 is not None else None
+            )
+            cmd_ts = dict(zip(*(await stream_ts(probe.js, CMD_STREAM, min(seqs), max(seqs)))[:2], strict=True))
+            evt_ts = first_event_ts(*await stream_ts(probe.js, EVT_STREAM, evt_first, want_events))
+            stages = breakdown(
+                cmd_seqs=seqs, intended=intended, actual=actual, seen=[watcher.first[s] for s in seqs],
+                wall_offset=wall_offset, cmd_ts=cmd_ts, evt_ts=evt_ts, engine=engine_stages,
+            )  # fmt: skip
             hist, lag, from_send = histogram(), histogram(), histogram()
             for seq, t, a in zip(seqs, intended, actual, strict=True):
                 seen = watcher.first[seq]
@@ -474,7 +497,13 @@ async def phase_latency(
                 "from_send_p50_ms": from_send.get_value_at_percentile(50.0) / 1000,
                 "from_send_p99_ms": from_send.get_value_at_percentile(99.0) / 1000,
                 "from_send_p99_9_ms": from_send.get_value_at_percentile(99.9) / 1000,
+                # the measuring client fell further behind its schedule than the system took: the figures above
+                # are the client's lag more than the engine's latency, and the report says so
+                "sender_lagged": lag.get_value_at_percentile(99.0) > from_send.get_value_at_percentile(99.0),
                 "cpu_s": cpu,
+                "engine_cpu_us_per_command": per_command_us(cpu.get("engine", 0.0), len(cmds)),
+                # where the milliseconds go (jetbook/bench/stages.py says which clock each stage is on)
+                "stages": stages,
                 # the whole distribution, for the plot: [percentile, ms]
                 "distribution": [
                     [round(it.percentile_level_iterated_to, 4), it.value_iterated_to / 1000]
@@ -605,7 +634,8 @@ async def network_phases(
         say("3/6 latency at 10%, 50%, 90% of that ...")
         for e, _ in e2es:
             pids = e.pop("pids")  # the last run's processes are the ones still running
-        out["latency"] = await phase_latency(opts, url, flow, e2e["orders_per_s"], probe, children, pids)
+            metrics_port = e.pop("metrics_port")
+        out["latency"] = await phase_latency(opts, url, flow, e2e["orders_per_s"], probe, children, pids, metrics_port)
 
         async def projection_done() -> bool:
             assert probe is not None
