@@ -445,6 +445,11 @@ class EngineService:
                     if self.lease.failure is not None:
                         raise JetbookError(f"the lease thread stopped: {self.lease.failure!r}")
                     raise LeaseLost(self.lease.lost_reason or "the lease could not be renewed")
+                try:
+                    await self.commits.ready()  # first a free commit slot, then the commands that came meanwhile
+                except Stopping:
+                    log.warning("stopped with an uncommitted batch; the next start resumes from the log")
+                    return
                 batch = await reader.next_batch(self.engine.state.last_cmd_seq + 1, self.max_batch, 0.25)
                 self.taken_at = time.monotonic()
                 self.cmd_reader = reader.reader

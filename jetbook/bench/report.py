@@ -51,6 +51,14 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             + ("; THE SENDER LAGGED MORE THAN THE LATENCY IT MEASURES: the client's figure, not the engine's"
                if level.get("sender_lagged") else ""),
         ))  # fmt: skip
+    for level, floor in zip(lat["levels"], lat.get("floor_levels", []), strict=False):
+        out.append((
+            f"  floor at {floor['load']:.0%}", "p50 / p99 ms",
+            f"{_ms(floor['p50_ms'])} / {_ms(floor['p99_ms'])}",
+            f"the null engine, same commands and rate; the engine is {level.get('p50_x_floor')}x / "
+            f"{level.get('p99_x_floor')}x the floor; send lag p99 {_ms(floor['send_lag_p99_ms'])} ms"
+            + ("; THE SENDER LAGGED" if floor.get("sender_lagged") else ""),
+        ))  # fmt: skip
     first = lat["levels"][0] if lat["levels"] else {}
     for i, (stage, q) in enumerate(first.get("stages", {}).items()):
         out.append((

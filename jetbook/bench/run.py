@@ -38,6 +38,7 @@ from typing import Any
 
 import msgpack
 
+from engine.commit import DEFAULT_INFLIGHT
 from jetbook.bench.procs import (
     BenchError,
     Children,
@@ -71,7 +72,7 @@ class Options:
     latency_seconds: float = 5.0
     core_repeat: int = 3
     runs: int = 3  # floor and end-to-end runs, alternated; the best of each is reported
-    floor_inflight: int = 4  # as many commits in flight as the engine (engine.commit.DEFAULT_INFLIGHT)
+    floor_inflight: int = DEFAULT_INFLIGHT  # as many commits in flight as the engine
     poll: float = 0.02
     stall: float = 60.0
     json_path: Path | None = None
@@ -434,9 +435,33 @@ def histogram() -> Any:
 PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99, 100.0)
 
 
+@dataclass
+class Level:
+    """One latency run's commands, planned ahead so that the floor can be given the very same ones."""
+
+    load: float
+    rate: float
+    cmds: list[Cmd]
+    evt_first: int  # JB_EVT sequence of their first event
+    want_events: int  # JB_EVT holds this many events once they are all decided
+
+
+def plan_levels(opts: Options, flow: Flow, max_rate: int) -> list[Level]:
+    """The commands of every latency run, with their events kept (the floor's null engine writes those)."""
+    flow.keep_events = True
+    plan = []
+    for load in LOADS:
+        rate = max(load * max_rate, 1.0)
+        evt_first = flow.events + 1
+        cmds = flow.take(max(200, int(rate * opts.latency_seconds)))
+        plan.append(Level(load, rate, cmds, evt_first, flow.events))
+    flow.keep_events = False
+    return plan
+
+
 async def phase_latency(
-    opts: Options, url: str, flow: Flow, max_rate: int, probe: Probe, children: Children, pids: dict[str, int],
-    metrics_port: int = 0,
+    opts: Options, url: str, plan: list[Level], max_rate: int, probe: Probe, children: Children,
+    pids: dict[str, int], metrics_port: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     from jetbook.wiring import connect
 
@@ -446,11 +471,10 @@ async def phase_latency(
     clients = await Clients.open(url, opts.effective_clients(), opts.window)
     levels = []
     try:
-        for load in LOADS:
-            rate = max(load * max_rate, 1.0)
-            evt_first = flow.events + 1
-            cmds = flow.take(max(200, int(rate * opts.latency_seconds)))
-            want_events = flow.events
+        for level in plan:
+            load, rate, cmds, evt_first, want_events = (
+                level.load, level.rate, level.cmds, level.evt_first, level.want_events
+            )  # fmt: skip
             stages0 = await asyncio.to_thread(scrape_stages, metrics_port) if metrics_port else None
             cpu0 = cpu_snapshot(pids)
             wall_offset = time.time() - time.perf_counter()  # the bench's clock to this host's wall clock
@@ -522,6 +546,55 @@ async def phase_latency(
         "max_rate_from_end_to_end": max_rate,
         "levels": levels,
     }
+
+
+async def phase_floor_latency(
+    opts: Options, url: str, js: Any, flow: Flow, plan: list[Level], orders: list[Cmd], tmp: Path,
+    children: Children,
+) -> dict[str, Any]:  # fmt: skip
+    """The latency runs again with the null engine (floor.py) in the engine's place: same commands, same rates.
+
+    The streams are made again and the setup and the orders replayed first, so that every command lands at the
+    JB_CMD sequence it had with the engine and the pre-encoded events (which carry it) match.
+    """
+    from jetbook.bench.floor import write_events_file
+
+    await fresh_streams(js)
+    events_file = tmp / "floor-latency-events.msgpack"
+    write_events_file(events_file, flow.events_by_msg_id)
+    base = [sys.executable, "-m", "jetbook.bench.floor"]
+    engine = children.spawn(
+        "null-engine-latency", [*base, "engine", "--nats-url", url, "--events", str(events_file),
+                                "--inflight", str(opts.floor_inflight)],
+    )  # fmt: skip
+    reader = children.spawn("null-reader-latency", [*base, "reader", "--nats-url", url])
+    probe = Probe(js)
+    try:
+        clients = await Clients.open(url, opts.effective_clients(), opts.window)
+        try:
+            await publish_in_order(js, flow.setup)
+            await publish_closed_loop(clients, orders)
+        finally:
+            await clients.close()
+        before = plan[0].evt_first - 1 if plan else 0
+
+        async def orders_done() -> bool:
+            return (await probe.evt())[0] >= before
+
+        await wait_for("the null engine to write the orders' events", orders_done, children, opts.stall)
+        pids = {"null engine": engine.proc.pid, "null reader": reader.proc.pid}
+        return await phase_latency(opts, url, plan, 0, probe, children, pids)
+    finally:
+        children.stop(engine)
+        children.stop(reader)
+
+
+def compare_to_floor(engine: dict[str, Any], floor: dict[str, Any]) -> None:
+    """The floor's levels beside the engine's, and the engine's p50 and p99 as multiples of the floor's."""
+    engine["floor_levels"] = floor["levels"]
+    for mine, theirs in zip(engine["levels"], floor["levels"], strict=True):
+        for key in ("p50_ms", "p99_ms"):
+            mine[f"{key[:-3]}_x_floor"] = round(mine[key] / theirs[key], 2) if theirs[key] > 0 else None
 
 
 def read_model_checks(probe: Probe, flow: Flow) -> dict[str, list[Any]]:
@@ -635,7 +708,8 @@ async def network_phases(
         for e, _ in e2es:
             pids = e.pop("pids")  # the last run's processes are the ones still running
             metrics_port = e.pop("metrics_port")
-        out["latency"] = await phase_latency(opts, url, flow, e2e["orders_per_s"], probe, children, pids, metrics_port)
+        plan = plan_levels(opts, flow, e2e["orders_per_s"])
+        out["latency"] = await phase_latency(opts, url, plan, e2e["orders_per_s"], probe, children, pids, metrics_port)
 
         async def projection_done() -> bool:
             assert probe is not None
@@ -652,6 +726,9 @@ async def network_phases(
         children.stop_all()  # the engine, the live projection (and py-spy): the rebuild gets the machine
         say("5/6 projection rebuild from 0 into a new file ...")
         out["projection"]["rebuild"] = await phase_rebuild(opts, url, js, tmp, children, flow.events)
+        say("3/6 latency of the transport floor: the same commands at the same rates ...")
+        floor_latency = await phase_floor_latency(opts, url, js, flow, plan, orders, tmp, children)
+        compare_to_floor(out["latency"], floor_latency)
         if opts.nats_url:  # leave a borrowed server without the benchmark's streams
             for name in (CMD_STREAM, EVT_STREAM):
                 await js.delete_stream(name)
