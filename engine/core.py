@@ -30,7 +30,8 @@ from engine.decide import (
 from engine.evolve import evolve, fold
 from engine.state import Market, Risk, State, restore, snapshot, state_hash
 from events.model import ENGINE_MARKET, Checkpoint, Event, Rejected, make_encoders
-from protocol.subjects import UNROUTABLE_MARKET, WAL_PREFIX, is_id, wal_subject
+from protocol.shards import check_shards, partition, wal_prefix
+from protocol.subjects import ALL_MARKETS, UNROUTABLE_MARKET, is_id
 
 # The names callers import from here: the engine, and the core's limits and state functions it is built on.
 __all__ = [
@@ -123,12 +124,42 @@ class Diverged(Exception):
         self.actual = actual
 
 
-class Engine:
-    """decode -> validate -> decide -> evolve, for one raw JB_CMD message at a time."""
+def _wrong_shard(item: Parsed | Invalid, shard: int, shards: int) -> Invalid | None:
+    """A command for a market another shard decides: the broker never routes one here, but a trader may
+    publish on jbs.<k>.cmd.<m>.<self> directly (permissions are checked on the mapped subject), so the
+    engine refuses it. `_all` (sourced into every shard) and `_invalid` are every shard's."""
+    market = item.market_id
+    if market in (ALL_MARKETS, UNROUTABLE_MARKET) or partition(market, shards) == shard:
+        return None
+    if isinstance(item, Parsed):
+        command_type: str | None = item.command.type
+        client_order_id = getattr(item.command, "client_order_id", None)
+    else:
+        command_type, client_order_id = item.command_type, item.client_order_id
+    return Invalid(
+        market, item.account_id, "wrong_shard", f"market is shard {partition(market, shards)}'s, not {shard}'s",
+        command_type, client_order_id,
+    )  # fmt: skip
 
-    def __init__(self, state: State | None = None, *, checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+
+class Engine:
+    """decode -> validate -> decide -> evolve, for one raw JB_CMD message at a time.
+
+    With `shards` > 1 this is shard `shard`'s engine: it publishes under jbs.<shard>.wal and refuses a market
+    that `protocol.shards.partition` gives to another shard. One shard: jb.wal and no check, today's bytes.
+    """
+
+    def __init__(
+        self, state: State | None = None, *, checkpoint_every: int = CHECKPOINT_EVERY, shard: int = 0, shards: int = 1
+    ) -> None:
+        check_shards(shards)
+        if not 0 <= shard < shards:
+            raise ValueError(f"shard must be 0..{shards - 1}, not {shard}")
         self.state = state if state is not None else State()
         self.checkpoint_every = checkpoint_every
+        self.shard = shard
+        self.shards = shards
+        self.wal_prefix = wal_prefix(shard, shards)
         # (jb.wal subject, msgpack bytes) of each event the last `handle` returned, in order: the
         # encoding is part of the decision (a value that cannot be encoded becomes a reject), so the
         # shell publishes these bytes rather than encoding the events again.
@@ -152,6 +183,8 @@ class Engine:
             parsed = parse(subject, data)
         except Exception as err:  # parse is total by design; this guards a bug in it
             parsed = _unparsed(subject, err)
+        if self.shards > 1:
+            parsed = _wrong_shard(parsed, self.shard, self.shards) or parsed
         if type(parsed) is Parsed and type(parsed.command) in _BATCHES:
             batch = self._batch_in_place(cmd_seq, ts, parsed)
             if batch is not None:
@@ -163,15 +196,19 @@ class Engine:
                 # whose events cannot be committed atomically must become a reject, not a crash loop.
                 raise OverflowError(f"{len(events)} events")
             enc = self._encoders
-            payloads = [(f"{WAL_PREFIX}.{e.market_id}.{e.type}", enc[type(e)](e)) for e in events]
+            wal = self.wal_prefix
+            payloads = [(f"{wal}.{e.market_id}.{e.type}", enc[type(e)](e)) for e in events]
         except Exception as err:
             # A bug must not turn one command into a poison pill that halts every market on every
             # restart. decide does not mutate, so nothing is half-applied.
             events = [_internal_error(parsed, cmd_seq, ts, err)]
-            payloads = [(wal_subject(events[0].market_id, Rejected.type), self._encoders[Rejected](events[0]))]
+            payloads = [(self._subject(events[0].market_id, Rejected.type), self._encoders[Rejected](events[0]))]
         before = self.state.event_count
         self._fold(cmd_seq, events)
         return self._checkpoint(cmd_seq, ts, before, events, payloads)
+
+    def _subject(self, market_id: str, kind: str) -> str:
+        return f"{self.wal_prefix}.{market_id}.{kind}"
 
     def _fold(self, cmd_seq: int, events: list[Event]) -> None:
         state = self.state
@@ -187,15 +224,16 @@ class Engine:
         before = self.state.event_count
         payloads: list[tuple[str, bytes]] = []
         enc = self._encoders
+        wal = self.wal_prefix
 
         def fold(index: int, events: list[Event]) -> list[Event]:
             try:
-                encoded = [(f"{WAL_PREFIX}.{e.market_id}.{e.type}", enc[type(e)](e)) for e in events]
+                encoded = [(f"{wal}.{e.market_id}.{e.type}", enc[type(e)](e)) for e in events]
             except Exception as err:
                 reject = _internal_error(parsed, cmd_seq, ts, err)
                 reject.index = index
                 events = [reject]
-                encoded = [(wal_subject(reject.market_id, Rejected.type), enc[Rejected](reject))]
+                encoded = [(self._subject(reject.market_id, Rejected.type), enc[Rejected](reject))]
             self._fold(cmd_seq, events)
             payloads.extend(encoded)
             return events
@@ -216,7 +254,7 @@ class Engine:
             )
             evolve(state, checkpoint)
             events.append(checkpoint)
-            payloads.append((wal_subject(ENGINE_MARKET, Checkpoint.type), self._encoders[Checkpoint](checkpoint)))
+            payloads.append((self._subject(ENGINE_MARKET, Checkpoint.type), self._encoders[Checkpoint](checkpoint)))
         self.payloads = payloads
         return events
 

@@ -149,8 +149,17 @@ class App:
 
 
 def load_app(ref: str) -> App:
-    """The `APP` of module `ref` (e.g. "examples.ledger.app" or "engine.exchange")."""
-    app = getattr(importlib.import_module(ref), "APP", None)
+    """The `APP` of module `ref` (e.g. "examples.ledger.app" or "engine.exchange").
+
+    "module:spec" is the app the module's `app_for(spec)` returns: one of several apps one module
+    makes, such as a market shard of the exchange ("engine.exchange:1/2").
+    """
+    module_name, _, spec = ref.partition(":")
+    module = importlib.import_module(module_name)
+    if spec:
+        app = module.app_for(spec)
+    else:
+        app = getattr(module, "APP", None)
     if not isinstance(app, App):
         raise ValueError(f"module {ref} has no APP (a framework.app.App)")
     return app

@@ -63,6 +63,8 @@ Reason = Literal[
     "unknown_order",
     "order_not_open",
     "not_order_owner",
+    # market shards (engine/core.py): a market another shard decides
+    "wrong_shard",
     # either stage: a bug caught (engine/core.py)
     "internal_error",
 ]

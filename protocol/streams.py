@@ -24,7 +24,15 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
-from protocol.shards import all_markets_shard, cmd_stream_name, evt_stream_name, shard_root, wal_prefix
+from protocol.errors import JetbookError
+from protocol.shards import (
+    all_markets_shard,
+    check_shards,
+    cmd_stream_name,
+    evt_stream_name,
+    shard_root,
+    wal_prefix,
+)
 from protocol.subjects import (
     ACCT_STREAM,
     ACCT_SUBJECTS,
@@ -39,6 +47,7 @@ from protocol.subjects import (
     WAL_PREFIX,
 )
 
+SHARDS_METADATA = "jetbook_shards"  # on every shard stream (shards > 1): the count the venue was created with
 DUPLICATE_WINDOW_S = 120.0  # how long the broker drops a repeated Nats-Msg-Id
 MAX_COMMAND_BYTES = 64 * 1024
 ERR_STREAM_NAME_IN_USE = 10058  # exists with another config
@@ -111,6 +120,7 @@ def shard_cmd_stream(shard: int, shards: int, replicas: int = 1) -> StreamConfig
         config.sources = [
             StreamSource(name=cmd_stream_name(home, shards), filter_subject=f"{CMD_PREFIX}.{ALL_MARKETS}.*")
         ]
+    config.metadata = {SHARDS_METADATA: str(shards)}
     return config
 
 
@@ -118,7 +128,70 @@ def shard_evt_stream(shard: int, shards: int, replicas: int = 1) -> StreamConfig
     """Shard k's event stream: its engine publishes on jbs.<k>.wal.>, stored and republished as jb.evt.>."""
     if shards == 1:
         return evt_stream(replicas)
-    return evt_stream(replicas, name=evt_stream_name(shard, shards), wal_prefix=wal_prefix(shard, shards))
+    config = evt_stream(replicas, name=evt_stream_name(shard, shards), wal_prefix=wal_prefix(shard, shards))
+    config.metadata = {SHARDS_METADATA: str(shards)}
+    return config
+
+
+class ShardsMismatch(JetbookError):
+    """The venue's streams were made for another number of shards: resharding is a migration (docs/DEPLOY.md)."""
+
+    def __init__(self, existing: int, asked: int) -> None:
+        super().__init__(
+            f"this venue's streams were created with {existing} shard(s), not {asked}: the number of shards is "
+            f"fixed when the streams are created (run with --shards {existing}; resharding: docs/DEPLOY.md)"
+        )
+        self.existing = existing
+        self.asked = asked
+
+
+async def venue_shards(js: Any) -> int | None:
+    """How many shards the venue's streams were created with; None if there is no venue yet.
+
+    1 if JB_CMD exists (a venue made before shards existed is a one-shard venue), else the count
+    JB_CMD_0 carries in its metadata (every shard's streams carry it; shard 0 always exists).
+    """
+    try:
+        await js.stream_info(CMD_STREAM)
+        return 1
+    except NotFoundError:
+        pass
+    try:
+        info = await js.stream_info(cmd_stream_name(0, 2))
+    except NotFoundError:
+        return None
+    value = (info.config.metadata or {}).get(SHARDS_METADATA)
+    if value is None or not value.isdigit():
+        raise JetbookError(f"stream {info.config.name} has no valid {SHARDS_METADATA} metadata ({value!r})")
+    return int(value)
+
+
+async def check_venue_shards(js: Any, shards: int) -> None:
+    """Raise ShardsMismatch unless the venue is absent or was created with `shards` shards."""
+    check_shards(shards)
+    existing = await venue_shards(js)
+    if existing is not None and existing != shards:
+        raise ShardsMismatch(existing, shards)
+
+
+async def ensure_shard_streams(js: Any, shards: int, replicas: int = 1) -> None:
+    """Every shard's two streams (JB_CMD and JB_EVT for one shard), refusing a venue made with another count.
+
+    The home shard of `_all` first: the others source its commands, and a source that exists from the
+    start is simplest to reason about.
+    """
+    await check_venue_shards(js, shards)
+    home = all_markets_shard(shards)
+    order = [home, *(k for k in range(shards) if k != home)]
+    configs = [c for k in order for c in (shard_cmd_stream(k, shards, replicas), shard_evt_stream(k, shards, replicas))]
+    await ensure_stream_configs(js, configs, replicas)
+
+
+async def ensure_one_shard_streams(js: Any, shard: int, shards: int, replicas: int = 1) -> None:
+    """Shard k's two streams only: what shard k's engine creates (the engine of shard 0 of 1 is today's engine)."""
+    await check_venue_shards(js, shards)
+    configs = [shard_cmd_stream(shard, shards, replicas), shard_evt_stream(shard, shards, replicas)]
+    await ensure_stream_configs(js, configs, replicas)
 
 
 log = logging.getLogger("jetbook.streams")
@@ -130,7 +203,7 @@ async def ensure_streams(js: Any, replicas: int = 1) -> None:
     Never lowers the replica count: a process started with the default of 1
     against an R3 cluster must not quietly make the log R1.
     """
-    await ensure_stream_configs(js, [cmd_stream(replicas), evt_stream(replicas)], replicas)
+    await ensure_one_shard_streams(js, 0, 1, replicas)
 
 
 async def wait_for_stream(js: Any, name: str, stop: asyncio.Event) -> bool:

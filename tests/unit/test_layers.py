@@ -39,6 +39,7 @@ PURE = [
     "commands/model.py",
     "events/model.py",
     "protocol/subjects.py",
+    "protocol/shards.py",
     "protocol/reasons.py",
     "protocol/vocab.py",
     "protocol/odds.py",
