@@ -151,16 +151,20 @@ async def verify(url: str, orders: int) -> None:
     js = nc.jetstream(timeout=5)
     try:
         deadline = time.monotonic() + 90
+        state: list[tuple[int, int]] = []
         while True:
-            state = []
-            for k in range(SHARDS):
-                cmd_msgs = int((await js.stream_info(cmd_stream_name(k, SHARDS))).state.messages)
-                evt = evt_stream_name(k, SHARDS)
-                last = int((await js.stream_info(evt)).state.last_seq)
-                decided = decode((await js.get_msg(evt, last, direct=True)).data).cmd_seq if last else 0
-                state.append((cmd_msgs, decided))
-            if all(m == w and d == w for (m, d), w in zip(state, want_cmds, strict=True)):
-                break
+            try:
+                state = []
+                for k in range(SHARDS):
+                    cmd_msgs = int((await js.stream_info(cmd_stream_name(k, SHARDS))).state.messages)
+                    evt = evt_stream_name(k, SHARDS)
+                    last = int((await js.stream_info(evt)).state.last_seq)
+                    decided = decode((await js.get_msg(evt, last, direct=True)).data).cmd_seq if last else 0
+                    state.append((cmd_msgs, decided))
+                if all(m == w and d == w for (m, d), w in zip(state, want_cmds, strict=True)):
+                    break
+            except Exception as err:  # a stream electing its leader after the node loss: ask again
+                print(f"    ({err!r}; asking again)", flush=True)
             if time.monotonic() > deadline:
                 sys.exit(f"shards not caught up: (JB_CMD_k messages, last decided) {state}, want {want_cmds}")
             await asyncio.sleep(0.3)
