@@ -30,6 +30,7 @@ from protocol.shards import (
     check_shards,
     cmd_stream_name,
     evt_stream_name,
+    partition,
     shard_root,
     wal_prefix,
 )
@@ -164,6 +165,12 @@ async def venue_shards(js: Any) -> int | None:
     if value is None or not value.isdigit():
         raise JetbookError(f"stream {info.config.name} has no valid {SHARDS_METADATA} metadata ({value!r})")
     return int(value)
+
+
+async def market_evt_stream(js: Any, market: str) -> str:
+    """The event stream that holds `market`'s events (and its commands' sequences are that shard's)."""
+    shards = await venue_shards(js) or 1
+    return evt_stream_name(partition(market, shards), shards)
 
 
 async def check_venue_shards(js: Any, shards: int) -> None:

@@ -8,7 +8,10 @@ checks permissions on the MAPPED subject; shard k's streams are JB_CMD_k,
 JB_EVT_k and OBJ_JB_SNAP_k, and its engine writes on jbs.<k>.wal.>. So every
 permission that names a stream gains one entry per shard, and every jb.cmd /
 jb.ctl / jb.wal subject gains its jbs.*. form (in allow and deny lists alike).
-The one-shard entries stay: they match nothing on a sharded venue. A trader
+The one-shard entries stay: they match nothing on a sharded venue. The
+shipped accounts.conf already grants the 2-shard forms but has no mappings
+(they would route a one-shard venue's commands away from JB_CMD); what a list
+already has is not added twice. A trader
 allowed jbs.*.cmd.*.alice may publish to another shard's subject directly; the
 engine refuses that command (`wrong_shard`), so the broker's mapping is not a
 security boundary and need not be one. Only stdlib: run it anywhere.
@@ -39,15 +42,24 @@ def variants(subject: str, shards: int) -> list[str]:
     return [".".join([*tokens[:i], f"{tokens[i]}_{k}", *tokens[i + 1 :]]) for k in range(shards)]
 
 
-def shard_accounts(text: str, shards: int) -> str:
-    def widen(m: re.Match[str]) -> str:
-        subject = m.group(1)
-        return ", ".join(f'"{s}"' for s in [subject, *variants(subject, shards)])
+def _widen_list(body: str, shards: int) -> str:
+    """One permission list: each subject followed by those of its shard forms the list does not have yet."""
+    have = set(re.findall(r'"([^"\s]+)"', body))
 
-    out = "".join(
+    def widen(m: re.Match[str]) -> str:
+        extra = [v for v in variants(m.group(1), shards) if v not in have]
+        have.update(extra)
+        return ", ".join(f'"{x}"' for x in [m.group(1), *extra])
+
+    return "".join(
         line if line.lstrip().startswith("#") else re.sub(r'"([^"\s]+)"', widen, line)
-        for line in text.splitlines(keepends=True)
+        for line in body.splitlines(keepends=True)
     )
+
+
+def shard_accounts(text: str, shards: int) -> str:
+    # permission lists hold no brackets of their own, so each [...] is one list
+    out = re.sub(r"\[[^\[\]]*\]", lambda m: _widen_list(m.group(0), shards), text)
     part = partition_expr(shards)
     mappings = (
         "jetstream: enabled\n\n"
