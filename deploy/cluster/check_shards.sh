@@ -22,7 +22,7 @@ JETBOOK=${JETBOOK:-$(command -v jetbook || true)}
 NATS_SERVER=${NATS_SERVER:-$(command -v nats-server || echo "$(dirname "$JETBOOK")/nats-server")}
 PYTHON=${PYTHON:-$(sed -n '1s/^#! *//p' "$JETBOOK" | awk '{print $1}')}
 [[ -x ${PYTHON:-} ]] || PYTHON=python3
-ORDERS=${ORDERS:-3000}
+ORDERS=${ORDERS:-2000}
 HOST=127.0.0.1
 CLIENT=(14221 14222 14223) CLUSTER=(16221 16222 16223) MONITOR=(18221 18222 18223)
 
@@ -33,14 +33,24 @@ done
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/jetbook-cluster-shards.XXXXXX")
 pids=()
 ok=0
+stop() {  # stop PID...: SIGTERM to all, up to 5 s for them together (a zombie counts as gone), then SIGKILL
+  local pid alive
+  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    alive=0
+    for pid in "$@"; do
+      if [[ -e /proc/$pid ]] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; then alive=1; fi
+    done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+}
 cleanup() {
   local rc=$?
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  # the engines first, while the servers are there for them to finish on; the servers last
+  if ((${#pids[@]} > 3)); then stop "${pids[@]:3}"; fi
+  if ((${#pids[@]})); then stop "${pids[@]:0:3}"; fi
   if ((ok)); then rm -rf "$tmp"; else echo "FAILED (exit $rc); logs and stores kept in $tmp" >&2; fi
 }
 trap cleanup EXIT
@@ -115,6 +125,7 @@ step "each shard's streams led by its own node"
 
 step "the seeded flow through n1 ($ORDERS commands over 4 markets, 2 per shard), n3 killed under load:"
 check load "$op" "$ORDERS" "${node_pid[3]}" >"$tmp/load.out" 2>&1 || { cat "$tmp/load.out"; fail "load"; }
+wait "${node_pid[3]}" 2>/dev/null || true  # reap n3, so that the cleanup does not wait for a zombie
 sed 's/^/    /' "$tmp/load.out"
 check verify "$op" "$ORDERS" >"$tmp/verify.out" 2>&1 || { cat "$tmp/verify.out"; fail "verify"; }
 sed 's/^/    /' "$tmp/verify.out"
