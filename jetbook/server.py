@@ -60,6 +60,7 @@ ROLE_PUBLISH: dict[str, list[str]] = {
     "engine": [
         "jb.wal.>",
         *_define("JB_CMD", "JB_EVT", "JB_ACCT", "JB_TAPE"),
+        "$JS.API.STREAM.INFO.JB_CMD_0",  # whether the venue was made with shards (protocol.streams.venue_shards)
         *_read("JB_CMD"), *_read("JB_EVT"),
         *_define("KV_JB_LEASE"), "$JS.API.STREAM.MSG.GET.KV_JB_LEASE", "$JS.API.DIRECT.GET.KV_JB_LEASE.>",
         "$KV.JB_LEASE.>",

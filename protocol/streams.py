@@ -210,7 +210,7 @@ async def ensure_streams(js: Any, replicas: int = 1) -> None:
     Never lowers the replica count: a process started with the default of 1
     against an R3 cluster must not quietly make the log R1.
     """
-    await ensure_one_shard_streams(js, 0, 1, replicas)
+    await ensure_stream_configs(js, [cmd_stream(replicas), evt_stream(replicas)], replicas)
 
 
 async def wait_for_stream(js: Any, name: str, stop: asyncio.Event) -> bool:

@@ -283,8 +283,9 @@ def test_up_with_two_shards_runs_the_demo_and_refuses_another_count_on_its_data_
     lines = Lines(proc)
     try:
         url = lines.wait_for(r"NATS\s+(nats://\S+) \(2 market shards\)").group(1)
-        for k in range(2):
-            lines.wait_for(rf"engine-{k} \| .*resuming at command")
+        active: set[str] = set()
+        while len(active) < 2:  # in whichever order they come
+            active.add(lines.wait_for(r"(engine-\d) \| .*active: deciding").group(1))
         demo = run("demo", "--nats-url", url)
         assert demo.returncode == 0, demo.stderr
         assert "1 fill:" in demo.stdout and "bids  5 @ 300500, 8 @ 299000" in demo.stdout

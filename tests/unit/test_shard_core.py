@@ -50,7 +50,7 @@ def test_a_market_of_another_shard_is_refused_with_wrong_shard(command: str) -> 
     assert engine.payloads[0][0] == f"jbs.1.wal.{theirs}.rejected"
     # Deterministic: a second core of the same shard refuses it with the same bytes.
     again = Engine(shard=1, shards=SHARDS)
-    _create(again, 1, theirs) if command == "create" else _place(again, 1, theirs)
+    (_create if command == "create" else _place)(again, 1, theirs)
     assert again.payloads == engine.payloads
 
 
@@ -62,6 +62,19 @@ def test_every_shard_takes_a_cancel_all_over_every_market() -> None:
         events = engine.handle(3, 3, "jb.cmd._all.a", msgpack.packb({"type": "cancel_all"}))
         assert events and not any(isinstance(e, Rejected) for e in events)
         assert any(isinstance(e, OrdersCancelled) for e in events) or events[0].type == "order_cancelled"
+
+
+def test_the_cache_of_own_markets_changes_no_decision() -> None:
+    """A shard's own market, seen once, skips the hash; another shard's is refused every time."""
+    engine = Engine(shard=0, shards=SHARDS)
+    mine, theirs = _market_of(0), _market_of(1)
+    _create(engine, 1, mine)
+    for seq in range(2, 10, 2):
+        (accepted,) = _place(engine, seq, mine)
+        assert isinstance(accepted, OrderAccepted)
+        (reject,) = _place(engine, seq + 1, theirs)
+        assert isinstance(reject, Rejected) and reject.reason == "wrong_shard"
+    assert engine._mine == {mine}
 
 
 def test_one_shard_has_no_check_and_the_old_prefix() -> None:
