@@ -68,6 +68,14 @@ def bench(
             " cancel_orders), side by side; --orders of it [default: 20,000], --runs alternated [default: 2]."
         ),
     ] = None,
+    shards: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead: the flow through N shard engines for each N of a list (e.g. 1,2,4), on a fresh server"
+            " each; aggregate orders/s, each engine's CPU per command, the broker's CPU per message; --runs"
+            " alternated [default: 2], --markets rounded up so each shard gets its share [default: 8]."
+        ),
+    ] = None,
 ) -> None:
     """Measure the pipeline against the transport floor: throughput, latency, core, projection, memory."""
     if peer:
@@ -101,6 +109,8 @@ def bench(
     if min(opts.orders, opts.markets, opts.resting, opts.window, opts.runs) < 1:
         typer.echo("error: --orders, --markets, --resting, --window and --runs must be at least 1", err=True)
         raise typer.Exit(2)
+    if shards is not None:
+        _shards(opts, shards, markets_given="--markets" in sys.argv, runs_given=runs is not None)
     if batch is not None:
         _batch(opts, batch, orders_given="--orders" in sys.argv, runs_given=runs is not None)
 
@@ -151,3 +161,33 @@ def _batch(opts: Any, k: int, *, orders_given: bool, runs_given: bool) -> None:
         opts.json_path.write_text(json.dumps(doc, indent=1) + "\n")
         typer.echo(f"wrote {opts.json_path}")
     raise typer.Exit(0)
+
+
+def _shards(opts: Any, spec: str, *, markets_given: bool, runs_given: bool) -> None:
+    """`jetbook bench --shards 1,2,4`: jetbook/bench/shards.py's runs, its table, and --json."""
+    from jetbook.bench.procs import BenchError
+    from jetbook.bench.shards import print_shards_report, run_shards
+
+    if opts.nats_url:
+        typer.echo("error: --shards starts its own servers (it needs their mappings and CPU): no --nats-url", err=True)
+        raise typer.Exit(2)
+    try:
+        counts = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        typer.echo(f"error: --shards takes shard counts such as 1,2,4, not {spec!r}", err=True)
+        raise typer.Exit(2) from None
+    if not markets_given:
+        opts.markets = 8
+    if not runs_given:
+        opts.runs = 2
+    try:
+        doc = run_shards(opts, counts)
+    except BenchError as err:
+        typer.echo(f"benchmark failed: {err}", err=True)
+        raise typer.Exit(1) from err
+    print_shards_report(doc)
+    if opts.json_path is not None:
+        opts.json_path.parent.mkdir(parents=True, exist_ok=True)
+        opts.json_path.write_text(json.dumps(doc, indent=1) + "\n")
+        typer.echo(f"wrote {opts.json_path}")
+    raise typer.Exit(1 if doc["problems"] else 0)

@@ -120,9 +120,17 @@ class _Book:
 class Flow:
     """A resumable seeded flow: `setup` once, then `take(n)` as often as needed, each continuing the last."""
 
-    def __init__(self, seed: int = 1, markets: int = 4, accounts: int = 100, *, keep_events: bool = False) -> None:
+    def __init__(
+        self,
+        seed: int = 1,
+        markets: int = 4,
+        accounts: int = 100,
+        *,
+        keep_events: bool = False,
+        names: list[str] | None = None,  # instead of market_names(markets): the shard bench picks its own
+    ) -> None:
         self.seed = seed
-        self.markets = market_names(markets)
+        self.markets = names if names is not None else market_names(markets)
         self.accounts = accounts
         self.keep_events = keep_events
         # msg_id -> the encoded events of that command, for the transport floor (same count, same sizes)

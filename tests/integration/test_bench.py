@@ -129,3 +129,25 @@ def test_standalone_benchmark_runs_at_a_tiny_size(name: str) -> None:
     argv = [sys.executable, "-m", f"jetbook.bench.{name}", *SCRIPTS[name]]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=240, check=False)
     assert proc.returncode == 0, f"{' '.join(argv[1:])} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_shards_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    """`jetbook bench --shards 1,2`: each shard's engine decides its share, and together exactly one engine's events.
+
+    The bench itself checks every event kind per market against the one-shard generator (a problem exits 1);
+    here only that its figures are all there, one per shard, and positive.
+    """
+    json_path = tmp_path / "shards.json"
+    argv = [sys.executable, "-m", "jetbook", "bench", "--shards", "1,2", "--orders", "600", "--runs", "1",
+            "--json", str(json_path)]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, f"jetbook bench --shards failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    doc = json.loads(json_path.read_text())
+    assert doc["problems"] == []
+    assert [row["shards"] for row in doc["runs"]] == [1, 2]
+    for row in doc["runs"]:
+        assert not row["kinds_differing"] and row["fills"] == doc["workload"]["fills"] > 0
+        assert len(row["engine_cpu_us_per_command"]) == len(row["commands_per_shard"]) == row["shards"]
+        assert sum(row["commands_per_shard"]) == 600
+        positive(row["orders_per_s"], *row["engine_cpu_us_per_command"], row["broker_cpu_us_per_msg"])
+    assert "engine CPU us/command" in proc.stdout

@@ -42,3 +42,27 @@ def test_three_node_cluster_check_passes() -> None:
         "OK: 3-node cluster, TLS and route auth",
     ):
         assert line in out, (line, out[-4000:])
+
+
+def test_two_shards_on_the_cluster_lose_nothing_when_a_node_dies() -> None:
+    """deploy/cluster/check_shards.sh: 2 shards, R3, leaders on different nodes, n3 killed under load (issue 15)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    run = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "cluster" / "check_shards.sh")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-4000:]
+    for line in (
+        "JB_CMD_0: R3, leader n2",
+        "JB_EVT_0: R3, leader n2",
+        "JB_CMD_1: R3, leader n3",
+        "JB_EVT_1: R3, leader n3",
+        "n3 killed (kill -9) after 666 of 2000 commands",
+        "all 2000 commands acked",
+        "JB_CMD_0 holds its",
+        "JB_CMD_1 holds its",
+        "nothing lost:",
+        "OK: 2 shards on 3 nodes",
+    ):
+        assert line in out, (line, out[-4000:])
