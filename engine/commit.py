@@ -49,7 +49,12 @@ BACKOFF_MAX_S = 2.0
 # Atomic batches whose commit may be in flight at once. Each one's expected last sequence is
 # the previous one's end, so the broker's fence holds for all of them: if one fails, every later
 # one is refused too, and the pipeline settles them in order (see CommitPipeline._unwind).
-DEFAULT_INFLIGHT = 4
+# One, by measurement (docs/PERFORMANCE.md "Latency stages (issue 14)"): nats-server commits a
+# stream's atomic batches one after another at a fixed cost each (~2 ms idle, more under load),
+# so a second batch in flight only waits on the server instead of in the engine, and the commands
+# that arrive meanwhile make more, smaller batches, each paying that cost. With one in flight they
+# wait in the engine and join the next batch; deciding still overlaps the commit.
+DEFAULT_INFLIGHT = 1
 
 
 class Stopping(JetbookError):
@@ -90,7 +95,7 @@ async def _no_hold() -> None:
 def _timed(on_commit: Callable[[float], None], sent: float, reply: asyncio.Future[Any]) -> None:
     """When a commit's reply arrives: its time, if it is an answer (a timeout or a cancel is not a commit time)."""
     if not reply.cancelled() and reply.exception() is None:
-        on_commit(time.perf_counter() - sent)
+        on_commit(time.monotonic() - sent)
 
 
 class CommitPipeline:
@@ -167,6 +172,18 @@ class CommitPipeline:
         batch_id = self._nuid.next().decode()
         reply = await self._start_batch(batch_id, expected, payloads)
         self._inflight.append(_Batch(batch_id, expected, payloads, reply))
+
+    async def ready(self) -> None:
+        """Wait until a batch can be sent without waiting: fewer than `inflight` commits outstanding.
+
+        A caller that waits here *before* it reads and decides its next batch,
+        rather than in `send` after deciding it, lets the commands that arrive
+        during the commit join that batch, and sends it the moment it is
+        decided: a command then waits for at most the commit in progress, not
+        for that one and then the one queued behind it.
+        """
+        while len(self._inflight) >= self.inflight:
+            await self._settle_oldest()
 
     async def drain(self) -> None:
         """Wait until every batch in flight is committed (or the failure that stops us is known)."""
@@ -277,7 +294,7 @@ class CommitPipeline:
             self.nc.request(subject, data, timeout=self.timeout, headers=headers)
         )
         if self.on_commit is not None:
-            reply.add_done_callback(partial(_timed, self.on_commit, time.perf_counter()))
+            reply.add_done_callback(partial(_timed, self.on_commit, time.monotonic()))
         return reply
 
     async def _landed(self, batch_id: str, expected: int, n: int) -> bool:

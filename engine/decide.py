@@ -60,6 +60,7 @@ from events.model import (
     RiskLimitsSet,
     RunnerAdded,
 )
+from protocol.odds import ODDS_LADDER, ODDS_MAX, ODDS_MIN
 from protocol.reasons import Reason
 from protocol.subjects import ALL_MARKETS
 from protocol.vocab import ODDS_SIDES, PAIR_SIDES, TERMINAL, MarketState, Phase
@@ -74,13 +75,6 @@ MAX_FILLS: Final = MAX_COMMAND_EVENTS - 1  # after the order_accepted
 # entries, so even a market with 400k resting orders closes in one atomic batch.
 CHUNK: Final = 500
 
-# Decimal odds x 100 on the standard betting-exchange ladder: (from, to, step).
-ODDS_LADDER: Final = (
-    (101, 200, 1), (200, 300, 2), (300, 400, 5), (400, 600, 10), (600, 1000, 20),
-    (1000, 2000, 50), (2000, 3000, 100), (3000, 5000, 200), (5000, 10000, 500), (10000, 100000, 1000),
-)  # fmt: skip
-ODDS_MIN: Final = 101
-ODDS_MAX: Final = 100_000
 # An odds account's settlement P&L is one of each runner's two figures summed over at most MAX_RUNNERS
 # runners, so each figure is kept within this bound and the sum can never pass MAX_AMOUNT.
 MAX_ODDS_PNL: Final = MAX_AMOUNT // MAX_RUNNERS

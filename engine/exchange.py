@@ -23,6 +23,7 @@ import engine.decide
 import engine.evolve
 import engine.state
 import events.model
+import protocol.odds
 import protocol.reasons
 import protocol.shards
 import protocol.subjects
@@ -42,7 +43,7 @@ from protocol.subjects import CMD_STREAM, CMD_SUBJECTS, EVT_PREFIX, EVT_STREAM, 
 # version of any of them is not trusted on its digest alone.
 CORE_MODULES: Final = (
     engine.core, engine.state, engine.decide, engine.evolve, engine.book, commands.model, events.model,
-    protocol.reasons, protocol.vocab, protocol.subjects, protocol.shards,
+    protocol.reasons, protocol.vocab, protocol.subjects, protocol.shards, protocol.odds,
 )  # fmt: skip
 
 

@@ -56,6 +56,20 @@ DECIDE_BUCKETS: Final = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02
 # An atomic batch's commit: a round trip to JetStream, longer under R3 or a slow disk.
 COMMIT_BUCKETS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
+# One command's way through the engine, stage by stage (docs/METRICS.md "Latency stages"): tens of microseconds
+# idle, up to seconds behind a backlog.
+STAGE_BUCKETS: Final = (
+    0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+)  # fmt: skip
+# The stages, in order, each on the engine's monotonic clock (a batch of commands is observed once per stage):
+STAGES: Final = (
+    "wait",  # the batch's oldest command: delivered to the engine's reader -> taken by the engine
+    "decide",  # taken -> every command of the batch decided and encoded
+    "send",  # decided -> its last atomic batch written to the connection (waits for a free commit slot)
+    "commit",  # an atomic batch written -> its PubAck (JetStream stored it)
+)
+
 _TYPE_KEY: Final = b"\xa4type"  # msgpack fixstr "type": the first key of a command as jetbook clients pack it
 _type_of = attrgetter("type")
 
@@ -117,6 +131,13 @@ class EngineMetrics:
             "One atomic batch of events: sent to JB_EVT until its PubAck arrives",
             buckets=COMMIT_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        stage = Histogram(
+            "jetbook_engine_stage_seconds",
+            "One batch of commands through the engine, per stage (wait, decide, send, commit; engine monotonic clock)",
+            ["stage"], buckets=STAGE_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.stage = stage
+        self._wait, self._decide, self._send, self._commit = (stage.labels(name) for name in STAGES)
         self.backlog = -1  # JB_CMD messages not yet decided; -1 until first read
         self.backlog_read_at = 0.0  # monotonic time of that read
         self.service: Any = None
@@ -143,8 +164,16 @@ class EngineMetrics:
                     self._rejects_raw[str(getattr(e, "reason", ""))] += 1
         self.decide.observe(seconds)
 
+    def staged(self, wait: float, decide: float, send: float) -> None:
+        """One batch's first three stages, in seconds (a negative wait: its commands were not live deliveries)."""
+        if wait >= 0.0:
+            self._wait.observe(wait)
+        self._decide.observe(decide)
+        self._send.observe(send)
+
     def committed(self, seconds: float) -> None:
         self.commit.observe(seconds)
+        self._commit.observe(seconds)
 
     # --- what the collector reads --------------------------------------------------------------------
 

@@ -217,6 +217,7 @@ class EngineService:
         self._last_folded = b""  # payload of the newest event folded into the state (b"": none, or not known)
         self._snapshot_task: asyncio.Task[None] | None = None
         self._frozen_at = 0  # event count at the last gc.freeze()
+        self.taken_at = 0.0  # time.monotonic() when the run loop took the batch it is deciding from its reader
 
     @property
     def stop(self) -> asyncio.Event:
@@ -444,7 +445,13 @@ class EngineService:
                     if self.lease.failure is not None:
                         raise JetbookError(f"the lease thread stopped: {self.lease.failure!r}")
                     raise LeaseLost(self.lease.lost_reason or "the lease could not be renewed")
+                try:
+                    await self.commits.ready()  # first a free commit slot, then the commands that came meanwhile
+                except Stopping:
+                    log.warning("stopped with an uncommitted batch; the next start resumes from the log")
+                    return
                 batch = await reader.next_batch(self.engine.state.last_cmd_seq + 1, self.max_batch, 0.25)
+                self.taken_at = time.monotonic()
                 self.cmd_reader = reader.reader
                 try:
                     if batch:
@@ -548,7 +555,7 @@ class EngineService:
         pending: list[tuple[str, bytes]] = []
         max_events = self.decider.max_events_per_command  # one atomic batch
         decided: list[Any] = []  # the batch's events, counted once per batch (engine/metrics.py)
-        clock = time.perf_counter
+        clock = time.monotonic  # the reader's receive stamp is monotonic too
         started, waited = clock(), 0.0
         for m in batch:
             decided.extend(self.engine.handle(m.seq, m.ts, m.subject, m.data))
@@ -560,9 +567,14 @@ class EngineService:
                 pending = []
             pending.extend(payloads)
             self.commands_done += 1
-        self.metrics.decided(batch, decided, clock() - started - waited)
+        decided_at = clock()
+        self.metrics.decided(batch, decided, decided_at - started - waited)
         if pending:
             await self.publish(pending)
+        if batch:  # the stages on one clock (engine/metrics.py STAGES): time.monotonic, as the reader stamps
+            received = getattr(batch[0], "received", 0.0)
+            taken = self.taken_at if self.taken_at >= received > 0.0 else started
+            self.metrics.staged(taken - received if received > 0.0 else -1.0, decided_at - taken, clock() - decided_at)
 
     async def _hold(self) -> None:
         """Return only while our lease is good (on our monotonic clock); LeaseLost once it is someone else's.

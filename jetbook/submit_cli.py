@@ -15,7 +15,7 @@ import typer
 
 from jetbook.cli_common import Account, Market, Url, client_call
 from jetbook.settings import DEFAULT_URL
-from protocol.vocab import MarketKind, OrderType, Persistence, SettableState, Side, Stp, Tif
+from protocol.vocab import BookType, MarketKind, OrderType, Persistence, SettableState, Side, Stp, Tif
 
 submit_app = typer.Typer(no_args_is_help=True, help="Publish one command and print the events it caused.")
 
@@ -96,6 +96,10 @@ def create_market(
     max_price: int | None = None,
     band_bps: Annotated[int, typer.Option(help="Refuse prices this far (bps) from the last trade; 0: off.")] = 0,
     runner: Annotated[list[str] | None, typer.Option(help="Odds markets: id=Label, repeat per runner.")] = None,
+    book_type: Annotated[
+        str,
+        typer.Option(help="Odds markets: multi_runner (direct matching) or two_runner (implied matching, 2 runners)."),
+    ] = "multi_runner",
     nats_url: Url = DEFAULT_URL,
     wait: Wait = True,
 ) -> None:
@@ -109,7 +113,7 @@ def create_market(
         market_id=market, base=base if kind == "pair" else "", quote=quote, kind=cast(MarketKind, kind),
         tick_size=tick_size,
         lot_size=lot_size, min_qty=min_qty, max_qty=max_qty or MAX_QTY, min_price=min_price, max_price=max_price,
-        band_bps=band_bps, runners=runners,
+        band_bps=band_bps, runners=runners, book_type=cast(BookType, book_type),
     )  # fmt: skip
     _send(nats_url, market, None, command, wait)
 

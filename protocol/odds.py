@@ -1,8 +1,9 @@
 """The odds ladder, and how a two_runner market's orders on one runner are shown on the other's ladder.
 
-Pure integer arithmetic on decimal odds x 100, shared by the read side (projections' snapshot) and the
-screen (tui steps its cursor along the ladder), which may not import each other. Showing only: matching
-compares the exact implied ratio (engine/book.py, PROTOCOL section 11.1), never these rounded prices.
+Pure integer arithmetic on decimal odds x 100, shared by the engine (which prices are on the ladder), the
+read side (projections' snapshot), the screen and the bots (tui steps along the ladder), which may not import
+each other. The implied prices are for showing only: matching compares the exact implied ratio
+(engine/book.py, PROTOCOL section 11.1), never these rounded prices.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-# Decimal odds x 100 on the standard betting-exchange ladder: (from, to, step). The engine's copy
-# (engine/decide.py ODDS_LADDER) is the one that decides; tests/unit/test_implied.py checks they agree.
+# Decimal odds x 100 on the standard betting-exchange ladder: (from, to, step). The engine decides with it
+# (engine/decide.py), so this module is part of the pure core and of the snapshot fingerprint.
 ODDS_LADDER: Final = (
     (101, 200, 1), (200, 300, 2), (300, 400, 5), (400, 600, 10), (600, 1000, 20),
     (1000, 2000, 50), (2000, 3000, 100), (3000, 5000, 200), (5000, 10000, 500), (10000, 100000, 1000),

@@ -30,18 +30,13 @@ from urllib.parse import urlencode
 
 import httpx
 
+from protocol.odds import ODDS_LADDER
 from tui.client import Connection
 
 log = logging.getLogger("jetbook.tui.bots")
 
 Frame = dict[str, Any]
 
-# The wire protocol's odds ladder (PROTOCOL.md section 11): (from, to, step). A client keeps its own copy, as any
-# client of the protocol would; tests/unit/test_bots.py checks it against the engine's.
-ODDS_LADDER: Final = (
-    (101, 200, 1), (200, 300, 2), (300, 400, 5), (400, 600, 10), (600, 1000, 20),
-    (1000, 2000, 50), (2000, 3000, 100), (3000, 5000, 200), (5000, 10000, 500), (10000, 100000, 1000),
-)  # fmt: skip
 ODDS_PRICES: Final = tuple([p for lo, hi, step in ODDS_LADDER for p in range(lo, hi, step)] + [100000])
 
 KINDS: Final = ("mm", "noise", "informed")
@@ -57,6 +52,7 @@ DEFAULT_PAIR_CENTRE: Final = 1000  # grid steps above min_price: where an empty 
 DEFAULT_ODDS_CENTRE: Final = 300  # odds 3.00: an empty runner's book (three runners: about even)
 DEFAULT_TWO_RUNNER_CENTRE: Final = 200  # evens: an empty book of a two_runner market (two runners: even)
 MM_LEVELS: Final = 3
+MAX_BATCH: Final = 200  # instructions per place_orders / replace_orders (the protocol's limit)
 MM_MAX_RUNNERS: Final = 8  # a market maker quotes at most this many runners of one market (open orders bounded)
 NOISE_MAX_OPEN: Final = 8
 RECENT_TRADES: Final = 8192  # trade ids remembered per market, to count a fill once when it is seen twice
@@ -304,7 +300,7 @@ class Bot:
                 orders.pop(row[2], None)
         elif etype == "rejected" and coid in orders:
             kind, reason = event.get("command_type"), event.get("reason")
-            if kind == "place_order" or reason in ("order_not_open", "unknown_order"):
+            if kind in ("place_order", "place_orders") or reason in ("order_not_open", "unknown_order"):
                 del orders[coid]
             else:  # an amend or cancel refused for another reason: the order stands as it was, free to retry
                 orders[coid].confirmed = True
@@ -333,7 +329,8 @@ class Bot:
 
 
 class MarketMaker(Bot):
-    """Quotes both sides `MM_LEVELS` deep around the fair value; moves quotes with `amend_order`.
+    """Quotes both sides `MM_LEVELS` deep around the fair value, the whole ladder in one `place_orders`; moves
+    quotes with one `replace_orders`.
 
     A quote is a slot (runner, side, level). A slot with no live order gets a new one; a live order whose price
     is no longer where the slot wants it, or whose size has shrunk under half (it was partly filled), is amended
@@ -353,7 +350,8 @@ class MarketMaker(Bot):
         return 50, MM_LEVELS * 2 * MM_MAX_RUNNERS + 8
 
     def decide(self, market_id: str, market: Frame, ms: MarketState, books: list[Book]) -> list[Frame]:
-        out: list[Frame] = []
+        places: list[Frame] = []
+        amends: list[Frame] = []
         last = market.get("last_price") if market.get("kind") != "odds" else None
         two = market.get("book_type") == "two_runner"
         for i, book in enumerate(books[:MM_MAX_RUNNERS]):
@@ -367,21 +365,45 @@ class MarketMaker(Bot):
                     slot = ms.slots.setdefault((book.runner, side, level), Slot())
                     order = ms.orders.get(slot.coid) if slot.coid else None
                     if order is None:
-                        frame, coid = self._place(market_id, ms, book, side, want, qty)
-                        slot.coid = coid
-                        out.append(frame)
+                        instruction = self._quote(ms, book, side, want, qty)
+                        slot.coid = instruction["client_order_id"]
+                        places.append(instruction)
                     elif order.confirmed or self.optimistic:
                         price = ms.grid.price(want)
                         if price != order.price or order.qty * 2 < qty:
                             new_qty = qty if order.qty * 2 < qty else None
                             new_price = price if price != order.price else None
-                            out.append(self._frame(market_id, "amend_order", client_order_id=slot.coid,
-                                                   price=new_price, qty=new_qty))  # fmt: skip
+                            amends.append({"client_order_id": slot.coid, "price": new_price, "qty": new_qty})
                             order.price = price
                             if new_qty is not None:
                                 order.qty = new_qty
                             order.confirmed = self.optimistic  # wait for the amend's answer before touching it again
-        return out
+        return [*self._batched(market_id, "place_order", places), *self._batched(market_id, "amend_order", amends)]
+
+    def _quote(self, ms: MarketState, book: Book, side: str, i: int, qty: int) -> Frame:
+        """A place instruction for one quote, remembered as the bot's open order."""
+        self._n += 1
+        coid, price = f"{self.run}-{self._n}", ms.grid.price(i)
+        ms.orders[coid] = Order(book.runner, side, price, qty, self._n)
+        instruction = {"client_order_id": coid, "side": side, "price": price, "qty": qty}
+        if book.runner is not None:
+            instruction["runner"] = book.runner
+        return instruction
+
+    def _batched(self, market_id: str, single: str, instructions: list[Frame]) -> list[Frame]:
+        """One command for a lone quote; the whole ladder as one place_orders/replace_orders (protocol §6.14).
+
+        A batch is one command and one atomic set of events: the engine decides the ladder in one step, and the
+        venue sees one message where it saw up to 48.
+        """
+        if len(instructions) == 1:
+            fields = {k: v for k, v in instructions[0].items() if v is not None}
+            return [self._frame(market_id, single, **fields)]
+        batch = "place_orders" if single == "place_order" else "replace_orders"
+        return [
+            self._frame(market_id, batch, instructions=[{k: v for k, v in i.items() if v is not None} for i in chunk])
+            for chunk in (instructions[n : n + MAX_BATCH] for n in range(0, len(instructions), MAX_BATCH))
+        ]
 
 
 class NoiseTrader(Bot):

@@ -47,8 +47,8 @@ def bench(
         int | None, typer.Option(help="Floor and end-to-end runs, alternated; the best of each counts [default: 3].")
     ] = None,
     floor_inflight: Annotated[
-        int, typer.Option(help="Atomic-batch commits in flight in the floor (the engine: 4).")
-    ] = 4,
+        int, typer.Option(help="Atomic-batch commits in flight in the floor (the engine's: 1).")
+    ] = 1,
     py_spy: Annotated[Path | None, typer.Option(help="Record the engine and projection with py-spy into DIR.")] = None,
     keep: Annotated[bool, typer.Option(help="Keep the temporary directory (server store, logs, read models).")] = False,
     tls: Annotated[

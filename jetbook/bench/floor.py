@@ -87,6 +87,7 @@ async def null_engine(url: str, events_file: Path, stop: asyncio.Event, max_batc
     try:
         async with StreamReader(nc.jetstream(), CMD_STREAM, 1) as reader:
             while not stop.is_set():
+                await writer.ready()  # as the engine does: a free commit slot before the next read
                 batch = await reader.next_batch(max_batch, timeout=0.25)
                 if not batch:
                     await writer.drain()  # idle: surface a refused commit now, not at exit

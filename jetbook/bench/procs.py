@@ -88,11 +88,13 @@ class Children:
             self.stop(c)
 
 
-def role_argv(role: str, url: str, db: Path | None = None) -> list[str]:
+def role_argv(role: str, url: str, db: Path | None = None, metrics_port: int = 0) -> list[str]:
     """`jetbook engine` / `jetbook project` exactly as production runs them, with this interpreter."""
     argv = [sys.executable, "-m", "jetbook", role, "--nats-url", url]
     if db is not None:
         argv += ["--db", str(db)]
+    if metrics_port:
+        argv += ["--metrics-port", str(metrics_port)]
     return argv
 
 

@@ -7,6 +7,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+STAGE_NOTES = {  # which clock each stage is on (jetbook/bench/stages.py)
+    "send lag": "p50 / p99 ms; intended -> actual publish, bench clock",
+    "publish -> JB_CMD": "publish -> JetStream timestamp; wall clock, one host",
+    "JB_CMD -> JB_EVT": "command's -> first event's JetStream timestamp; server clock",
+    "JB_EVT -> seen": "first event's JetStream timestamp -> subscriber; wall clock, one host",
+    "engine": "engine monotonic clock, from its /metrics (bucket-interpolated)",
+}
+
 
 def _n(v: float) -> str:
     return f"{v:,.0f}"
@@ -28,6 +36,9 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
          f"{_n(e['events_per_s'])} events/s; {e['seconds']} s; publish {_n(e['publish_per_s'])}/s;"
          f" other processes {e['cpu_s'].get('others', 0)} CPU-s"),
         ("", "ratio to floor", f"{e['ratio_to_floor']:.2f}", "end-to-end orders/s / floor orders/s"),
+        ("", "engine CPU µs / command", f"{e.get('engine_cpu_us_per_command', 0):,.1f}",
+         f"user+sys of the engine process ÷ commands; the floor's null engine "
+         f"{f.get('null_engine_cpu_us_per_command', 0):,.1f} µs"),
     ]  # fmt: skip
     for level in lat["levels"]:
         out.append((
@@ -36,7 +47,24 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"{_ms(level['p50_ms'])} / {_ms(level['p99_ms'])} / {_ms(level['p99_9_ms'])}",
             f"{_n(level['achieved_per_s'])}/s sent (target {_n(level['target_per_s'])}); "
             f"{_n(level['commands'])} commands; max {_ms(level['max_ms'])} ms;"
-            f" send lag p99 {_ms(level['send_lag_p99_ms'])} ms; others {level['cpu_s'].get('others', 0)} CPU-s",
+            f" send lag p99 {_ms(level['send_lag_p99_ms'])} ms; others {level['cpu_s'].get('others', 0)} CPU-s"
+            + ("; THE SENDER LAGGED MORE THAN THE LATENCY IT MEASURES: the client's figure, not the engine's"
+               if level.get("sender_lagged") else ""),
+        ))  # fmt: skip
+    for level, floor in zip(lat["levels"], lat.get("floor_levels", []), strict=False):
+        out.append((
+            f"  floor at {floor['load']:.0%}", "p50 / p99 ms",
+            f"{_ms(floor['p50_ms'])} / {_ms(floor['p99_ms'])}",
+            f"the null engine, same commands and rate; the engine is {level.get('p50_x_floor')}x / "
+            f"{level.get('p99_x_floor')}x the floor; send lag p99 {_ms(floor['send_lag_p99_ms'])} ms"
+            + ("; THE SENDER LAGGED" if floor.get("sender_lagged") else ""),
+        ))  # fmt: skip
+    first = lat["levels"][0] if lat["levels"] else {}
+    for i, (stage, q) in enumerate(first.get("stages", {}).items()):
+        out.append((
+            f"3 stages at {first['load']:.0%}" if i == 0 else "", stage, f"{_ms(q['p50_ms'])} / {_ms(q['p99_ms'])}",
+            STAGE_NOTES.get(stage.split(" ", 1)[0] if stage.startswith("engine") else stage, "")
+            + (f"; per batch, {q['batches']:,.0f} batches" if "batches" in q else ""),
         ))  # fmt: skip
     h, d = core["handle"], core["decode"]
     out += [

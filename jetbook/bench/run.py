@@ -38,6 +38,7 @@ from typing import Any
 
 import msgpack
 
+from engine.commit import DEFAULT_INFLIGHT
 from jetbook.bench.procs import (
     BenchError,
     Children,
@@ -49,6 +50,7 @@ from jetbook.bench.procs import (
     tail,
     wait_for,
 )
+from jetbook.bench.stages import breakdown, delta, first_event_ts, free_port, scrape_stages, stream_ts
 from jetbook.bench.workload import Cmd, Flow, avg_size
 from protocol.subjects import CMD_STREAM, EVT_STREAM, HDR_MSG_ID
 
@@ -70,7 +72,7 @@ class Options:
     latency_seconds: float = 5.0
     core_repeat: int = 3
     runs: int = 3  # floor and end-to-end runs, alternated; the best of each is reported
-    floor_inflight: int = 4  # as many commits in flight as the engine (engine.commit.DEFAULT_INFLIGHT)
+    floor_inflight: int = DEFAULT_INFLIGHT  # as many commits in flight as the engine
     poll: float = 0.02
     stall: float = 60.0
     json_path: Path | None = None
@@ -225,6 +227,11 @@ async def refuse_foreign_streams(js: Any) -> None:
             )
 
 
+def per_command_us(cpu_s: float, commands: int) -> float:
+    """User + sys CPU of one process over the commands it handled, µs: steadier on a shared machine than a rate."""
+    return round(cpu_s * 1e6 / commands, 1) if commands else 0.0
+
+
 def _rate(n: int, seconds: float) -> int:
     return round(n / seconds) if seconds > 0 else 0
 
@@ -274,6 +281,7 @@ async def phase_floor(
         "publish_per_s": _rate(n, pub_s),
         "events": events,
         "cpu_s": cpu,
+        "null_engine_cpu_us_per_command": per_command_us(cpu.get("null engine", 0.0), n),
         "timeline": sampler.timeline(),
         "jb_evt_last_seq": done.evt_last,
     }
@@ -303,7 +311,8 @@ async def phase_end_to_end(
     db: Path, children: Children, server_pid: int | None, *, profile: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any], Probe]:  # fmt: skip
     await fresh_streams(js)
-    engine = children.spawn("engine", role_argv("engine", url))
+    metrics_port = free_port()  # the engine's stage histograms, read by the latency phase
+    engine = children.spawn("engine", role_argv("engine", url, metrics_port=metrics_port))
     projection = children.spawn("projection", role_argv("project", url, db))
     probe = Probe(js, db)
     clients = await Clients.open(url, opts.effective_clients(), opts.window)
@@ -339,7 +348,9 @@ async def phase_end_to_end(
         "last_event_cmd_seq": done.evt_cmd,
         "cpu_s": cpu_engine_done,
         "timeline": sampler.timeline(),
+        "engine_cpu_us_per_command": per_command_us(cpu_engine_done.get("engine", 0.0), n),
         "pids": pids,
+        "metrics_port": metrics_port,
     }
     projection_live = {
         "seconds": round(proj_done.t, 3),
@@ -424,9 +435,34 @@ def histogram() -> Any:
 PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99, 100.0)
 
 
+@dataclass
+class Level:
+    """One latency run's commands, planned ahead so that the floor can be given the very same ones."""
+
+    load: float
+    rate: float
+    cmds: list[Cmd]
+    evt_first: int  # JB_EVT sequence of their first event
+    want_events: int  # JB_EVT holds this many events once they are all decided
+
+
+def plan_levels(opts: Options, flow: Flow, max_rate: int) -> list[Level]:
+    """The commands of every latency run, with their events kept (the floor's null engine writes those)."""
+    flow.keep_events = True
+    plan = []
+    for load in LOADS:
+        rate = max(load * max_rate, 1.0)
+        evt_first = flow.events + 1
+        cmds = flow.take(max(200, int(rate * opts.latency_seconds)))
+        plan.append(Level(load, rate, cmds, evt_first, flow.events))
+    flow.keep_events = False
+    return plan
+
+
 async def phase_latency(
-    opts: Options, url: str, flow: Flow, max_rate: int, probe: Probe, children: Children, pids: dict[str, int]
-) -> dict[str, Any]:
+    opts: Options, url: str, plan: list[Level], max_rate: int, probe: Probe, children: Children,
+    pids: dict[str, int], metrics_port: int = 0,
+) -> dict[str, Any]:  # fmt: skip
     from jetbook.wiring import connect
 
     watcher_nc = await connect(url, "jetbook-bench-latency", reconnect=False)
@@ -435,11 +471,13 @@ async def phase_latency(
     clients = await Clients.open(url, opts.effective_clients(), opts.window)
     levels = []
     try:
-        for load in LOADS:
-            rate = max(load * max_rate, 1.0)
-            cmds = flow.take(max(200, int(rate * opts.latency_seconds)))
-            want_events = flow.events
+        for level in plan:
+            load, rate, cmds, evt_first, want_events = (
+                level.load, level.rate, level.cmds, level.evt_first, level.want_events
+            )  # fmt: skip
+            stages0 = await asyncio.to_thread(scrape_stages, metrics_port) if metrics_port else None
             cpu0 = cpu_snapshot(pids)
+            wall_offset = time.time() - time.perf_counter()  # the bench's clock to this host's wall clock
             intended, actual, futures = await open_loop(clients, cmds, rate)
             sent_s = actual[-1] - actual[0] if len(actual) > 1 else 0.0
             seqs = check_acks([f.result() for f in futures], len(cmds))
@@ -449,6 +487,15 @@ async def phase_latency(
 
             await wait_for(f"the events of the {load:.0%} load run", all_seen, children, opts.stall)
             cpu = cpu_delta(cpu0, cpu_snapshot(pids))
+            engine_stages = (
+                delta(await asyncio.to_thread(scrape_stages, metrics_port), stages0) if stages0 is not None else None
+            )
+            cmd_ts = dict(zip(*(await stream_ts(probe.js, CMD_STREAM, min(seqs), max(seqs)))[:2], strict=True))
+            evt_ts = first_event_ts(*await stream_ts(probe.js, EVT_STREAM, evt_first, want_events))
+            stages = breakdown(
+                cmd_seqs=seqs, intended=intended, actual=actual, seen=[watcher.first[s] for s in seqs],
+                wall_offset=wall_offset, cmd_ts=cmd_ts, evt_ts=evt_ts, engine=engine_stages,
+            )  # fmt: skip
             hist, lag, from_send = histogram(), histogram(), histogram()
             for seq, t, a in zip(seqs, intended, actual, strict=True):
                 seen = watcher.first[seq]
@@ -474,7 +521,13 @@ async def phase_latency(
                 "from_send_p50_ms": from_send.get_value_at_percentile(50.0) / 1000,
                 "from_send_p99_ms": from_send.get_value_at_percentile(99.0) / 1000,
                 "from_send_p99_9_ms": from_send.get_value_at_percentile(99.9) / 1000,
+                # the measuring client fell further behind its schedule than the system took: the figures above
+                # are the client's lag more than the engine's latency, and the report says so
+                "sender_lagged": lag.get_value_at_percentile(99.0) > from_send.get_value_at_percentile(99.0),
                 "cpu_s": cpu,
+                "engine_cpu_us_per_command": per_command_us(cpu.get("engine", 0.0), len(cmds)),
+                # where the milliseconds go (jetbook/bench/stages.py says which clock each stage is on)
+                "stages": stages,
                 # the whole distribution, for the plot: [percentile, ms]
                 "distribution": [
                     [round(it.percentile_level_iterated_to, 4), it.value_iterated_to / 1000]
@@ -493,6 +546,55 @@ async def phase_latency(
         "max_rate_from_end_to_end": max_rate,
         "levels": levels,
     }
+
+
+async def phase_floor_latency(
+    opts: Options, url: str, js: Any, flow: Flow, plan: list[Level], orders: list[Cmd], tmp: Path,
+    children: Children,
+) -> dict[str, Any]:  # fmt: skip
+    """The latency runs again with the null engine (floor.py) in the engine's place: same commands, same rates.
+
+    The streams are made again and the setup and the orders replayed first, so that every command lands at the
+    JB_CMD sequence it had with the engine and the pre-encoded events (which carry it) match.
+    """
+    from jetbook.bench.floor import write_events_file
+
+    await fresh_streams(js)
+    events_file = tmp / "floor-latency-events.msgpack"
+    write_events_file(events_file, flow.events_by_msg_id)
+    base = [sys.executable, "-m", "jetbook.bench.floor"]
+    engine = children.spawn(
+        "null-engine-latency", [*base, "engine", "--nats-url", url, "--events", str(events_file),
+                                "--inflight", str(opts.floor_inflight)],
+    )  # fmt: skip
+    reader = children.spawn("null-reader-latency", [*base, "reader", "--nats-url", url])
+    probe = Probe(js)
+    try:
+        clients = await Clients.open(url, opts.effective_clients(), opts.window)
+        try:
+            await publish_in_order(js, flow.setup)
+            await publish_closed_loop(clients, orders)
+        finally:
+            await clients.close()
+        before = plan[0].evt_first - 1 if plan else 0
+
+        async def orders_done() -> bool:
+            return (await probe.evt())[0] >= before
+
+        await wait_for("the null engine to write the orders' events", orders_done, children, opts.stall)
+        pids = {"null engine": engine.proc.pid, "null reader": reader.proc.pid}
+        return await phase_latency(opts, url, plan, 0, probe, children, pids)
+    finally:
+        children.stop(engine)
+        children.stop(reader)
+
+
+def compare_to_floor(engine: dict[str, Any], floor: dict[str, Any]) -> None:
+    """The floor's levels beside the engine's, and the engine's p50 and p99 as multiples of the floor's."""
+    engine["floor_levels"] = floor["levels"]
+    for mine, theirs in zip(engine["levels"], floor["levels"], strict=True):
+        for key in ("p50_ms", "p99_ms"):
+            mine[f"{key[:-3]}_x_floor"] = round(mine[key] / theirs[key], 2) if theirs[key] > 0 else None
 
 
 def read_model_checks(probe: Probe, flow: Flow) -> dict[str, list[Any]]:
@@ -605,7 +707,9 @@ async def network_phases(
         say("3/6 latency at 10%, 50%, 90% of that ...")
         for e, _ in e2es:
             pids = e.pop("pids")  # the last run's processes are the ones still running
-        out["latency"] = await phase_latency(opts, url, flow, e2e["orders_per_s"], probe, children, pids)
+            metrics_port = e.pop("metrics_port")
+        plan = plan_levels(opts, flow, e2e["orders_per_s"])
+        out["latency"] = await phase_latency(opts, url, plan, e2e["orders_per_s"], probe, children, pids, metrics_port)
 
         async def projection_done() -> bool:
             assert probe is not None
@@ -622,6 +726,9 @@ async def network_phases(
         children.stop_all()  # the engine, the live projection (and py-spy): the rebuild gets the machine
         say("5/6 projection rebuild from 0 into a new file ...")
         out["projection"]["rebuild"] = await phase_rebuild(opts, url, js, tmp, children, flow.events)
+        say("3/6 latency of the transport floor: the same commands at the same rates ...")
+        floor_latency = await phase_floor_latency(opts, url, js, flow, plan, orders, tmp, children)
+        compare_to_floor(out["latency"], floor_latency)
         if opts.nats_url:  # leave a borrowed server without the benchmark's streams
             for name in (CMD_STREAM, EVT_STREAM):
                 await js.delete_stream(name)

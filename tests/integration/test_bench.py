@@ -60,6 +60,20 @@ def test_every_figure_is_there_and_sane(bench_run: tuple[dict[str, Any], Path, s
         assert lv["p50_ms"] <= lv["p99_ms"] <= lv["p99_9_ms"] <= lv["max_ms"]
         assert lv["from_send_p50_ms"] <= lv["from_send_p99_ms"] <= lv["from_send_p99_9_ms"]
     assert levels[0]["target_per_s"] < levels[1]["target_per_s"] < levels[2]["target_per_s"]
+    # Where the milliseconds go (jetbook/bench/stages.py): every stage has figures, p50 <= p99.
+    stages = levels[0]["stages"]
+    for name in ("send lag", "publish -> JB_CMD", "JB_CMD -> JB_EVT", "JB_EVT -> seen", "engine wait", "engine decide",
+                 "engine send", "engine commit"):  # fmt: skip
+        assert stages[name]["p50_ms"] <= stages[name]["p99_ms"], (name, stages[name])
+    assert stages["JB_CMD -> JB_EVT"]["p50_ms"] > 0  # one clock (the server's) on both ends: never negative
+    assert all(isinstance(lv["sender_lagged"], bool) for lv in levels)
+    # The floor, with the same commands at the same rates, and the engine as a multiple of it.
+    floors = doc["latency"]["floor_levels"]
+    assert [f["load"] for f in floors] == [0.1, 0.5, 0.9]
+    for lv, f in zip(levels, floors, strict=True):
+        assert f["commands"] == lv["commands"] and f["target_per_s"] == lv["target_per_s"]
+        assert lv["p99_x_floor"] == pytest.approx(lv["p99_ms"] / f["p99_ms"], abs=0.01)
+    positive(e2e["engine_cpu_us_per_command"], floor["null_engine_cpu_us_per_command"])
 
     core = doc["core"]
     positive(core["handle"]["orders_per_s"], core["decode"]["orders_per_s"], core["handle"]["events_per_s"])
@@ -73,7 +87,8 @@ def test_every_figure_is_there_and_sane(bench_run: tuple[dict[str, Any], Path, s
     positive(mem["bytes_per_order"])
     assert mem["rss_after_bytes"] > mem["rss_before_bytes"]
 
-    for title in ("transport floor", "end to end", "latency at 50%", "engine core", "projection", "memory"):
+    for title in ("transport floor", "end to end", "latency at 50%", "floor at 10%", "stages at 10%",
+                  "engine CPU µs / command", "engine core", "projection", "memory"):  # fmt: skip
         assert title in stdout
 
 

@@ -153,6 +153,18 @@ def _crossing_orders(url: str, market: str) -> None:
     assert buy.returncode == 0 and '"type": "fill"' in buy.stdout, buy.stdout + buy.stderr
 
 
+def _two_runner_market(url: str, market: str) -> None:
+    """Two backs on opposite runners of a two_runner market cross through the implied price (PROTOCOL 11.1)."""
+    made = run("submit", "create-market", "-m", market, "--kind", "odds", "--runner", "P1=Player 1", "--runner",
+               "P2=Player 2", "--book-type", "two_runner", "--nats-url", url)  # fmt: skip
+    assert made.returncode == 0 and '"book_type": "two_runner"' in made.stdout, made.stdout + made.stderr
+    for account, runner, price in (("m", "P2", 250), ("t", "P1", 166)):
+        out = run("submit", "place", "-m", market, "-a", account, "--side", "back", "--runner", runner, "--price",
+                  str(price), "--qty", "10", "--nats-url", url)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+    assert '"implied": true' in out.stdout, out.stdout
+
+
 def test_up_on_an_existing_server_from_the_environment_leaves_it_running(
     nats_server: EmbeddedServer, tmp_path: Path
 ) -> None:
@@ -166,6 +178,7 @@ def test_up_on_an_existing_server_from_the_environment_leaves_it_running(
         assert lines.wait_for(r"NATS\s+(nats://\S+)").group(1) == nats_server.url
         lines.wait_for(r"engine \| .*resuming at command")
         _crossing_orders(nats_server.url, "ENV")
+        _two_runner_market(nats_server.url, "TENNIS")
     finally:
         up.send_signal(signal.SIGINT)
         assert up.wait(30) == 0
@@ -211,6 +224,9 @@ def test_invalid_commands_are_refused_before_connecting(tmp_path: Path) -> None:
         "submit", "place", "-m", "X", "-a", "a", "--side", "buy", "--price", "0", "--qty", "1", "--nats-url", nowhere
     )
     assert zero.returncode == 2 and "invalid_price (price: out_of_range)" in zero.stderr
+    book_type = run("submit", "create-market", "-m", "X", "--kind", "odds", "--runner", "A", "--runner", "B",
+                    "--book-type", "three_runner", "--nats-url", nowhere)  # fmt: skip
+    assert book_type.returncode == 2 and "invalid_field (book_type: unknown)" in book_type.stderr
     book = run("book", "-m", "X", "--db", str(tmp_path / "missing.db"))
     assert book.returncode == 2 and "no read model" in book.stderr
 

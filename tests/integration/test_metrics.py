@@ -180,6 +180,21 @@ async def test_every_role_counts_what_it_does_and_serves_it(nats_server: Any, nc
         missing = dashboard_metric_names() - live
         assert not missing, f"the dashboard uses metrics no role serves: {sorted(missing)}"
 
+        # Where a command's time goes (engine/metrics.py STAGES): every stage observed, and one more order moves each.
+        stages = ("wait", "decide", "send", "commit")
+        engine = samples(await scrape(ports["engine"]))
+        before = {st: value(engine, "jetbook_engine_stage_seconds_count", stage=st) for st in stages}
+        assert all(n >= 1 for n in before.values()), before
+        place["client_order_id"] = "x2"
+        ack = await js.publish(f"jb.cmd.{result.market_id}.alice", msgpack.packb(place))
+        await wait_for_command(js, ack.seq)
+
+        async def stages_moved() -> bool:
+            s = samples(await scrape(ports["engine"]))
+            return all(value(s, "jetbook_engine_stage_seconds_count", stage=st) > before[st] for st in stages)
+
+        await wait_until(stages_moved, what="every engine stage histogram to count the order")
+
 
 async def test_engine_and_projection_answer_micro_discovery_and_status(nats_server: Any, nc: Any, js: Any,
                                                                         tmp_path: Path) -> None:  # fmt: skip

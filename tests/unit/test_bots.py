@@ -7,7 +7,6 @@ import json
 import socket
 from typing import Any
 
-from engine.decide import ODDS_LADDER as ENGINE_LADDER
 from engine.decide import on_ladder
 from tests.conftest import wait_until
 from tui import bots as B
@@ -60,11 +59,27 @@ def run(seed: int, snapshots: list[Frame] = SNAPSHOTS) -> list[Frame]:
             out = bot.step(snap)
             frames.extend(out)
             for f in out:  # the engine's answer, the same every run: each order rests
-                if f["type"] in ("place_order", "amend_order") and f.get("tif", "gtc") == "gtc":
-                    bot.on_event(f["market_id"], {"type": "order_accepted" if f["type"] == "place_order" else
-                                                  "order_amended", "client_order_id": f["client_order_id"],
-                                                  "price": f.get("price"), "resting_qty": f.get("qty", 2)})  # fmt: skip
+                single = {"place_orders": "place_order", "replace_orders": "amend_order"}.get(f["type"], f["type"])
+                for i in f.get("instructions") or [f]:
+                    if single in ("place_order", "amend_order") and i.get("tif", "gtc") == "gtc":
+                        kind = "order_accepted" if single == "place_order" else "order_amended"
+                        answer = {"type": kind, "client_order_id": i["client_order_id"], "price": i.get("price")}
+                        bot.on_event(f["market_id"], {**answer, "resting_qty": i.get("qty", 2)})
     return frames
+
+
+def flat(frames: list[Frame]) -> list[Frame]:
+    """Each order as a single command would carry it: a batch's instructions one by one, in the batch's market."""
+    out: list[Frame] = []
+    for f in frames:
+        single = {"place_orders": "place_order", "replace_orders": "amend_order"}.get(f["type"])
+        if single is None:
+            out.append(f)
+            continue
+        assert 2 <= len(f["instructions"]) <= B.MAX_BATCH
+        out += [{"type": single, "correlation_id": f["correlation_id"], "market_id": f["market_id"],
+                 "account_id": f["account_id"], **i} for i in f["instructions"]]  # fmt: skip
+    return out
 
 
 def test_same_seed_same_frames_and_another_seed_others() -> None:
@@ -73,11 +88,12 @@ def test_same_seed_same_frames_and_another_seed_others() -> None:
     assert a != c
     assert len(a) > 50
     kinds = {f["type"] for f in a}
-    assert {"set_risk_limits", "place_order", "amend_order"} <= kinds, kinds
+    # market makers quote a ladder in one place_orders and move it with one replace_orders
+    assert {"set_risk_limits", "place_order", "place_orders", "replace_orders"} <= kinds, kinds
 
 
 def test_frames_are_valid_for_their_market() -> None:
-    frames = run(5)
+    frames = flat(run(5))
     for f in frames:
         assert f["correlation_id"].split(":")[0] == f["account_id"]
         assert f["account_id"].startswith(("bot-mm-", "bot-noise-", "bot-inf-"))
@@ -108,7 +124,8 @@ def test_a_closed_market_gets_only_the_limits() -> None:
 def test_market_maker_quotes_both_sides_levels_deep_and_amends_after_a_move() -> None:
     mm = make_bots(1, 0, 0, 3)[0]
     first = mm.step(pair_snapshot(5000, 5020))
-    places = [f for f in first if f["type"] == "place_order"]
+    assert [f["type"] for f in first] == ["set_risk_limits", "place_orders"]  # the whole ladder in one command
+    places = [f for f in flat(first) if f["type"] == "place_order"]
     assert len(places) == 2 * B.MM_LEVELS
     buys = sorted(f["price"] for f in places if f["side"] == "buy")
     sells = sorted(f["price"] for f in places if f["side"] == "sell")
@@ -116,7 +133,9 @@ def test_market_maker_quotes_both_sides_levels_deep_and_amends_after_a_move() ->
     assert mm.step(pair_snapshot(5000, 5020)) == []  # unconfirmed quotes are not touched
     for f in places:  # the engine's answers: each rests
         mm.on_event("P", {"type": "order_accepted", "client_order_id": f["client_order_id"], "resting_qty": f["qty"]})
-    moved = mm.step(pair_snapshot(5500, 5520))
+    moved_frames = mm.step(pair_snapshot(5500, 5520))
+    assert [f["type"] for f in moved_frames] == ["replace_orders"]
+    moved = flat(moved_frames)
     assert moved and all(f["type"] == "amend_order" for f in moved)
     # a fill that takes a quote away makes the next step place a new one in its slot
     gone = places[0]
@@ -125,7 +144,7 @@ def test_market_maker_quotes_both_sides_levels_deep_and_amends_after_a_move() ->
     for f in moved:
         mm.on_event("P", {"type": "order_amended", "client_order_id": f["client_order_id"],
                           "price": f.get("price"), "resting_qty": f.get("qty", 4)})  # fmt: skip
-    again = mm.step(pair_snapshot(5500, 5520))
+    again = flat(mm.step(pair_snapshot(5500, 5520)))
     assert any(f["type"] == "place_order" and f["side"] == gone["side"] for f in again)
 
 
@@ -138,7 +157,7 @@ def test_market_makers_quote_both_runners_of_a_two_runner_market_without_crossin
         {"runner": r, "label": r, "bid_side": "lay", "ask_side": "back", "bids": [], "asks": []} for r in ("P1", "P2")
     ]}  # fmt: skip
     for mm in make_bots(3, 0, 0, 1):  # half spread 1, skews 1, -1, 1: unmirrored, their lays would cross
-        places = [f for f in mm.step(empty) if f["type"] == "place_order"]
+        places = [f for f in flat(mm.step(empty)) if f["type"] == "place_order"]
         assert {f["runner"] for f in places} == {"P1", "P2"} and len(places) == 4 * B.MM_LEVELS
         assert all(190 <= f["price"] <= 212 for f in places)  # around 2.00
         by = {(r, s): [f["price"] for f in places if (f["runner"], f["side"]) == (r, s)] for r in ("P1", "P2")
@@ -175,8 +194,7 @@ def test_informed_trader_sweeps_through_the_book_with_ioc_only() -> None:
     assert inf.open_orders() == 0
 
 
-def test_the_odds_ladder_is_the_engines() -> None:
-    assert B.ODDS_LADDER == ENGINE_LADDER
+def test_the_bots_prices_are_on_the_engines_ladder() -> None:
     assert all(on_ladder(p) for p in B.ODDS_PRICES)
     g = Grid.of(ODDS_MARKET)
     assert g.price(g.lo) == 101 and g.price(g.hi) == 100000

@@ -42,6 +42,7 @@ PURE = [
     "protocol/shards.py",
     "protocol/reasons.py",
     "protocol/vocab.py",
+    "protocol/odds.py",
 ]
 IMPURE = {
     "asyncio", "nats", "sqlite3", "socket", "time", "random", "secrets", "os", "subprocess", "threading",
