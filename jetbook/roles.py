@@ -18,7 +18,7 @@ from jetbook.wiring import close_quietly, connect
 from projections.fanout import FanOut
 from projections.metrics import register_projection
 from projections.runner import ProjectionRunner
-from protocol.streams import wait_for_stream
+from protocol.streams import ShardsMismatch, venue_shards, wait_for_stream
 from protocol.subjects import EVT_STREAM
 
 log = logging.getLogger("jetbook")
@@ -97,6 +97,26 @@ async def engine_role(
         await close_quietly(nc)
 
 
+async def wait_for_venue(js: Any, stop: asyncio.Event, shards: int | None = None) -> int | None:
+    """The venue's shard count once its streams exist (None if stopped first); ShardsMismatch when `shards`
+    is given and the venue was made with another count. Readers follow whatever the engines created."""
+    announced = False
+    while not stop.is_set():
+        found = await venue_shards(js)
+        if found is not None:
+            if shards is not None and found != shards:
+                raise ShardsMismatch(found, shards)
+            return found
+        if not announced:
+            log.info("waiting for the venue's streams (start the engine or `jetbook up`)")
+            announced = True
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except TimeoutError:
+            pass
+    return None
+
+
 async def project_role(
     url: str,
     db: Path,
@@ -105,16 +125,25 @@ async def project_role(
     *,
     metrics_port: int = 0,
     metrics_host: str = DEFAULT_METRICS_HOST,
+    shards: int | None = None,
 ) -> None:
-    """A projection worker, registered as the nats.micro service `jetbook-projection`; /metrics when given a port."""
+    """A projection worker, registered as the nats.micro service `jetbook-projection`; /metrics when given a port.
+
+    It follows every shard's event stream (the count found with venue_shards unless `shards` is given).
+    """
     nc = await connect(url, "jetbook-projection", role="projection")
     js = nc.jetstream()
-    if not await wait_for_stream(js, EVT_STREAM, stop):
+    found = await wait_for_venue(js, stop, shards)
+    if found is None:
         await close_quietly(nc)
         return
-    runner = ProjectionRunner(js, db, from_seq=from_seq)
+    runner = ProjectionRunner(js, db, from_seq=from_seq, shards=found)
+
+    async def tail() -> int:
+        return sum([await last_seq(js, s) for s in runner.streams])
+
     reporter = asyncio.create_task(_report("projection position", lambda: runner.position, stop))
-    sampler = asyncio.create_task(runner.metrics.sample_lag(lambda: last_seq(js, EVT_STREAM), stop))
+    sampler = asyncio.create_task(runner.metrics.sample_lag(tail, stop))
     micro = None
     try:
         with metrics_served("projection", metrics_port, runner.metrics.registry, metrics_host):

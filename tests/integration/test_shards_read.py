@@ -1,0 +1,196 @@
+"""The read side of a sharded venue on a real nats-server (issue 15): every reader follows every shard.
+
+A 2-shard venue (ensure_shard_streams, one EngineService per shard, in-process) is read by the projection (one
+file, a position per shard), the query service (strong reads wait for every shard's tail), `replay verify` (each
+shard's log re-decided on its own) and the fan-out (exactly once per shard stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from engine.core import Engine
+from engine.exchange import shard_app
+from events.model import decode
+from events.stream_readers import last_seq
+from jetbook.server import EmbeddedServer
+from projections import queries
+from projections.read_model import ReadModel
+from projections.runner import ProjectionRunner
+from protocol.shards import cmd_stream_name, evt_stream_name, partition
+from protocol.streams import ensure_shard_streams
+from tests.conftest import wait_until
+from tests.integration.harness import running_engine, workload
+
+SHARDS = 2
+MARKETS = ("M1", "M2", "M3", "M4")
+EVT = [evt_stream_name(k, SHARDS) for k in range(SHARDS)]
+
+
+@pytest.fixture
+def venue(tmp_path: Path) -> Iterator[EmbeddedServer]:
+    server = EmbeddedServer(tmp_path / "nats", port=0, shards=SHARDS)
+    server.start()
+    yield server
+    server.stop()
+
+
+@contextlib.asynccontextmanager
+async def engines(nc: Any) -> AsyncIterator[None]:
+    async with contextlib.AsyncExitStack() as stack:
+        for k in range(SHARDS):
+            await stack.enter_async_context(running_engine(nc, app=shard_app(k, SHARDS), snapshot_every=0))
+        yield
+
+
+async def tails(js: Any) -> dict[str, int]:
+    return {s: await last_seq(js, s) for s in EVT}
+
+
+async def all_decided(js: Any) -> bool:
+    """Every command of every JB_CMD_k has its events in JB_EVT_k."""
+    for k in range(SHARDS):
+        cmd = await last_seq(js, cmd_stream_name(k, SHARDS))
+        evt = await last_seq(js, EVT[k])
+        if cmd and (not evt or decode((await js.get_msg(EVT[k], evt)).data).cmd_seq < cmd):
+            return False
+    return True
+
+
+async def trade(nc: Any, commands: list[tuple[str, bytes]]) -> dict[str, int]:
+    """Publish the commands to a fresh 2-shard venue and let its engines decide them all; every shard's tail."""
+    js = nc.jetstream()
+    await ensure_shard_streams(js, SHARDS)
+    async with engines(nc):
+        for subject, data in commands:
+            await js.publish_async(subject, data)
+        await js.publish_async_completed()
+        await wait_until(lambda: all_decided(js), 60, "every shard to decide its commands")
+    return await tails(js)
+
+
+def market_rows(db: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """What a market shows, without the columns that number events in their stream (seq, cmd_seq, ts)."""
+    con = sqlite3.connect(db)
+    try:
+        return {
+            "orders": con.execute(
+                "SELECT market_id, order_id, account_id, client_order_id, side, price, qty, filled_qty,"
+                " cancelled_qty, status FROM orders ORDER BY market_id, order_id"
+            ).fetchall(),
+            "trades": con.execute(
+                "SELECT market_id, trade_id, price, qty, maker_order_id, taker_order_id, maker_account,"
+                " taker_account FROM trades ORDER BY market_id, trade_id"
+            ).fetchall(),
+            "levels": con.execute("SELECT * FROM book_levels ORDER BY 1, 2, 3, 4").fetchall(),
+            "positions": con.execute("SELECT * FROM positions ORDER BY 1, 2, 3").fetchall(),
+            "markets": con.execute(
+                "SELECT market_id, last_trade_id, last_price, volume, state FROM markets ORDER BY 1"
+            ).fetchall(),
+            "rejections": con.execute(
+                "SELECT market_id, reason FROM rejections UNION ALL SELECT market_id, reason FROM shard_rejections"
+                " ORDER BY 1, 2"
+            ).fetchall(),
+        }
+    finally:
+        con.close()
+
+
+async def one_shard_model(commands: list[tuple[str, bytes]], db: Path) -> None:
+    """The reference: one engine decides the whole log in publish order, folded into a one-shard file."""
+    engine = Engine()
+    events = [e for seq, (subject, data) in enumerate(commands, 1) for e in engine.handle(seq, seq, subject, data)]
+    model = await ReadModel.open(db)
+    try:
+        await model.apply(list(enumerate(events, 1)))
+    finally:
+        await model.close()
+
+
+def file_positions(db: Path) -> dict[str, int]:
+    if not db.exists():
+        return {}
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return queries.stream_positions(con)
+    except sqlite3.OperationalError:  # schema not created yet
+        return {}
+    finally:
+        con.close()
+
+
+async def test_the_projection_folds_every_shard_into_the_rows_of_one(venue: EmbeddedServer, tmp_path: Path) -> None:
+    commands = workload(600, seed=15, markets=MARKETS)
+    assert {partition(m, SHARDS) for m in MARKETS} == {0, 1}  # both shards have markets
+    nc = await nats.connect(venue.url)
+    try:
+        ends = await trade(nc, commands)
+        db = tmp_path / "sharded.db"
+        runner = ProjectionRunner(nc.jetstream(), db, shards=SHARDS, batch=97)
+        await runner.run(asyncio.Event(), until=ends)
+    finally:
+        await nc.close()
+    assert runner.positions == ends and file_positions(db) == ends
+    reference = tmp_path / "one.db"
+    await one_shard_model(commands, reference)
+    want, got = market_rows(reference), market_rows(db)
+    assert len(got["trades"]) > 20 and len(got["orders"]) > 100
+    assert got == want
+
+
+def _project_proc(url: str, db: Path) -> subprocess.Popen[bytes]:
+    with db.with_suffix(".log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "jetbook", "project", "--nats-url", url, "--db", str(db)],
+            stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+
+
+async def test_kill_9_of_the_projection_loses_and_duplicates_nothing_per_shard(
+    venue: EmbeddedServer, tmp_path: Path
+) -> None:
+    commands = workload(3000, seed=7, markets=MARKETS)
+    nc = await nats.connect(venue.url)
+    try:
+        ends = await trade(nc, commands)
+        db = tmp_path / "live.db"
+        seen = []
+        for fraction in (0.2, 0.6):
+            proc = _project_proc(venue.url, db)  # finds the shard count itself (venue_shards)
+
+            async def past(f: float = fraction) -> bool:
+                return sum(file_positions(db).values()) >= int(sum(ends.values()) * f)
+
+            await wait_until(past, 60, f"projection past {fraction:.0%}")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            seen.append(file_positions(db))
+        assert seen[0] != ends and seen[-1] != ends  # killed before the end
+        proc = _project_proc(venue.url, db)
+        try:
+
+            async def at_end() -> bool:
+                return file_positions(db) == ends
+
+            await wait_until(at_end, 60, "projection to reach every shard's end")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(15) == 0
+        fresh = tmp_path / "fresh.db"
+        await ProjectionRunner(nc.jetstream(), fresh, shards=SHARDS).run(asyncio.Event(), until=ends)
+    finally:
+        await nc.close()
+    from replay.hashing import db_content_hash
+
+    assert db_content_hash(db) == db_content_hash(fresh)
