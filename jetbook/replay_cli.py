@@ -133,21 +133,39 @@ def verify_cmd(
     checkpoint_every: Annotated[
         int, typer.Option(help="The engine's checkpoint interval (checkpoint events are part of the log).")
     ] = CHECKPOINT_EVERY,
+    shard: Annotated[int | None, typer.Option(help="Only this shard (a sharded venue; default: every shard).")] = None,
     nats_url: Url = DEFAULT_URL,
 ) -> None:
     """Re-decide every command of JB_CMD through a fresh core and compare with JB_EVT, event by event.
 
     Exit 0 and "identical" with a sha256 digest of the events, or exit 1 and
-    the first divergence with both payloads.
+    the first divergence with both payloads. A sharded venue: each shard's
+    JB_CMD_k against its JB_EVT_k, one verdict per shard.
     """
-    from replay.verify import describe, verify
+    from protocol.streams import venue_shards
+    from replay.verify import describe, describe_shards, verify, verify_shards
 
     async def body(js: Any) -> int:
+        shards = await venue_shards(js) or 1
+        if shard is not None and not 0 <= shard < shards:
+            typer.echo(f"error: this venue has {shards} shard(s): --shard must be 0..{shards - 1}", err=True)
+            return 2
         with _Reporter("verify") as reporter:
-            result = await verify(js, from_seq, checkpoint_every=checkpoint_every, on_progress=reporter.update)
-        for line in describe(result):
+            if shards == 1:
+                result = await verify(js, from_seq, checkpoint_every=checkpoint_every, on_progress=reporter.update)
+                results = [result]
+            else:
+                try:
+                    results = await verify_shards(
+                        js, shards, only=shard, from_seq=from_seq, checkpoint_every=checkpoint_every,
+                        on_progress=reporter.update,
+                    )  # fmt: skip
+                except ValueError as err:
+                    typer.echo(f"error: {err}", err=True)
+                    return 2
+        for line in describe(results[0]) if shards == 1 else describe_shards(results):
             typer.echo(line)
-        return 0 if result.identical else 1
+        return 0 if all(r.identical for r in results) else 1
 
     _run(nats_url, body)
 

@@ -17,12 +17,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import nats
 import pytest
 
 from engine.core import Engine
 from engine.exchange import shard_app
-from events.model import decode
+from events.model import decode, encode
 from events.stream_readers import last_seq
 from jetbook.server import EmbeddedServer
 from projections import queries
@@ -194,3 +195,33 @@ async def test_kill_9_of_the_projection_loses_and_duplicates_nothing_per_shard(
     from replay.hashing import db_content_hash
 
     assert db_content_hash(db) == db_content_hash(fresh)
+
+
+async def test_verify_proves_each_shard_and_names_the_stream_of_a_forged_event(
+    venue: EmbeddedServer, tmp_path: Path
+) -> None:
+    from replay.verify import verify_shards
+
+    nc = await nats.connect(venue.url)
+    try:
+        ends = await trade(nc, workload(300, seed=4, markets=MARKETS))
+        js = nc.jetstream()
+        results = await verify_shards(js, SHARDS)
+        assert [(r.evt_stream, r.identical, r.pending) for r in results] == [(s, True, 0) for s in EVT]
+        assert [r.events for r in results] == [ends[s] for s in EVT]
+        # Something that is not the engine writes into shard 1's log (what permissions must refuse).
+        forged = Engine().handle(1, 1, "jb.ctl.M9", msgpack.packb({"type": "create_market", "market_id": "M9",
+                                                                 "base": "B", "quote": "Q"}))  # fmt: skip
+        ack = await js.publish("jbs.1.wal.M9.market_created", encode(forged[0]))
+        assert (ack.stream, ack.seq) == (EVT[1], ends[EVT[1]] + 1)
+    finally:
+        await nc.close()
+    proc = subprocess.run(
+        [sys.executable, "-m", "jetbook", "replay", "verify", "--nats-url", venue.url],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"{EVT[0]}: identical"
+    assert f"{EVT[1]}: DIVERGED at {EVT[1]} seq {ends[EVT[1]] + 1}: {EVT[1]} has an event" in proc.stdout
+    assert lines[-1] == f"1 of {SHARDS} shards identical"
