@@ -225,3 +225,47 @@ async def test_verify_proves_each_shard_and_names_the_stream_of_a_forged_event(
     assert lines[0] == f"{EVT[0]}: identical"
     assert f"{EVT[1]}: DIVERGED at {EVT[1]} seq {ends[EVT[1]] + 1}: {EVT[1]} has an event" in proc.stdout
     assert lines[-1] == f"1 of {SHARDS} shards identical"
+
+
+async def ask(nc: Any, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    msg = await nc.request(f"jb.qry.{name}", msgpack.packb(body), timeout=10)
+    answer: dict[str, Any] = msgpack.unpackb(msg.data)
+    return answer
+
+
+async def test_strong_reads_see_every_shard(venue: EmbeddedServer, tmp_path: Path) -> None:
+    from projections.query_service import QueryService
+
+    nc = await nats.connect(venue.url)
+    js = nc.jetstream()
+    db = tmp_path / "rm.db"
+    stop = asyncio.Event()
+    service = QueryService(nc, db, shards=SHARDS)
+    try:
+        await trade(nc, workload(200, seed=9, markets=MARKETS))
+        async with engines(nc):
+            projection = asyncio.create_task(ProjectionRunner(js, db, shards=SHARDS, batch=7).run(stop))
+            await service.start()
+            m1, m2 = (next(m for m in MARKETS if partition(m, SHARDS) == k) for k in range(SHARDS))
+            for m in (m1, m2):  # a market of each shard, created and traded just before the strong reads
+                await js.publish(f"jb.ctl.N{m}", msgpack.packb({"type": "create_market", "market_id": f"N{m}",
+                                                                "base": "B", "quote": "Q"}))  # fmt: skip
+            body = {"type": "place_order", "client_order_id": "late", "side": "buy", "price": 1000, "qty": 1}
+            ack = await js.publish(f"jb.cmd.{m2}.zed", msgpack.packb(body))
+            assert ack.stream == cmd_stream_name(partition(m2, SHARDS), SHARDS)
+            markets = await ask(nc, "markets", {"consistency": "strong"})
+            orders = await ask(nc, "orders", {"market_id": m2, "account_id": "zed", "consistency": "strong"})
+            stale = await ask(nc, "markets", {"min_seq": 1})
+            tail = await tails(js)
+            stop.set()
+            await projection
+    finally:
+        await service.stop()
+        await nc.close()
+    names = {m["market_id"] for m in markets["result"]}
+    assert {f"N{m1}", f"N{m2}"} <= names, names  # both shards' newest commands are in one strong answer
+    assert markets["at_seq"] is None and set(markets["at"]) == set(EVT)
+    assert [o["client_order_id"] for o in orders["result"]] == ["late"]
+    shard = EVT[partition(m2, SHARDS)]
+    assert orders["at_seq"] == orders["at"][shard] and 0 < orders["at_seq"] <= tail[shard]
+    assert stale["error"] == "invalid" and "market_id" in stale["detail"]
