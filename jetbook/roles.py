@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from nats.js.errors import NotFoundError
+
 from engine.core import CHECKPOINT_EVERY
 from engine.lease import DEFAULT_TTL_S, Lease
 from engine.metrics import register_engine, serve_metrics
@@ -18,7 +20,9 @@ from jetbook.wiring import close_quietly, connect
 from projections.fanout import FanOut
 from projections.metrics import register_projection
 from projections.runner import ProjectionRunner
-from protocol.streams import ShardsMismatch, venue_shards, wait_for_stream
+from protocol.errors import JetbookError
+from protocol.shards import evt_stream_name
+from protocol.streams import SHARDS_METADATA, ShardsMismatch, wait_for_stream
 from protocol.subjects import EVT_STREAM
 
 log = logging.getLogger("jetbook")
@@ -97,18 +101,36 @@ async def engine_role(
         await close_quietly(nc)
 
 
+async def evt_shards(js: Any) -> int | None:
+    """protocol.streams.venue_shards as a reader may ask it: from the event streams, which every reader may read
+    (JB_EVT: one shard; JB_EVT_0's metadata: its count; neither: no venue yet). None until the venue exists."""
+    try:
+        await js.stream_info(EVT_STREAM)
+        return 1
+    except NotFoundError:
+        pass
+    try:
+        info = await js.stream_info(evt_stream_name(0, 2))
+    except NotFoundError:
+        return None
+    value = (info.config.metadata or {}).get(SHARDS_METADATA, "")
+    if not value.isdigit():
+        raise JetbookError(f"stream {info.config.name} has no valid {SHARDS_METADATA} metadata ({value!r})")
+    return int(value)
+
+
 async def wait_for_venue(js: Any, stop: asyncio.Event, shards: int | None = None) -> int | None:
     """The venue's shard count once its streams exist (None if stopped first); ShardsMismatch when `shards`
     is given and the venue was made with another count. Readers follow whatever the engines created."""
     announced = False
     while not stop.is_set():
-        found = await venue_shards(js)
+        found = await evt_shards(js)
         if found is not None:
             if shards is not None and found != shards:
                 raise ShardsMismatch(found, shards)
             return found
         if not announced:
-            log.info("waiting for the venue's streams (start the engine or `jetbook up`)")
+            log.info("waiting for the venue's event streams (start the engine or `jetbook up`)")
             announced = True
         try:
             await asyncio.wait_for(stop.wait(), 0.5)
