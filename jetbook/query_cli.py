@@ -31,9 +31,10 @@ async def query_role(
     from jetbook.roles import metrics_served, wait_for_venue
     from jetbook.wiring import close_quietly, connect
     from projections.query_service import QueryService
+    from protocol.streams import venue_shards
 
     nc = await connect(url, "jetbook-query", role=ROLE)
-    shards = await wait_for_venue(nc.jetstream(), stop)
+    shards = await wait_for_venue(nc.jetstream(), stop, probe=venue_shards)
     if shards is None:
         await close_quietly(nc)
         return

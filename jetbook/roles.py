@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from projections.metrics import register_projection
 from projections.runner import ProjectionRunner
 from protocol.errors import JetbookError
 from protocol.shards import evt_stream_name
-from protocol.streams import SHARDS_METADATA, ShardsMismatch, wait_for_stream
+from protocol.streams import SHARDS_METADATA, ShardsMismatch
 from protocol.subjects import EVT_STREAM
 
 log = logging.getLogger("jetbook")
@@ -119,12 +119,21 @@ async def evt_shards(js: Any) -> int | None:
     return int(value)
 
 
-async def wait_for_venue(js: Any, stop: asyncio.Event, shards: int | None = None) -> int | None:
+async def wait_for_venue(
+    js: Any,
+    stop: asyncio.Event,
+    shards: int | None = None,
+    probe: Callable[[Any], Awaitable[int | None]] = evt_shards,
+) -> int | None:
     """The venue's shard count once its streams exist (None if stopped first); ShardsMismatch when `shards`
-    is given and the venue was made with another count. Readers follow whatever the engines created."""
+    is given and the venue was made with another count. Readers follow whatever the engines created.
+
+    `probe`: how this reader may ask (its permissions): from the event streams (projection, fan-out), or from
+    the command streams (protocol.streams.venue_shards: the query service, which reads JB_CMD's tail).
+    """
     announced = False
     while not stop.is_set():
-        found = await evt_shards(js)
+        found = await probe(js)
         if found is not None:
             if shards is not None and found != shards:
                 raise ShardsMismatch(found, shards)
@@ -184,10 +193,11 @@ async def fanout_role(
 ) -> None:
     """The private feeds: each account's own events on jb.acct.<account>.>, the public tape on jb.tape.<market>."""
     nc = await connect(url, "jetbook-fanout", role="fanout")
-    if not await wait_for_stream(nc.jetstream(), EVT_STREAM, stop):
+    shards = await wait_for_venue(nc.jetstream(), stop)
+    if shards is None:
         await close_quietly(nc)
         return
-    fanout = FanOut(nc, replicas=replicas)
+    fanout = FanOut(nc, replicas=replicas, shards=shards)
     try:
         with metrics_served("fan-out", metrics_port, fanout.metrics.registry, metrics_host):
             await fanout.run(stop)

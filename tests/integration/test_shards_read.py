@@ -30,7 +30,7 @@ from projections import queries
 from projections.read_model import ReadModel
 from projections.runner import ProjectionRunner
 from protocol.shards import cmd_stream_name, evt_stream_name, partition
-from protocol.streams import ensure_shard_streams
+from protocol.streams import ensure_fanout_streams, ensure_shard_streams
 from tests.conftest import wait_until
 from tests.integration.harness import running_engine, workload
 
@@ -269,3 +269,51 @@ async def test_strong_reads_see_every_shard(venue: EmbeddedServer, tmp_path: Pat
     shard = EVT[partition(m2, SHARDS)]
     assert orders["at_seq"] == orders["at"][shard] and 0 < orders["at_seq"] <= tail[shard]
     assert stale["error"] == "invalid" and "market_id" in stale["detail"]
+
+
+async def test_the_fanout_copies_every_shard_exactly_once_across_interruptions(
+    venue: EmbeddedServer, tmp_path: Path
+) -> None:
+    from projections.fanout import FanOut, outputs
+    from protocol.subjects import ACCT_STREAM, HDR_EVT_SEQ, HDR_MSG_ID, TAPE_STREAM
+    from tests.integration.harness import read_all
+
+    nc = await nats.connect(venue.url)
+    js = nc.jetstream()
+    try:
+        ends = await trade(nc, workload(800, seed=21, markets=MARKETS))
+        want: dict[str, list[str]] = {ACCT_STREAM: [], TAPE_STREAM: []}  # per output stream, per shard, in order
+        per_shard: dict[tuple[str, str], list[str]] = {}
+        for k, evt in enumerate(EVT):
+            for m in await read_all(js, evt):
+                for o in outputs(m.seq, decode(m.data), m.data, evt, k):
+                    want[o.stream].append(o.msg_id)
+                    per_shard.setdefault((o.stream, evt), []).append(o.msg_id)
+        assert all(per_shard.get((s, e)) for s in want for e in EVT)  # both shards feed both outputs
+        await ensure_fanout_streams(js)
+        # Cut the worker off mid-publish twice (a cancelled task: some of a batch's publishes sent, not all acked),
+        # then let a fresh one finish from the output streams' tails.
+        for cut in (0.3, 0.7):
+            worker = FanOut(nc, batch=11, shards=SHARDS)
+            task = asyncio.create_task(worker.run(asyncio.Event()))
+
+            async def past(f: float = cut) -> bool:
+                return await last_seq(js, ACCT_STREAM) >= int(len(want[ACCT_STREAM]) * f)
+
+            await wait_until(past, 30, f"fan-out past {cut:.0%}")
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert 0 < await last_seq(js, ACCT_STREAM) < len(want[ACCT_STREAM])
+        final = FanOut(nc, batch=11, shards=SHARDS)
+        await asyncio.wait_for(final.run(asyncio.Event(), until=ends), 60)
+        stored = {s: await read_all(js, s) for s in want}
+    finally:
+        await nc.close()
+    for stream, msgs in stored.items():
+        ids = [m.headers[HDR_MSG_ID] for m in msgs]  # type: ignore[index]
+        assert sorted(ids) == sorted(want[stream]) and len(set(ids)) == len(ids), stream  # all, once each
+        for evt in EVT:  # each shard's outputs in that shard's order
+            mine = [m.headers[HDR_MSG_ID] for m in msgs if m.headers["Jb-Evt-Stream"] == evt]  # type: ignore[index]
+            assert mine == per_shard[(stream, evt)]
+        assert all(int(m.headers[HDR_EVT_SEQ]) > 0 for m in msgs)  # type: ignore[index]
