@@ -88,6 +88,7 @@ def _unparsed(subject: Any, err: Exception) -> Invalid:
 
 
 _BATCHES: Final = (PlaceOrders, CancelOrders, ReplaceOrders)
+_MINE_MAX: Final = 4096  # the cache of this shard's market tokens is emptied at this size (any valid id gets in)
 
 
 def _hash(state: State) -> str:
@@ -160,6 +161,7 @@ class Engine:
         self.shard = shard
         self.shards = shards
         self.wal_prefix = wal_prefix(shard, shards)
+        self._mine: set[str] = set()  # market tokens known to be this shard's: a hash per command saved
         # (jb.wal subject, msgpack bytes) of each event the last `handle` returned, in order: the
         # encoding is part of the decision (a value that cannot be encoded becomes a reject), so the
         # shell publishes these bytes rather than encoding the events again.
@@ -183,8 +185,14 @@ class Engine:
             parsed = parse(subject, data)
         except Exception as err:  # parse is total by design; this guards a bug in it
             parsed = _unparsed(subject, err)
-        if self.shards > 1:
-            parsed = _wrong_shard(parsed, self.shard, self.shards) or parsed
+        if self.shards > 1 and parsed.market_id not in self._mine:
+            wrong = _wrong_shard(parsed, self.shard, self.shards)
+            if wrong is None:
+                if len(self._mine) >= _MINE_MAX:
+                    self._mine.clear()
+                self._mine.add(parsed.market_id)
+            else:
+                parsed = wrong
         if type(parsed) is Parsed and type(parsed.command) in _BATCHES:
             batch = self._batch_in_place(cmd_seq, ts, parsed)
             if batch is not None:

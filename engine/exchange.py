@@ -35,7 +35,7 @@ from events.model import Checkpoint, UnknownEvent, encode
 from framework.app import App, Streams
 from projections.read_model import ReadModel
 from protocol.shards import check_shards, cmd_stream_name, evt_stream_name, shard_root, wal_prefix
-from protocol.streams import ensure_one_shard_streams, ensure_streams
+from protocol.streams import ensure_one_shard_streams
 from protocol.subjects import CMD_STREAM, CMD_SUBJECTS, EVT_PREFIX, EVT_STREAM, SNAP_BUCKET, WAL_PREFIX
 
 # Every module whose source decides what a state is or what events a command gives: the engine's parts,
@@ -98,6 +98,12 @@ class ExchangeDecider:
 
 DECIDER: Final = ExchangeDecider()
 
+
+async def ensure_checked_streams(js: Any, replicas: int = 1) -> None:
+    """JB_CMD and JB_EVT, refusing a venue made with shards (protocol.streams.ShardsMismatch): the one-shard engine."""
+    await ensure_one_shard_streams(js, 0, 1, replicas)
+
+
 STREAMS: Final = Streams(
     cmd=CMD_STREAM,
     evt=EVT_STREAM,
@@ -115,7 +121,7 @@ APP: Final = App(
     streams=STREAMS,
     decider=DECIDER,
     projections={ReadModel.NAME: ReadModel},
-    ensure_streams=ensure_streams,
+    ensure_streams=ensure_checked_streams,
 )
 
 

@@ -54,7 +54,7 @@ from protocol.errors import JetbookError
 log = logging.getLogger("jetbook.lease")
 
 LEASE_BUCKET: Final = "JB_LEASE"
-LEASE_KEY: Final = "engine"  # one key per shard; today one engine decides every market
+LEASE_KEY: Final = "engine"  # one shard's key; shard k of a sharded venue has "engine-<k>" (engine.exchange.shard_app)
 DEFAULT_TTL_S: Final = 1.0  # a standby takes over about this long after the holder's last renewal
 WATCHDOG_S: Final = 10.0  # renew only while the engine's loop has beaten this recently
 RECORD_MAX_AGE_S: Final = 30.0  # the server forgets a record nobody renewed for this long

@@ -194,7 +194,7 @@ class EngineService:
         self.lease = lease
         self.role = "starting"  # then "standby" / "active" (with a lease), "active" (without)
         if metrics is None:
-            metrics = EngineMetrics(command_types=SPECS if app is EXCHANGE else None)
+            metrics = EngineMetrics(command_types=SPECS if app.decider.name == EXCHANGE.decider.name else None)
         self.metrics = metrics
         metrics.attach(self)
         # JB_EVT out: atomic batches, fenced, `inflight` at once, each sent only while `_hold` says the lease is ours.

@@ -20,16 +20,19 @@ from protocol.subjects import EVT_STREAM, HDR_BATCH_COMMIT
 
 
 class EventWatcher:
-    def __init__(self, js: Any) -> None:
+    """`stream`: the event stream of the commands' shard (protocol.streams.market_evt_stream); JB_EVT for one."""
+
+    def __init__(self, js: Any, stream: str = EVT_STREAM) -> None:
         self.js = js
+        self.stream = stream
         self.by_cmd: dict[int, list[tuple[int, Event]]] = {}
         self._done_upto = 0  # every command <= this is complete
         self._reader: StreamReader | None = None
 
     async def start(self) -> EventWatcher:
         """Start watching at the current end of JB_EVT: call before publishing the commands."""
-        start = await last_seq(self.js, EVT_STREAM) + 1
-        self._reader = await StreamReader(self.js, EVT_STREAM, start).start()
+        start = await last_seq(self.js, self.stream) + 1
+        self._reader = await StreamReader(self.js, self.stream, start).start()
         return self
 
     async def stop(self) -> None:
@@ -64,17 +67,17 @@ class EventWatcher:
         return {s: [e for _, e in self.by_cmd.get(s, [])] for s in cmd_seqs}
 
 
-async def past_events(js: Any, cmd_seq: int) -> list[Event]:
+async def past_events(js: Any, cmd_seq: int, stream: str = EVT_STREAM) -> list[Event]:
     """The events of a command that was decided before anyone watched (a duplicate publish's original).
 
     `cmd_seq` never decreases along JB_EVT, so a binary search over direct gets
     finds the command's first event in about log2(N) reads.
     """
-    hi = await last_seq(js, EVT_STREAM)
+    hi = await last_seq(js, stream)
     lo, first = 1, hi + 1
     while lo <= hi:
         mid = (lo + hi) // 2
-        if decode((await js.get_msg(EVT_STREAM, mid)).data).cmd_seq >= cmd_seq:
+        if decode((await js.get_msg(stream, mid)).data).cmd_seq >= cmd_seq:
             first, hi = mid, mid - 1
         else:
             lo = mid + 1
@@ -82,7 +85,7 @@ async def past_events(js: Any, cmd_seq: int) -> list[Event]:
     seq = first
     while True:
         try:
-            event = decode((await js.get_msg(EVT_STREAM, seq)).data)
+            event = decode((await js.get_msg(stream, seq)).data)
         except Exception:  # past the end of the stream
             break
         if event.cmd_seq != cmd_seq:

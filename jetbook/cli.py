@@ -105,6 +105,9 @@ def up(
         typer.Option(help="/metrics of engine, projection, fan-out, query service on this port and the next 3."),
     ] = 9464,
     no_metrics: Annotated[bool, typer.Option("--no-metrics", help="Serve no /metrics (the gateway's stays).")] = False,
+    shards: Annotated[
+        int, typer.Option(help="Market shards: one engine and one pair of streams each. Fixed when the venue is made.")
+    ] = 1,
 ) -> None:
     """Start nats-server (embedded, unless --nats-url), the engine, a projection worker, the fan-out worker, the
     query service and the HTTP gateway.
@@ -115,7 +118,12 @@ def up(
     from jetbook.settings import DEFAULT_TRADERS, valid_trader
     from jetbook.up import up as run_up
     from protocol.errors import JetbookError
+    from protocol.shards import MAX_SHARDS
+    from protocol.streams import ShardsMismatch
 
+    if not 1 <= shards <= MAX_SHARDS:
+        typer.echo(f"error: --shards must be 1..{MAX_SHARDS}", err=True)
+        raise typer.Exit(2)
     traders = list(DEFAULT_TRADERS) if trader is None else trader
     if bad := [t for t in traders if not valid_trader(t)]:
         typer.echo(f"error: not a trader account name (one subject token, not a role name): {bad}", err=True)
@@ -125,8 +133,11 @@ def up(
             data_dir, nats_url, port, replicas,
             insecure=insecure, traders=traders, tls_cert=tls_cert, tls_key=tls_key,
             http_port=None if no_http else http_port, api_keys=api_keys,
-            metrics_port_base=None if no_metrics else metrics_port_base,
+            metrics_port_base=None if no_metrics else metrics_port_base, shards=shards,
         )  # fmt: skip
+    except ShardsMismatch as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
     except JetbookError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
@@ -151,19 +162,31 @@ def engine(
     ] = 1.0,
     metrics_port: MetricsPort = 0,
     metrics_host: MetricsHost = "127.0.0.1",
+    shard: Annotated[int, typer.Option(help="The market shard this engine decides (0..shards-1).")] = 0,
+    shards: Annotated[
+        int, typer.Option(help="How many market shards the venue has: fixed when its streams are created.")
+    ] = 1,
+    standby: Annotated[
+        bool, typer.Option("--standby", help="Wait until another engine holds this shard's lease, then follow it.")
+    ] = False,
 ) -> None:
-    """Run the matching engine: JB_CMD in, JB_EVT out. Started twice, the second one is a hot standby."""
+    """Run the matching engine: JB_CMD in, JB_EVT out (shard K's JB_CMD_K and JB_EVT_K with --shards N > 1).
+    Started twice, the second one is a hot standby."""
     from functools import partial
 
     from jetbook.roles import engine_role
     from jetbook.wiring import run_until_signal, setup_logging
     from protocol.errors import Fenced, JetbookError
+    from protocol.shards import MAX_SHARDS
 
+    if not 1 <= shards <= MAX_SHARDS or not 0 <= shard < shards:
+        typer.echo(f"error: --shard must be 0..{shards - 1} and --shards 1..{MAX_SHARDS}", err=True)
+        raise typer.Exit(2)
     setup_logging(log_level())
     try:
         role = partial(
             engine_role, snapshot_every=snapshot_every, checkpoint_every=checkpoint_every, lease_ttl=lease_ttl,
-            metrics_port=metrics_port, metrics_host=metrics_host,
+            metrics_port=metrics_port, metrics_host=metrics_host, shard=shard, shards=shards, standby=standby,
         )  # fmt: skip
         run_until_signal(lambda stop: role(nats_url, stop, replicas))
     except Fenced as err:

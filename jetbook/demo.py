@@ -17,6 +17,7 @@ from commands.client import CommandClient
 from engine.core import Engine
 from events.model import Event, Fill, MarketCreated, OrderAccepted, Rejected
 from events.watch import EventWatcher
+from protocol.streams import market_evt_stream
 from protocol.vocab import Side
 
 ORDERS: list[tuple[str, Side, int, int]] = [
@@ -38,22 +39,24 @@ class DemoResult:
 
 async def run_demo(js: Any, market: str = "ETH-USDC", say: Callable[[str], None] = print) -> DemoResult:
     client = CommandClient(js)
-    async with EventWatcher(js) as watcher:
-        # A stack that already ran the demo has ETH-USDC with orders on it; use a fresh market then.
-        market_id, n = market, 1
-        while True:
+    # A stack that already ran the demo has ETH-USDC with orders on it; use a fresh market then. Each market's
+    # events are in its shard's stream (one JB_EVT without shards).
+    market_id, n = market, 1
+    while True:
+        async with EventWatcher(js, await market_evt_stream(js, market_id)) as watcher:
             seq = await client.create_market(market_id, "ETH", "USDC")
             (created,) = (await watcher.wait([seq]))[seq]
-            if isinstance(created, MarketCreated):
-                break
-            assert isinstance(created, Rejected)
-            if created.reason != "market_exists":
-                raise RuntimeError(f"create_market rejected: {created.reason} ({created.detail})")
-            n += 1
-            market_id = f"{market}-{n}"
-        say(f"market {market_id} (ETH/USDC) created at cmd_seq {seq}")
-        result = DemoResult(market_id, [created])
+        if isinstance(created, MarketCreated):
+            break
+        assert isinstance(created, Rejected)
+        if created.reason != "market_exists":
+            raise RuntimeError(f"create_market rejected: {created.reason} ({created.detail})")
+        n += 1
+        market_id = f"{market}-{n}"
+    say(f"market {market_id} (ETH/USDC) created at cmd_seq {seq}")
+    result = DemoResult(market_id, [created])
 
+    async with EventWatcher(js, await market_evt_stream(js, market_id)) as watcher:
         run = NUID().next().decode()[-8:]
         seqs = []
         for i, (account, side, price, qty) in enumerate(ORDERS, 1):

@@ -12,7 +12,8 @@ from typing import Any
 from nats.js.errors import NotFoundError
 
 from engine.core import CHECKPOINT_EVERY
-from engine.lease import DEFAULT_TTL_S, Lease
+from engine.exchange import shard_app
+from engine.lease import DEFAULT_TTL_S, Lease, lease_bucket
 from engine.metrics import register_engine, serve_metrics
 from engine.service import DEFAULT_SNAPSHOT_EVERY, EngineService
 from events.stream_readers import last_seq
@@ -77,16 +78,29 @@ async def engine_role(
     lease_ttl: float = DEFAULT_TTL_S,
     metrics_port: int = 0,
     metrics_host: str = DEFAULT_METRICS_HOST,
+    shard: int = 0,
+    shards: int = 1,
+    standby: bool = False,
 ) -> None:
     """Active or hot standby, whichever the lease makes it; a second `jetbook engine` is a standby.
 
-    It registers as the nats.micro service `jetbook-engine` (status on jb.svc.engine.status), and serves
-    /metrics on metrics_host:metrics_port when a port is given.
+    Shard `shard` of `shards` (engine.exchange.shard_app): its own streams, snapshots and lease key. With
+    `standby` it joins only once another engine holds its shard's lease, so it never becomes the active one
+    by starting first. It registers as the nats.micro service `jetbook-engine` (status on
+    jb.svc.engine.status), and serves /metrics on metrics_host:metrics_port when a port is given.
     """
-    nc = await connect(url, "jetbook-engine", role="engine")
-    lease = Lease(lambda: connect(url, "jetbook-engine-lease", role="engine"), ttl=lease_ttl, replicas=replicas)
+    app = shard_app(shard, shards)
+    name = "jetbook-engine" if shards == 1 else f"jetbook-engine-{shard}"
+    nc = await connect(url, name, role="engine")
+    if standby and not await _lease_held(nc, app.streams.lease_bucket, app.streams.lease_key, replicas, stop):
+        await close_quietly(nc)
+        return
+    lease = Lease(
+        lambda: connect(url, f"{name}-lease", role="engine"), ttl=lease_ttl, replicas=replicas,
+        key=app.streams.lease_key, bucket=app.streams.lease_bucket,
+    )  # fmt: skip
     service = EngineService(
-        nc, replicas=replicas, snapshot_every=snapshot_every, checkpoint_every=checkpoint_every, lease=lease
+        nc, replicas=replicas, snapshot_every=snapshot_every, checkpoint_every=checkpoint_every, lease=lease, app=app
     )
     reporter = asyncio.create_task(_report("commands applied", lambda: service.commands_done, stop))
     micro = None
@@ -146,6 +160,23 @@ async def wait_for_venue(
         except TimeoutError:
             pass
     return None
+
+
+async def _lease_held(nc: Any, bucket: str, key: str, replicas: int, stop: asyncio.Event) -> bool:
+    """Wait until someone holds the lease `key` (a record that is not a release); False if stopped first."""
+    kv = await lease_bucket(nc.jetstream(), replicas, bucket)
+    announced = False
+    while not stop.is_set():
+        with contextlib.suppress(Exception):  # no key yet, or a deleted one: nobody holds it
+            entry = await kv.get(key)
+            if entry.value:
+                return True
+        if not announced:
+            log.info("standby: waiting for an active engine to hold the lease %s", key)
+            announced = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.2)
+    return False
 
 
 async def project_role(

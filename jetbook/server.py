@@ -60,6 +60,7 @@ ROLE_PUBLISH: dict[str, list[str]] = {
     "engine": [
         "jb.wal.>",
         *_define("JB_CMD", "JB_EVT", "JB_ACCT", "JB_TAPE"),
+        "$JS.API.STREAM.INFO.JB_CMD_0",  # whether the venue was made with shards (protocol.streams.venue_shards)
         *_read("JB_CMD"), *_read("JB_EVT"),
         *_define("KV_JB_LEASE"), "$JS.API.STREAM.MSG.GET.KV_JB_LEASE", "$JS.API.DIRECT.GET.KV_JB_LEASE.>",
         "$KV.JB_LEASE.>",
@@ -125,8 +126,43 @@ def trader_publish(account: str) -> list[str]:
     ]  # fmt: skip
 
 
-def permissions(user: str) -> dict[str, Any]:
-    """One user's permissions: an allow list, the deny list, and its own inbox prefix only."""
+# With market shards (protocol/shards.py) the server checks permissions on the MAPPED subject, and each shard has
+# its own streams and snapshot bucket: a one-shard rule is rewritten into its shard form by these.
+_SHARD_SUBJECTS = {
+    "jb.wal.>": "jbs.*.wal.>",  # where every shard's engine publishes its events
+    "jb.cmd.>": "jbs.*.cmd.>",  # what jb.cmd.<m>.<a> is mapped to, in whichever shard
+    "jb.ctl.>": "jbs.*.ctl.>",
+}
+_SHARD_TOKENS = frozenset({"JB_CMD", "JB_EVT", "JB_SNAP", "OBJ_JB_SNAP"})  # one of each per shard
+
+
+def shard_rules(rules: list[str], shards: int) -> list[str]:
+    """`rules` for a venue of `shards` shards: the same list for one shard; else each stream or bucket name once
+    per shard (JB_EVT -> JB_EVT_0..), and the command and log subjects in their mapped form (jbs.*.cmd...)."""
+    if shards == 1:
+        return list(rules)
+    out: list[str] = []
+    for rule in rules:
+        if rule in _SHARD_SUBJECTS:
+            out.append(_SHARD_SUBJECTS[rule])
+        elif rule.startswith("jb.cmd.*."):
+            out.append("jbs.*.cmd.*." + rule.removeprefix("jb.cmd.*."))  # a trader's own commands
+        else:
+            tokens = rule.split(".")
+            at = next((i for i, t in enumerate(tokens) if t in _SHARD_TOKENS), None)
+            if at is None or rule.startswith("$JS.API.STREAM.INFO."):
+                out.append(rule)  # and the one-shard stream's info: how protocol.streams.venue_shards tells
+            if at is not None:
+                out += [".".join([*tokens[:at], f"{tokens[at]}_{k}", *tokens[at + 1 :]]) for k in range(shards)]
+    return out
+
+
+def permissions(user: str, shards: int = 1) -> dict[str, Any]:
+    """One user's permissions: an allow list, the deny list, and its own inbox prefix only.
+
+    With shards the allow list is the one-shard list in its shard form (`shard_rules`), and the deny list
+    both forms: nobody but the engine may publish on jb.wal.> or jbs.*.wal.>.
+    """
     if user in ROLE_PUBLISH:
         pub, sub = ROLE_PUBLISH[user], ROLE_SUBSCRIBE[user]
     else:
@@ -136,6 +172,9 @@ def permissions(user: str) -> dict[str, Any]:
         if user == "engine"
         else DENY_ALL_BUT_ENGINE
     )
+    if shards > 1:
+        pub = shard_rules(pub, shards)
+        deny = [*deny, *(rule for rule in shard_rules(deny, shards) if rule not in deny)]
     perms: dict[str, Any] = {
         "publish": {"allow": pub, "deny": deny},
         "subscribe": {"allow": [f"_INBOX_{user}.>", *sub], "deny": ["_INBOX.>"]},
@@ -155,7 +194,7 @@ def server_config(
     if creds is not None:
         conf["authorization"] = {
             "users": [
-                {"user": user, "password": password, "permissions": permissions(user)}
+                {"user": user, "password": password, "permissions": permissions(user, shards)}
                 for user, password in sorted(creds.users.items())
             ]
         }

@@ -172,3 +172,25 @@ def find_for_url(servers: list[str], env: Mapping[str, str] | None = None) -> Cr
         if creds.url and _hostport(creds.url) in wanted:
             return creds
     return None
+
+
+VENUE_FILE = "venue.json"  # in the data dir: what `jetbook up` made the venue with (its number of market shards)
+
+
+def venue_file_shards(data_dir: Path) -> int | None:
+    """The shard count `jetbook up` recorded for this data dir; None if it recorded none (a new or older dir).
+
+    Read before the embedded server starts: its permissions and mappings depend on the count, and a server
+    started with the wrong ones could not even look at the other count's streams to say so.
+    """
+    try:
+        return int(json.loads((data_dir / VENUE_FILE).read_text())["shards"])
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f'{data_dir / VENUE_FILE} is damaged ({err}); it should read {{"shards": N}}') from err
+
+
+def record_venue_shards(data_dir: Path, shards: int) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / VENUE_FILE).write_text(json.dumps({"shards": shards}) + "\n")

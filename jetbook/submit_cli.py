@@ -46,6 +46,7 @@ def _send(url: str, market: str, account: str | None, command: Any, wait: bool, 
     from commands.client import CommandClient, new_msg_id
     from commands.model import Invalid, encode, parse
     from events.watch import EventWatcher, past_events
+    from protocol.streams import market_evt_stream
     from protocol.subjects import cmd_subject, ctl_subject
 
     subject = ctl_subject(market) if account is None else cmd_subject(market, account)
@@ -68,13 +69,14 @@ def _send(url: str, market: str, account: str | None, command: Any, wait: bool, 
         if not wait:
             typer.echo(f"cmd_seq {await send()}")
             return 0
-        async with EventWatcher(js) as watcher:
+        stream = await market_evt_stream(js, market)
+        async with EventWatcher(js, stream) as watcher:
             seq = await send()
             typer.echo(f"cmd_seq {seq}", err=True)
             if client.last_was_duplicate:
                 # The broker kept the first copy (same msg id within 120 s); its events may be long out.
                 typer.echo(f"duplicate of cmd_seq {seq}: showing the original's events", err=True)
-                past = await past_events(js, seq)
+                past = await past_events(js, seq, stream)
                 if past:
                     return _print_outcome(past)
             return _print_outcome((await watcher.wait([seq], timeout=10))[seq])

@@ -22,11 +22,18 @@ from pathlib import Path
 from rich.console import Console
 
 from jetbook.server import EmbeddedServer
-from jetbook.settings import CREDENTIALS_FILE, Credentials, register_stack, unregister_stack
+from jetbook.settings import (
+    CREDENTIALS_FILE,
+    Credentials,
+    record_venue_shards,
+    register_stack,
+    unregister_stack,
+    venue_file_shards,
+)
 from jetbook.wiring import STOP_GRACE_S, connect
 from protocol.errors import JetbookError
 from protocol.process import DIE_WITH_PARENT
-from protocol.streams import ensure_streams
+from protocol.streams import ShardsMismatch, ensure_shard_streams
 
 console = Console(highlight=False)
 COLORS = {"engine": "cyan", "project": "magenta", "fanout": "green", "query": "yellow", "gateway": "blue"}
@@ -38,7 +45,8 @@ DEFAULT_HTTP_PORT = 3000
 
 async def _pump(name: str, stream: asyncio.StreamReader) -> None:
     while line := await stream.readline():
-        console.print(f"[{COLORS.get(name, 'white')}]{name:>8}[/] | {line.decode(errors='replace').rstrip()}")
+        color = COLORS.get(name.split("-")[0], "white")
+        console.print(f"[{color}]{name:>8}[/] | {line.decode(errors='replace').rstrip()}")
 
 
 async def _supervise(name: str, args: list[str], stop: asyncio.Event, env: dict[str, str] | None = None) -> None:
@@ -110,24 +118,40 @@ def role_commands(
     http_port: int | None = None,
     api_keys: Path | None = None,
     metrics_port_base: int | None = None,
+    shards: int = 1,
 ) -> dict[str, tuple[list[str], str]]:
     """Every supervised role: name -> (argv after `jetbook`, its NATS user). No gateway without an HTTP port,
-    no /metrics without a base port."""
+    no /metrics without a base port. With shards, one engine per shard, engine-<k>; engine-0 serves /metrics
+    at the engine's port, engine-<k> at the base plus len(METRICS_OFFSETS) - 1 + k (after the other roles')."""
+    engine = ["engine", "--nats-url", url, "--replicas", str(replicas)]
+    engines = (
+        {"engine": (engine, "engine")}
+        if shards == 1
+        else {f"engine-{k}": ([*engine, "--shard", str(k), "--shards", str(shards)], "engine") for k in range(shards)}
+    )
     roles = {
-        "engine": (["engine", "--nats-url", url, "--replicas", str(replicas)], "engine"),
+        **engines,
         "project": (["project", "--nats-url", url, "--db", str(db)], "projection"),
         "fanout": (["fanout", "--nats-url", url, "--replicas", str(replicas)], "fanout"),
         "query": (["query-service", "--nats-url", url, "--db", str(db)], "query"),
     }
     if metrics_port_base is not None:
-        for name, offset in METRICS_OFFSETS.items():
-            roles[name][0].extend(["--metrics-port", str(metrics_port_base + offset)])
+        for name, (argv, _) in roles.items():
+            argv.extend(["--metrics-port", str(metrics_port_base + metrics_offset(name))])
     if http_port is not None:
         argv = ["gateway", "--nats-url", url, "--http-port", str(http_port)]
         if api_keys is not None:
             argv += ["--api-keys", str(api_keys)]
         roles["gateway"] = (argv, "gateway")
     return roles
+
+
+def metrics_offset(name: str) -> int:
+    """A role's /metrics port offset; engine-<k> of a sharded venue: engine-0 the engine's, the rest after all."""
+    role, _, shard = name.partition("-")
+    if shard and int(shard) > 0:
+        return len(METRICS_OFFSETS) - 1 + int(shard)
+    return METRICS_OFFSETS[role]
 
 
 def addresses(http_port: int | None, metrics_port_base: int | None) -> list[tuple[str, str]]:
@@ -156,20 +180,27 @@ async def _run(
     http_port: int | None = None,
     api_keys: Path | None = None,
     metrics_port_base: int | None = None,
+    shards: int = 1,
+    record: Path | None = None,
 ) -> None:
+    """`record`: the data dir to write the shard count to, once the streams agree with it."""
     login = creds.login("engine") if creds is not None else None
     nc = await connect(url, "jetbook-up", reconnect=False, role="engine", login=login)
-    await ensure_streams(nc.jetstream(), replicas)
-    await nc.close()
+    try:
+        await ensure_shard_streams(nc.jetstream(), shards, replicas)  # ShardsMismatch: a venue of another count
+    finally:
+        await nc.close()
+    if record is not None:
+        record_venue_shards(record, shards)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     me = [sys.executable, "-m", "jetbook"]
     roles = role_commands(
-        url, db, replicas, http_port=http_port, api_keys=api_keys, metrics_port_base=metrics_port_base
+        url, db, replicas, http_port=http_port, api_keys=api_keys, metrics_port_base=metrics_port_base, shards=shards
     )
-    console.print(f"NATS        [bold]{url}[/]")
+    console.print(f"NATS        [bold]{url}[/]" + (f" ({shards} market shards)" if shards > 1 else ""))
     for what, where in addresses(http_port, metrics_port_base):
         console.print(f"{what:<11} [bold]{where}[/]")
     if creds is not None:
@@ -199,15 +230,27 @@ def up(
     http_port: int | None = DEFAULT_HTTP_PORT,
     api_keys: Path | None = None,
     metrics_port_base: int | None = DEFAULT_METRICS_PORT_BASE,
+    shards: int = 1,
 ) -> None:
-    """`http_port` None: no gateway; `metrics_port_base` None: no role serves /metrics."""
+    """`http_port` None: no gateway; `metrics_port_base` None: no role serves /metrics. `shards`: one engine per
+    market shard, the embedded server mapping each market to its shard; a venue made with another count is refused
+    (protocol.streams.ShardsMismatch)."""
     server: EmbeddedServer | None = None
     creds: Credentials | None = None
+    recorded = venue_file_shards(data_dir)
+    if recorded is not None and recorded != shards:
+        raise ShardsMismatch(recorded, shards)
     if nats_url is None:
         if not insecure:
             creds = Credentials.load_or_create(data_dir / CREDENTIALS_FILE, traders or [])
         server = EmbeddedServer(
-            data_dir / "nats", port=port, die_with_parent=True, credentials=creds, tls_cert=tls_cert, tls_key=tls_key
+            data_dir / "nats",
+            port=port,
+            die_with_parent=True,
+            credentials=creds,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            shards=shards,
         )
         nats_url = server.start()
         console.print(f"nats-server started (JetStream store in {data_dir / 'nats'}, log {server.log_path})")
@@ -219,7 +262,8 @@ def up(
         asyncio.run(
             _run(
                 nats_url, data_dir / "read_model.db", replicas, server, creds,
-                http_port=http_port, api_keys=api_keys, metrics_port_base=metrics_port_base,
+                http_port=http_port, api_keys=api_keys, metrics_port_base=metrics_port_base, shards=shards,
+                record=data_dir if recorded is None and server is not None else None,
             )
         )  # fmt: skip
     finally:

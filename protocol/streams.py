@@ -30,6 +30,7 @@ from protocol.shards import (
     check_shards,
     cmd_stream_name,
     evt_stream_name,
+    partition,
     shard_root,
     wal_prefix,
 )
@@ -166,6 +167,12 @@ async def venue_shards(js: Any) -> int | None:
     return int(value)
 
 
+async def market_evt_stream(js: Any, market: str) -> str:
+    """The event stream that holds `market`'s events (and its commands' sequences are that shard's)."""
+    shards = await venue_shards(js) or 1
+    return evt_stream_name(partition(market, shards), shards)
+
+
 async def check_venue_shards(js: Any, shards: int) -> None:
     """Raise ShardsMismatch unless the venue is absent or was created with `shards` shards."""
     check_shards(shards)
@@ -203,7 +210,7 @@ async def ensure_streams(js: Any, replicas: int = 1) -> None:
     Never lowers the replica count: a process started with the default of 1
     against an R3 cluster must not quietly make the log R1.
     """
-    await ensure_one_shard_streams(js, 0, 1, replicas)
+    await ensure_stream_configs(js, [cmd_stream(replicas), evt_stream(replicas)], replicas)
 
 
 async def wait_for_stream(js: Any, name: str, stop: asyncio.Event) -> bool:

@@ -271,3 +271,29 @@ def test_a_killed_supervisor_takes_its_children_with_it(stack: tuple[str, Path, 
         assert time.monotonic() < deadline, "children of a SIGKILLed `jetbook up` are still running"
         time.sleep(POLL_INTERVAL_S)
     assert not accepts_connections(url)
+
+
+def test_up_with_two_shards_runs_the_demo_and_refuses_another_count_on_its_data_dir(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    args = ["up", "--port", "0", "--data-dir", str(data), "--no-http", "--no-metrics"]
+    proc = subprocess.Popen(
+        [*JETBOOK, *args, "--shards", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    lines = Lines(proc)
+    try:
+        url = lines.wait_for(r"NATS\s+(nats://\S+) \(2 market shards\)").group(1)
+        active: set[str] = set()
+        while len(active) < 2:  # in whichever order they come
+            active.add(lines.wait_for(r"(engine-\d) \| .*active: deciding").group(1))
+        demo = run("demo", "--nats-url", url)
+        assert demo.returncode == 0, demo.stderr
+        assert "1 fill:" in demo.stdout and "bids  5 @ 300500, 8 @ 299000" in demo.stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    assert json.loads((data / "venue.json").read_text()) == {"shards": 2}
+    for shards in ("3", "1"):
+        refused = run(*args, "--shards", shards, timeout=30)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "created with 2 shard(s), not " + shards in refused.stderr

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -54,8 +53,27 @@ def _free_port() -> int:
 @pytest.fixture
 def secured_server(tmp_path: Path) -> Iterator[str]:
     """A nats-server with deploy/accounts.conf as shipped; yields its host:port."""
+    yield from _secured(tmp_path)
+
+
+@pytest.fixture
+def sharded_server(tmp_path: Path) -> Iterator[str]:
+    """deploy/accounts.conf as shipped, with the two-shard mappings added to the JETBOOK account (docs/DEPLOY.md)."""
+    yield from _secured(tmp_path, shards=2)
+
+
+def _secured(tmp_path: Path, shards: int = 1) -> Iterator[str]:
+    import json
+
+    from protocol.shards import mappings
+
     port = _free_port()
-    shutil.copy(ACCOUNTS, tmp_path / "accounts.conf")
+    text = ACCOUNTS.read_text()
+    if shards > 1:
+        anchor = "  JETBOOK {\n    jetstream: enabled\n"
+        assert anchor in text
+        text = text.replace(anchor, f"{anchor}    mappings: {json.dumps(mappings(shards))}\n")
+    (tmp_path / "accounts.conf").write_text(text)
     conf = tmp_path / "server.conf"
     conf.write_text(
         f'listen: 127.0.0.1:{port}\njetstream {{ store_dir: "{tmp_path / "js"}" }}\ninclude ./accounts.conf\n'
@@ -263,4 +281,52 @@ async def test_the_fanout_and_the_query_service_start_restart_and_fail_over_unde
                 await asyncio.wait_for(projection, 10)
             for nc in (*users.values(), second_query):
                 await nc.close()
+        assert not violations.seen, violations.seen
+
+
+async def test_sharded_engines_restart_and_fail_over_under_the_shipped_permissions(sharded_server: str) -> None:
+    """Two shards' engines as the `engine` user of deploy/accounts.conf: shard 0 with a standby that takes over,
+    shard 1 restarted from its own snapshot; commands from the operator on the client subjects."""
+    from engine.exchange import shard_app
+    from protocol.streams import ensure_shard_streams
+    from tests.integration.harness import read_all
+    from tests.integration.test_shards import _all_decided, _publish, _redecide
+
+    shards = 2
+    apps = [shard_app(k, shards) for k in range(shards)]
+    async with _clients(sharded_server) as (engine_nc, ops_nc, violations):
+        ejs, ojs = engine_nc.jetstream(), ops_nc.jetstream()
+        await ensure_shard_streams(ejs, shards)
+
+        def lease(k: int) -> Lease:
+            s = apps[k].streams
+            return Lease(lambda: _connect(sharded_server, "engine", violations), ttl=0.5, key=s.lease_key)
+
+        async def decided() -> bool:
+            return await _all_decided(ejs, shards)
+
+        options: dict[str, Any] = {"snapshot_every": 50, "fork_snapshots": False}
+        standby_nc = await _connect(sharded_server, "engine", violations)
+        try:
+            async with (
+                running_engine(engine_nc, app=apps[0], lease=lease(0), **options) as a0,
+                running_engine(engine_nc, app=apps[1], lease=lease(1), **options) as a1,
+            ):
+                await wait_until(lambda: _role(a0, "active"), what="shard 0 to lead")
+                await wait_until(lambda: _role(a1, "active"), what="shard 1 to lead")
+                await _publish(ojs, workload(300, seed=7, markets=("M1", "M2", "M3", "M4")))
+                await wait_until(decided, what="both shards to decide")
+                async with running_engine(standby_nc, app=apps[0], lease=lease(0), **options) as b0:
+                    await wait_until(lambda: _role(b0, "standby"), what="shard 0's standby to follow")
+                    a0.stop.set()
+                    await wait_until(lambda: _role(b0, "active"), what="shard 0's standby to take over")
+                    await _publish(ojs, workload(60, seed=8, markets=("M1", "M2", "M3", "M4")))
+                    await wait_until(decided, what="the standby to decide")
+            async with running_engine(engine_nc, app=apps[1], **options) as again:
+                await wait_until(lambda: _role(again, "active"), what="shard 1 restarted")
+                assert again.recovered_from is not None, "shard 1 did not load its own snapshot"
+        finally:
+            await standby_nc.close()
+        for k in range(shards):
+            assert [m.data for m in await read_all(ejs, apps[k].streams.evt)] == await _redecide(ejs, k, shards)
         assert not violations.seen, violations.seen

@@ -642,3 +642,96 @@ async def test_micro_registration_works_under_the_shipped_accounts_conf(
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
         await op_nc.close()
     assert not [e for e in errors if "permission" in e.lower()], errors
+
+
+async def test_sharded_engines_and_a_standby_start_restart_and_fail_over_under_the_shard_permissions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two market shards, locked down as `jetbook up --shards 2` locks them: each shard's engine as the engine user,
+    a standby for shard 0 that takes over and a third engine that restarts as its standby; traders publish on the
+    client subjects (the server maps them), may not write either shard's log, and a direct publish to the wrong
+    shard is refused by its engine. Nothing the roles do is refused by the server."""
+    from engine.exchange import shard_app
+    from protocol.shards import partition
+    from protocol.streams import ensure_shard_streams
+    from tests.integration.test_shards import _all_decided, _redecide
+
+    shards = 2
+    creds = Credentials.load_or_create(tmp_path / CREDENTIALS_FILE, ["alice", "bob"])
+    server = EmbeddedServer(tmp_path / "nats", port=0, credentials=creds, shards=shards)
+    creds.url = server.start()
+    creds.save()
+    monkeypatch.setenv("JETBOOK_CREDENTIALS", str(creds.path))
+    stops = {name: asyncio.Event() for name in ("a0", "b0", "c0", "a1")}
+    tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(name: str, standby: bool = False) -> None:
+        role = engine_role(server.url, stops[name], shard=int(name[1]), shards=shards, standby=standby)
+        tasks[name] = asyncio.create_task(role)
+
+    users = {u: await login(server.url, creds, u) for u in ("engine", "operator", "alice")}
+    op, alice = users["operator"], users["alice"]
+    try:
+        await ensure_shard_streams(users["engine"].js, shards)
+        start("a0")
+        start("a1")
+        start("b0", standby=True)
+        markets = ["M1", "M2", "M3", "M4"]
+        for m in markets:
+            await op.js.publish(
+                f"jb.ctl.{m}", msgpack.packb({"type": "create_market", "market_id": m, "base": "B", "quote": "Q"})
+            )
+
+        async def trade(n: int, tag: str) -> None:
+            for i in range(n):
+                body = {"type": "place_order", "client_order_id": f"{tag}{i}", "side": ("buy", "sell")[i % 2],
+                        "price": 1000, "qty": 1}  # fmt: skip
+                await alice.js.publish(f"jb.cmd.{markets[i % 4]}.alice", msgpack.packb(body))
+
+        await trade(40, "x")
+        await wait_until(lambda: _all_decided(op.js, shards), 30, "both shards to decide")
+        stops["a0"].set()  # shard 0's active stops; its standby takes over
+        await asyncio.wait_for(tasks.pop("a0"), 30)
+        await trade(40, "y")
+        await wait_until(lambda: _all_decided(op.js, shards), 30, "the standby to decide shard 0")
+        start("c0", standby=True)  # a restarted engine joins as the new active's standby
+        await wait_until(lambda: _lease_record_seen(users["engine"]), 30, "a lease holder")
+        stops["b0"].set()
+        await asyncio.wait_for(tasks.pop("b0"), 30)
+        await trade(40, "z")
+        wrong = 1 - partition("M1", shards)
+        await alice.publish(f"jbs.{wrong}.cmd.M1.alice", msgpack.packb({"type": "cancel_all"}))  # allowed, refused
+        await wait_until(lambda: _all_decided(op.js, shards), 30, "the restarted engine to decide shard 0")
+        for k in range(shards):
+            stored = await read_all_js(op.js, f"JB_EVT_{k}")
+            assert stored == await _redecide(op.js, k, shards)
+        assert shard_app(0, shards).streams.lease_key == "engine-0"
+        # The log is the engine's alone; a trader's own subject on another account is still refused.
+        await alice.publish(f"jbs.{wrong}.wal.M1.fill")
+        assert await alice.refused(f"jbs.{wrong}.wal.M1.fill")
+        await alice.publish("jb.cmd.M1.bob")
+        assert await alice.refused(f"jbs.{partition('M1', shards)}.cmd.M1.bob")
+    finally:
+        for stop in stops.values():
+            stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks.values()), 30)
+        for c in users.values():
+            await c.nc.close()
+        server.stop()
+    log = server.log_path.read_text()
+    roles_refused = [line for line in log.splitlines() if "Violation" in line and "alice" not in line]
+    assert not roles_refused, roles_refused
+
+
+async def _lease_record_seen(engine: Client) -> bool:
+    kv = await engine.js.key_value("JB_LEASE")
+    try:
+        return bool((await kv.get("engine-0")).value)
+    except Exception:
+        return False
+
+
+async def read_all_js(js: Any, stream: str) -> list[bytes]:
+    from tests.integration.harness import read_all
+
+    return [m.data for m in await read_all(js, stream)]
