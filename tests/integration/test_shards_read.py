@@ -48,10 +48,15 @@ def venue(tmp_path: Path) -> Iterator[EmbeddedServer]:
 
 
 @contextlib.asynccontextmanager
-async def engines(nc: Any) -> AsyncIterator[None]:
+async def engines(nc: Any, url: str | None = None) -> AsyncIterator[None]:
+    """One engine per shard; with `url`, each holding its shard's lease (engine-<k>), as `jetbook engine` does."""
+    from engine.lease import Lease
+
     async with contextlib.AsyncExitStack() as stack:
         for k in range(SHARDS):
-            await stack.enter_async_context(running_engine(nc, app=shard_app(k, SHARDS), snapshot_every=0))
+            app = shard_app(k, SHARDS)
+            lease = None if url is None else Lease(lambda: nats.connect(url), ttl=0.8, key=app.streams.lease_key)
+            await stack.enter_async_context(running_engine(nc, app=app, snapshot_every=0, lease=lease))
         yield
 
 
@@ -317,3 +322,57 @@ async def test_the_fanout_copies_every_shard_exactly_once_across_interruptions(
             mine = [m.headers[HDR_MSG_ID] for m in msgs if m.headers["Jb-Evt-Stream"] == evt]  # type: ignore[index]
             assert mine == per_shard[(stream, evt)]
         assert all(int(m.headers[HDR_EVT_SEQ]) > 0 for m in msgs)  # type: ignore[index]
+
+
+async def test_the_gateway_answers_commands_of_every_shard_and_is_ready_on_both(
+    venue: EmbeddedServer, tmp_path: Path
+) -> None:
+    import httpx
+
+    from projections.query_service import QueryService
+    from tests.integration.gateway_harness import running_gateway
+
+    nc = await nats.connect(venue.url)
+    js = nc.jetstream()
+    db = tmp_path / "rm.db"
+    stop = asyncio.Event()
+    service = QueryService(nc, db, shards=SHARDS)
+    try:
+        await ensure_shard_streams(js, SHARDS)
+        async with engines(nc, venue.url), running_gateway(venue.url) as base:
+            projection = asyncio.create_task(ProjectionRunner(js, db, shards=SHARDS).run(stop))
+            await service.start()
+            async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+                m0, m1 = (next(m for m in MARKETS if partition(m, SHARDS) == k) for k in range(SHARDS))
+                outcomes = {}
+                for m in (m0, m1):  # each market's events come back from its own shard's tail
+                    body = {"market_id": m, "command": {"type": "create_market", "market_id": m, "base": "B",
+                                                        "quote": "Q"}}  # fmt: skip
+                    r = await c.post("/commands", json=body)
+                    assert r.status_code == 200, r.text
+                    order = {"type": "place_order", "client_order_id": f"o-{m}", "side": "buy", "price": 100,
+                             "qty": 2}  # fmt: skip
+                    r = await c.post("/commands", json={"market_id": m, "account_id": "ann", "command": order})
+                    assert r.status_code == 200, r.text
+                    outcomes[m] = r.json()
+                r = await c.get("/markets", params={"consistency": "strong"})
+                assert r.status_code == 200, r.text
+                listed = r.json()
+
+                async def ready() -> bool:
+                    return (await c.get("/ready")).status_code == 200
+
+                await wait_until(ready, 15, "the gateway to be ready")
+                checks = (await c.get("/ready")).json()["checks"]
+            stop.set()
+            await projection
+    finally:
+        await service.stop()
+        await nc.close()
+    for m, outcome in outcomes.items():
+        assert [e["type"] for e in outcome["events"]] == ["order_accepted"]
+        assert outcome["events"][0]["client_order_id"] == f"o-{m}"
+    assert {x["market_id"] for x in listed["result"]} == {m0, m1}
+    assert listed["at_seq"] is None and set(listed["at"]) == set(EVT)
+    assert set(checks["leases"]) == {"engine-0", "engine-1"} and all(checks["leases"].values())
+    assert set(checks["read_model_at"]) == set(EVT) and checks["lag"] == 0
