@@ -109,6 +109,18 @@ def rebuild_cmd(
         raise typer.Exit(2)
 
     async def body(js: Any) -> int:
+        from protocol.streams import venue_shards
+        from replay.rebuild import rebuild_shards
+
+        shards = await venue_shards(js) or 1
+        if shards > 1:  # every shard's JB_EVT_k into the one file, each to its tail now
+            if from_seq != 1 or to_seq is not None:
+                typer.echo("error: --from-seq/--to-seq name one stream's sequences: not for a sharded venue", err=True)
+                return 2
+            result = await rebuild_shards(js, db, shards)
+            typer.echo(f"rebuilt {projection} from {shards} shards: {result.events} events in {result.seconds:.2f}s")
+            typer.echo(f"swapped in: {result.target} -> {result.generation.name}")
+            return 0
         with _Reporter(f"rebuild {projection}") as reporter:
 
             def progress(p: Progress) -> None:

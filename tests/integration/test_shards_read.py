@@ -31,6 +31,8 @@ from projections.read_model import ReadModel
 from projections.runner import ProjectionRunner
 from protocol.shards import cmd_stream_name, evt_stream_name, partition
 from protocol.streams import ensure_fanout_streams, ensure_shard_streams
+from replay.hashing import db_content_hash
+from replay.rebuild import rebuild_shards
 from tests.conftest import wait_until
 from tests.integration.harness import running_engine, workload
 
@@ -145,9 +147,11 @@ async def test_the_projection_folds_every_shard_into_the_rows_of_one(venue: Embe
         db = tmp_path / "sharded.db"
         runner = ProjectionRunner(nc.jetstream(), db, shards=SHARDS, batch=97)
         await runner.run(asyncio.Event(), until=ends)
+        rebuilt = await rebuild_shards(nc.jetstream(), tmp_path / "rebuilt.db", SHARDS)  # `replay rebuild`
     finally:
         await nc.close()
     assert runner.positions == ends and file_positions(db) == ends
+    assert db_content_hash(rebuilt.target) == db_content_hash(db)  # the same rows and positions per shard
     reference = tmp_path / "one.db"
     await one_shard_model(commands, reference)
     want, got = market_rows(reference), market_rows(db)
@@ -197,8 +201,6 @@ async def test_kill_9_of_the_projection_loses_and_duplicates_nothing_per_shard(
         await ProjectionRunner(nc.jetstream(), fresh, shards=SHARDS).run(asyncio.Event(), until=ends)
     finally:
         await nc.close()
-    from replay.hashing import db_content_hash
-
     assert db_content_hash(db) == db_content_hash(fresh)
 
 
