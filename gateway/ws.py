@@ -342,6 +342,8 @@ class Hub:
                 if gw.shards > 1:
                     frame["projection_at"] = answer.get("at")
             frame["lease"] = await gw.lease_holder()
+            if gw.shards > 1:  # each shard's engine holds its own lease, engine-<k>
+                frame["leases"] = await gw.lease_holders()
             text = dumps(frame)
             self._status = (time.monotonic(), text)
             return text
