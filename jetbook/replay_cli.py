@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from engine.core import CHECKPOINT_EVERY
+from engine.exchange import APP as EXCHANGE
 from jetbook.cli_common import Url, client_call
 from jetbook.settings import DEFAULT_URL
 
@@ -184,16 +185,38 @@ def verify_cmd(
 
 @replay_app.command("at")
 def at_cmd(
-    seq: Annotated[int, typer.Option(help="JB_EVT sequence: the answer is as of right after this event.")],
+    seq: Annotated[
+        int | None, typer.Option(help="JB_EVT sequence: the answer is as of right after this event.")
+    ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(help="A sharded venue: every shard stream's position, e.g. JB_EVT_0=120,JB_EVT_1=88."),
+    ] = None,
     market: Annotated[str | None, typer.Option("--market", "-m", help="One market; all if absent.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
     nats_url: Url = DEFAULT_URL,
 ) -> None:
-    """Top of book, open orders and positions as they were right after JB_EVT event --seq."""
-    from replay.at import render, state_at
+    """Top of book, open orders and positions as they were right after JB_EVT event --seq.
+
+    A sharded venue has no one sequence: give --at (every shard stream's position).
+    """
+    from projections.runner import shard_streams
+    from protocol.streams import venue_shards
+    from replay.at import parse_at, render, state_at
 
     async def body(js: Any) -> int:
-        view = await state_at(js, seq, market)
+        shards = await venue_shards(js) or 1
+        positions = None
+        if shards == 1 and seq is None:
+            typer.echo("error: give --seq (the JB_EVT sequence)", err=True)
+            return 2
+        if shards > 1:
+            try:
+                positions = parse_at(at or "", shard_streams(EXCHANGE, shards))
+            except ValueError as err:
+                typer.echo(f"error: this venue has {shards} shards: {err}", err=True)
+                return 2
+        view = await state_at(js, seq or 0, market, positions)
         if as_json:
             typer.echo(json.dumps(view.as_json()))
         else:

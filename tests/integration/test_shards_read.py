@@ -378,3 +378,35 @@ async def test_the_gateway_answers_commands_of_every_shard_and_is_ready_on_both(
     assert listed["at_seq"] is None and set(listed["at"]) == set(EVT)
     assert set(checks["leases"]) == {"engine-0", "engine-1"} and all(checks["leases"].values())
     assert set(checks["read_model_at"]) == set(EVT) and checks["lag"] == 0
+
+
+async def test_replay_at_takes_a_position_per_shard(venue: EmbeddedServer, tmp_path: Path) -> None:
+    from replay.at import state_at
+
+    commands = workload(300, seed=5, markets=MARKETS)
+    nc = await nats.connect(venue.url)
+    try:
+        ends = await trade(nc, commands)
+        db = tmp_path / "rm.db"
+        await ProjectionRunner(nc.jetstream(), db, shards=SHARDS).run(asyncio.Event(), until=ends)
+        view = await state_at(nc.jetstream(), 0, None, ends)
+        early = await state_at(nc.jetstream(), 0, None, {EVT[0]: ends[EVT[0]], EVT[1]: 0})
+    finally:
+        await nc.close()
+    con = sqlite3.connect(db)
+    try:
+        from replay.at import query
+
+        live = query(con, 0, None)
+    finally:
+        con.close()
+    assert (view.top, view.open_orders, view.positions) == (live.top, live.open_orders, live.positions)
+    assert view.as_json()["at"] == ends
+    shard1 = {m for m in MARKETS if partition(m, SHARDS) == 1}
+    assert not {t["market_id"] for t in early.top} & shard1  # shard 1 at 0: none of its markets yet
+    assert {t["market_id"] for t in early.top} == set(MARKETS) - shard1
+    proc = subprocess.run(
+        [sys.executable, "-m", "jetbook", "replay", "at", "--nats-url", venue.url, "--seq", "5"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "--at needs every shard stream" in proc.stderr, proc.stderr
