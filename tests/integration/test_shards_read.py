@@ -391,8 +391,24 @@ async def test_replay_at_takes_a_position_per_shard(venue: EmbeddedServer, tmp_p
         await ProjectionRunner(nc.jetstream(), db, shards=SHARDS).run(asyncio.Event(), until=ends)
         view = await state_at(nc.jetstream(), 0, None, ends)
         early = await state_at(nc.jetstream(), 0, None, {EVT[0]: ends[EVT[0]], EVT[1]: 0})
+        from events.model import Fill
+        from tests.integration.harness import read_all
+
+        trades = [
+            (e, m.seq) for e in EVT for m in await read_all(nc.jetstream(), e) if decode(m.data).type == Fill.type
+        ]
     finally:
         await nc.close()
+    # `jetbook fills` (an operator's, from the logs) lists every shard's fills, each with its stream
+    proc = subprocess.run(
+        [sys.executable, "-m", "jetbook", "fills", "--nats-url", venue.url, "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    listed = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(trades) > 10 and [(x["evt_stream"], x["seq"]) for x in listed] == trades
     con = sqlite3.connect(db)
     try:
         from replay.at import query
