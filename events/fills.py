@@ -11,10 +11,13 @@ from protocol.subjects import EVT_STREAM, evt_filter
 
 
 async def fills(
-    js: Any, market_id: str | None = None, from_seq: int = 1, follow: bool = False
+    js: Any, market_id: str | None = None, from_seq: int = 1, follow: bool = False, stream: str = EVT_STREAM
 ) -> AsyncIterator[tuple[int, Fill]]:
-    """Yield (JB_EVT sequence, Fill). Without `follow`, stop at the end of the log as it is now."""
-    async with StreamReader(js, EVT_STREAM, from_seq, evt_filter(market_id, "fill")) as reader:
+    """Yield (JB_EVT sequence, Fill). Without `follow`, stop at the end of the log as it is now.
+
+    `stream`: a sharded venue's JB_EVT_k (its events keep their jb.evt subjects).
+    """
+    async with StreamReader(js, stream, from_seq, evt_filter(market_id, "fill")) as reader:
         async for batch in batches(reader, follow, max_msgs=1000):
             for m in batch:
                 event = decode(m.data)

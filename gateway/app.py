@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from gateway import http, page, ws
 from gateway.auth import Auth
 from gateway.core import Gateway
+from protocol.streams import venue_shards
 
 Connect = Callable[[], Awaitable[Any]]
 
@@ -23,8 +24,9 @@ def create_app(connect: Connect, auth: Auth, *, ready_max_lag: int = http.DEFAUL
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nc = await connect()
-        gateway = Gateway(nc)
         try:
+            # How many shards the venue has (its streams say): one tail per shard's event stream.
+            gateway = Gateway(nc, await venue_shards(nc.jetstream()) or 1)
             await gateway.start()
         except BaseException:
             await nc.close()

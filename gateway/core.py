@@ -30,6 +30,7 @@ from events.stream_readers import ResumableReader, last_seq
 from events.watch import past_events
 from protocol.barrier import barrier
 from protocol.errors import TRANSIENT
+from protocol.shards import cmd_stream_name, evt_stream_name, partition
 from protocol.subjects import ALL_MARKETS, CMD_STREAM, EVT_STREAM, HDR_BATCH_COMMIT, cmd_subject, ctl_subject, is_id
 
 log = logging.getLogger("jetbook.gateway")
@@ -110,11 +111,13 @@ def msg_id_for(account: str, key: str) -> str:
 
 
 class EventTail:
-    """JB_EVT from its end at start: each command's events, the last sequence, and who changed when."""
+    """JB_EVT (or one shard's JB_EVT_k) from its end at start: each command's events, the last sequence, and who
+    changed when. Command and event sequences are the shard's own, so a sharded gateway has one tail per shard."""
 
-    def __init__(self, nc: Any) -> None:
+    def __init__(self, nc: Any, stream: str = EVT_STREAM) -> None:
         self.nc = nc
         self.js = nc.jetstream()
+        self.stream = stream
         self.position = 0  # the last JB_EVT sequence read
         self.done_upto = 0  # every command <= this has all its events here (or before `first_cmd`)
         self.first_cmd = 1  # the first command whose events this tail reads itself; older ones are looked up
@@ -123,13 +126,13 @@ class EventTail:
         self.listeners: list[Callable[[int, Event], None]] = []  # called for every event, in log order
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._reader = ResumableReader(nc, EVT_STREAM)
+        self._reader = ResumableReader(nc, stream)
 
     async def start(self) -> None:
-        self.position = await last_seq(self.js, EVT_STREAM)
+        self.position = await last_seq(self.js, self.stream)
         if self.position:
             # The last stored event's command is complete (a command's events commit in one batch).
-            self.done_upto = decode((await self.js.get_msg(EVT_STREAM, self.position, direct=True)).data).cmd_seq
+            self.done_upto = decode((await self.js.get_msg(self.stream, self.position, direct=True)).data).cmd_seq
         self.first_cmd = self.done_upto + 1
         self._task = asyncio.create_task(self._run())
 
@@ -145,7 +148,7 @@ class EventTail:
             try:
                 msgs = await self._reader.next_batch(self.position + 1, 10_000, timeout=1.0)
             except TRANSIENT as err:
-                log.warning("reading JB_EVT: %s; again", err)
+                log.warning("reading %s: %s; again", self.stream, err)
                 await asyncio.sleep(0.5)
                 continue
             for m in msgs:
@@ -154,7 +157,7 @@ class EventTail:
                 try:
                     event = decode(m.data)
                 except Exception as err:  # a message the gateway cannot read is skipped, never fatal
-                    log.error("JB_EVT %d: undecodable (%s)", m.seq, err)
+                    log.error("%s %d: undecodable (%s)", self.stream, m.seq, err)
                     self.position = m.seq
                     continue
                 self._fold(m.seq, event, bool(m.headers and HDR_BATCH_COMMIT in m.headers))
@@ -195,26 +198,61 @@ class EventTail:
             await self.changed(min(left, 1.0))
         got = self.by_cmd.get(cmd_seq)
         if cmd_seq < self.first_cmd or (got is None and self.by_cmd and cmd_seq < next(iter(self.by_cmd))):
-            return await past_events(self.js, cmd_seq)  # decided before this gateway started, or long ago
+            return await past_events(self.js, cmd_seq, self.stream)  # decided before this gateway started, or long ago
         return [e for _, e in got or []]
 
 
 class Gateway:
     """The gateway's one NATS connection and what every route does with it."""
 
-    def __init__(self, nc: Any) -> None:
+    def __init__(self, nc: Any, shards: int = 1) -> None:
+        """`shards`: the venue's (protocol.streams.venue_shards); one tail per shard's event stream."""
         self.nc = nc
         self.js = nc.jetstream()
         self.client = CommandClient(self.js)
-        self.tail = EventTail(nc)
+        self.shards = shards
+        self.streams = [(cmd_stream_name(k, shards), evt_stream_name(k, shards)) for k in range(shards)]
+        self.tails = [EventTail(nc, evt) for _, evt in self.streams]
         self.started = time.monotonic()
 
+    @property
+    def tail(self) -> EventTail:
+        """JB_EVT's tail (a sharded venue: shard 0's; `tail_of` gives a market's)."""
+        return self.tails[0]
+
+    def tail_of(self, market_id: str) -> EventTail:
+        """The tail of the shard that decides `market_id` (`_all`: the shard its commands land in first)."""
+        return self.tails[partition(market_id, self.shards)]
+
+    def listen(self, listener: Callable[[int, Event], None]) -> None:
+        for tail in self.tails:
+            tail.listeners.append(listener)
+
+    def unlisten(self, listener: Callable[[int, Event], None]) -> None:
+        for tail in self.tails:
+            with contextlib.suppress(ValueError):
+                tail.listeners.remove(listener)
+
+    async def changed(self, timeout: float) -> bool:
+        """Wait until any shard's tail reads more events; False after `timeout` with none."""
+        if self.shards == 1:
+            return await self.tail.changed(timeout)
+        waits = [asyncio.create_task(t.changed(timeout)) for t in self.tails]
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            return any(task.result() for task in done)
+        finally:
+            for task in waits:
+                task.cancel()
+
     async def start(self) -> None:
-        await self.tail.start()
+        for tail in self.tails:
+            await tail.start()
         await barrier(self.nc)
 
     async def stop(self) -> None:
-        await self.tail.stop()
+        for tail in self.tails:
+            await tail.stop()
 
     # --- reads ---------------------------------------------------------------------------------------------
 
@@ -249,15 +287,25 @@ class Gateway:
     async def cmd_last_seq(self) -> int:
         return await last_seq(self.js, CMD_STREAM)
 
-    async def lease_holder(self) -> dict[str, Any] | None:
-        """The engine that holds the writer lease, as its record says; None when nobody does.
+    async def evt_last_seqs(self) -> dict[str, int]:
+        """Every shard's event stream's last sequence ({"JB_EVT": n} for one shard)."""
+        return {evt: await last_seq(self.js, evt) for _, evt in self.streams}
+
+    async def lease_holders(self) -> dict[str, dict[str, Any] | None]:
+        """Each shard's engine lease ("engine", or "engine-<k>" with shards): its holder, None when nobody."""
+        if self.shards == 1:
+            return {"engine": await self.lease_holder()}
+        return {f"engine-{k}": await self.lease_holder(f"engine-{k}") for k in range(self.shards)}
+
+    async def lease_holder(self, key: str = "engine") -> dict[str, Any] | None:
+        """The engine that holds the writer lease `key`, as its record says; None when nobody does.
 
         Judged by the record's age on the server's clock against this machine's: good enough to say "an engine
         is there" on a status line; the engines themselves never compare wall clocks (engine/lease.py).
         """
         try:
             # Not a direct get: nats-py creates KV buckets without allow_direct, so only the stream leader answers.
-            msg = await self.js.get_msg(LEASE_STREAM, subject=LEASE_SUBJECT)
+            msg = await self.js.get_msg(LEASE_STREAM, subject=f"{LEASE_SUBJECT.rsplit('.', 1)[0]}.{key}")
         except (nats.js.errors.Error, *TRANSIENT):
             return None
         if not msg.data or (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE") or msg.time is None:
@@ -319,7 +367,7 @@ class Gateway:
         if not wait:
             return Outcome(cmd_seq, [], duplicate)
         try:
-            events = await self.tail.events_of(cmd_seq, timeout)
+            events = await self.tail_of(market_id).events_of(cmd_seq, timeout)
         except TimeoutError as err:
             raise GatewayError(504, "timeout", str(err), cmd_seq=cmd_seq) from None
         return Outcome(cmd_seq, [to_wire(e) for e in events], duplicate)

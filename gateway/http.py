@@ -28,11 +28,12 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from events.stream_readers import last_seq
 from gateway import models as m
 from gateway.auth import Auth, Principal
 from gateway.core import MAX_BODY_BYTES, Gateway, GatewayError, Outcome, is_control
 from gateway.metrics import COMMAND_ROUND_TRIP, REQUESTS, WS_CLIENTS
-from protocol.subjects import CMD_STREAM, EVT_STREAM
+from protocol.subjects import EVT_STREAM
 
 log = logging.getLogger("jetbook.gateway")
 
@@ -545,29 +546,39 @@ async def ready(request: Request) -> JSONResponse:
     checks: dict[str, Any] = {"nats_connected": bool(gateway.nc.is_connected), "max_lag": max_lag}
     if not checks["nats_connected"]:
         reasons.append("NATS is not connected")
-    evt_seq: int | None = None
-    for stream, last in ((CMD_STREAM, gateway.cmd_last_seq), (EVT_STREAM, gateway.evt_last_seq)):
-        try:
-            seq = await asyncio.wait_for(last(), READY_CHECK_S)
-        except Exception as err:  # not found, no permission, timeout: each is a reason, none a crash
-            checks[stream] = None
-            reasons.append(f"stream {stream}: {type(err).__name__} {str(err)[:120]}".strip())
-            continue
-        checks[stream] = seq
-        if stream == EVT_STREAM:
-            evt_seq = seq
-    lease = await gateway.lease_holder()
-    checks["lease"] = lease
-    if lease is None:
-        reasons.append("no engine holds the lease")
+    evt_seqs: dict[str, int] = {}  # every shard's event stream (JB_EVT alone for one shard)
+    for cmd_stream, evt_stream in gateway.streams:
+        for stream in (cmd_stream, evt_stream):
+            try:
+                seq = await asyncio.wait_for(last_seq(gateway.js, stream), READY_CHECK_S)
+            except Exception as err:  # not found, no permission, timeout: each is a reason, none a crash
+                checks[stream] = None
+                reasons.append(f"stream {stream}: {type(err).__name__} {str(err)[:120]}".strip())
+                continue
+            checks[stream] = seq
+            if stream == evt_stream:
+                evt_seqs[stream] = seq
+    leases = await gateway.lease_holders()
+    if gateway.shards == 1:
+        checks["lease"] = leases["engine"]
+    else:
+        checks["leases"] = leases
+    for key, lease in leases.items():
+        if lease is None:
+            reasons.append("no engine holds the lease" + (f" {key}" if gateway.shards > 1 else ""))
     try:
         answer = await gateway.query("markets", {"timeout_ms": int(READY_CHECK_S * 1000)})
         checks["read_model_seq"] = answer["at_seq"]
-        if evt_seq is not None:
-            lag = max(evt_seq - int(answer["at_seq"]), 0)
-            checks["lag"] = lag
-            if lag > max_lag:
-                reasons.append(f"the read model is {lag} events behind JB_EVT (bound {max_lag})")
+        # one shard: JB_EVT's position; with shards, each shard stream's (`at`), and the largest lag counts
+        at = answer.get("at") or {EVT_STREAM: int(answer["at_seq"] or 0)}
+        if gateway.shards > 1:
+            checks["read_model_at"] = at
+        lags = {s: max(seq - int(at.get(s, 0)), 0) for s, seq in evt_seqs.items()}
+        if lags:
+            worst = max(lags, key=lambda s: lags[s])
+            checks["lag"] = lags[worst]
+            if lags[worst] > max_lag:
+                reasons.append(f"the read model is {lags[worst]} events behind {worst} (bound {max_lag})")
     except GatewayError as err:
         checks["read_model_seq"] = None
         reasons.append(f"query service: {err.reason}: {err.detail}"[:200])
@@ -588,12 +599,14 @@ async def live_counts(
     listed = await gateway.query("markets", options)
     at = listed["at_seq"]
     counts: dict[str, int] = {}
+    # With shards there is no one sequence for a query without a market: those ask at whatever the model has.
+    since = {"min_seq": at} if at is not None else {}
     for label, status in (("orders", "all"), ("open_orders", "open"), ("filled_orders", "filled"),
                           ("cancelled_orders", "cancelled")):  # fmt: skip
-        counts[label] = int((await gateway.query("order_count", {"status": status, "min_seq": at}))["result"])
+        counts[label] = int((await gateway.query("order_count", {"status": status, **since}))["result"])
     by_market: dict[str, int] = {}
     for market in listed["result"][:MAX_LIVE_COUNT_MARKETS]:
-        answer = await gateway.query("order_count", {"market_id": market["market_id"], "min_seq": at})
+        answer = await gateway.query("order_count", {"market_id": market["market_id"], **since})
         by_market[market["market_id"]] = int(answer["result"])
     ws: dict[str, int] = {}
     for metric in WS_CLIENTS.collect():

@@ -196,7 +196,11 @@ class Risk(Open):
 
 
 class At(Open):
-    at_seq: int = Field(description="the JB_EVT sequence this answer reflects")
+    at_seq: int | None = Field(
+        description="the JB_EVT sequence this answer reflects; with market shards, that of the market's shard"
+        " (JB_EVT_k), and null for a query without a market. A sharded venue's answers also carry `at`"
+        " ({stream: sequence}, every shard's event stream), passed through as the query service gives it"
+    )
 
 
 class MarketsAnswer(At):
@@ -246,7 +250,7 @@ class Readiness(BaseModel):
 
 
 class LiveCounts(BaseModel):
-    at_seq: int = Field(description="the read model position the counts reflect")
+    at_seq: int | None = Field(description="the read model position the counts reflect (null with shards)")
     markets: int
     runners: int
     orders: int

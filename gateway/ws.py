@@ -254,15 +254,14 @@ class Hub:
     def join(self, session: Session) -> None:
         self.sessions.add(session)
         if self._kicker is None:
-            self.gateway.tail.listeners.append(self._on_event)
+            self.gateway.listen(self._on_event)
             self._kicker = asyncio.create_task(self._kick_changed())
 
     def leave(self, session: Session) -> None:
         self.sessions.discard(session)
         self.move(session, None)
         if not self.sessions and self._kicker is not None:
-            with contextlib.suppress(ValueError):
-                self.gateway.tail.listeners.remove(self._on_event)
+            self.gateway.unlisten(self._on_event)
             self._kicker.cancel()
             self._kicker = None
 
@@ -289,7 +288,7 @@ class Hub:
     async def _kick_changed(self) -> None:
         """Once per batch the tail reads, wake the sessions whose market changed (not once per event)."""
         while True:
-            await self.gateway.tail.changed(5.0)
+            await self.gateway.changed(5.0)
             dirty, self._dirty = self._dirty, set()
             for market_id in dirty:
                 for session in self.by_market.get(market_id, ()):
@@ -332,11 +331,19 @@ class Hub:
                                      "projection_seq": None, "lease": None, "clients": len(self.sessions)}  # fmt: skip
             with contextlib.suppress(Exception):  # NATS hiccup: the tail's position stands in
                 frame["evt_seq"] = await gw.evt_last_seq()
+            if gw.shards > 1:  # each shard numbers its own events: its positions, by stream
+                frame["evt_seq"], frame["evt_seqs"], frame["projection_at"] = None, None, None
+                with contextlib.suppress(Exception):
+                    frame["evt_seqs"] = await gw.evt_last_seqs()
             with contextlib.suppress(GatewayError):
                 answer = await gw.query("markets", {"timeout_ms": 1000}, timeout=1.0)
                 frame["markets"] = len(answer.get("result") or [])
                 frame["projection_seq"] = answer.get("at_seq")
+                if gw.shards > 1:
+                    frame["projection_at"] = answer.get("at")
             frame["lease"] = await gw.lease_holder()
+            if gw.shards > 1:  # each shard's engine holds its own lease, engine-<k>
+                frame["leases"] = await gw.lease_holders()
             text = dumps(frame)
             self._status = (time.monotonic(), text)
             return text
@@ -467,7 +474,8 @@ class Session:
             answered, last_at = (generation, seq), asked_at
 
     def _market_seq(self, sub: Subscription) -> int:
-        return self.gateway.tail.market_seq.get(sub.market_id or "", 0)
+        market = sub.market_id or ""
+        return self.gateway.tail_of(market).market_seq.get(market, 0)
 
     async def _status(self) -> None:
         while True:
@@ -593,7 +601,7 @@ class Session:
         if market_id is not None:
             body["market_id"] = market_id
             if isinstance(market_id, str):
-                body["min_seq"] = self.gateway.tail.market_seq.get(market_id, 0)
+                body["min_seq"] = self.gateway.tail_of(market_id).market_seq.get(market_id, 0)
         if account is not None:
             body["account_id"] = account
         if "limit" in frame:
@@ -630,7 +638,7 @@ class Session:
         await self.send({"type": "ack", "correlation_id": cid, "cmd_seq": outcome.cmd_seq,
                          "duplicate": outcome.duplicate})  # fmt: skip
         try:
-            events = await gw.tail.events_of(outcome.cmd_seq, DEFAULT_TIMEOUT_S)
+            events = await gw.tail_of(market_id).events_of(outcome.cmd_seq, DEFAULT_TIMEOUT_S)
         except TimeoutError as err:
             raise GatewayError(504, "timeout", str(err), cmd_seq=outcome.cmd_seq) from None
         COMMAND_ROUND_TRIP.labels(via="ws").observe(time.perf_counter() - started)

@@ -204,8 +204,11 @@ def project(
     from_seq: Annotated[int | None, typer.Option(help="JB_EVT sequence to start at, for a new file.")] = None,
     metrics_port: MetricsPort = 0,
     metrics_host: MetricsHost = "127.0.0.1",
+    shards: Annotated[
+        int | None, typer.Option(help="Shards the venue has (default: what its streams were created with).")
+    ] = None,
 ) -> None:
-    """Run a projection worker: fold JB_EVT into an SQLite read model."""
+    """Run a projection worker: fold JB_EVT (every shard's JB_EVT_k) into an SQLite read model."""
     from jetbook.roles import project_role
     from jetbook.wiring import run_until_signal, setup_logging
     from protocol.errors import JetbookError
@@ -214,7 +217,7 @@ def project(
     try:
         run_until_signal(
             lambda stop: project_role(
-                nats_url, db, stop, from_seq, metrics_port=metrics_port, metrics_host=metrics_host
+                nats_url, db, stop, from_seq, metrics_port=metrics_port, metrics_host=metrics_host, shards=shards
             )
         )
     except (JetbookError, ValueError) as err:

@@ -24,13 +24,21 @@ ROLE = "query"  # the NATS user (jetbook/server.py, deploy/accounts.conf)
 async def query_role(
     url: str, db: Path, stop: asyncio.Event, *, metrics_port: int = 0, metrics_host: str = "127.0.0.1"
 ) -> None:
-    """One query service instance until `stop`; run several to share the load (the micro queue group)."""
-    from jetbook.roles import metrics_served
+    """One query service instance until `stop`; run several to share the load (the micro queue group).
+
+    It waits for the venue's streams, to learn how many shards it has (strong reads wait for each shard's tail).
+    """
+    from jetbook.roles import metrics_served, wait_for_venue
     from jetbook.wiring import close_quietly, connect
     from projections.query_service import QueryService
+    from protocol.streams import venue_shards
 
     nc = await connect(url, "jetbook-query", role=ROLE)
-    service = QueryService(nc, db)
+    shards = await wait_for_venue(nc.jetstream(), stop, probe=venue_shards)
+    if shards is None:
+        await close_quietly(nc)
+        return
+    service = QueryService(nc, db, shards=shards)
     try:
         with metrics_served("query service", metrics_port, service.metrics.registry, metrics_host):
             await service.run(stop)

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from engine.core import CHECKPOINT_EVERY
+from engine.exchange import APP as EXCHANGE
 from jetbook.cli_common import Url, client_call
 from jetbook.settings import DEFAULT_URL
 
@@ -109,6 +110,18 @@ def rebuild_cmd(
         raise typer.Exit(2)
 
     async def body(js: Any) -> int:
+        from protocol.streams import venue_shards
+        from replay.rebuild import rebuild_shards
+
+        shards = await venue_shards(js) or 1
+        if shards > 1:  # every shard's JB_EVT_k into the one file, each to its tail now
+            if from_seq != 1 or to_seq is not None:
+                typer.echo("error: --from-seq/--to-seq name one stream's sequences: not for a sharded venue", err=True)
+                return 2
+            result = await rebuild_shards(js, db, shards)
+            typer.echo(f"rebuilt {projection} from {shards} shards: {result.events} events in {result.seconds:.2f}s")
+            typer.echo(f"swapped in: {result.target} -> {result.generation.name}")
+            return 0
         with _Reporter(f"rebuild {projection}") as reporter:
 
             def progress(p: Progress) -> None:
@@ -133,37 +146,77 @@ def verify_cmd(
     checkpoint_every: Annotated[
         int, typer.Option(help="The engine's checkpoint interval (checkpoint events are part of the log).")
     ] = CHECKPOINT_EVERY,
+    shard: Annotated[int | None, typer.Option(help="Only this shard (a sharded venue; default: every shard).")] = None,
     nats_url: Url = DEFAULT_URL,
 ) -> None:
     """Re-decide every command of JB_CMD through a fresh core and compare with JB_EVT, event by event.
 
     Exit 0 and "identical" with a sha256 digest of the events, or exit 1 and
-    the first divergence with both payloads.
+    the first divergence with both payloads. A sharded venue: each shard's
+    JB_CMD_k against its JB_EVT_k, one verdict per shard.
     """
-    from replay.verify import describe, verify
+    from protocol.streams import venue_shards
+    from replay.verify import describe, describe_shards, verify, verify_shards
 
     async def body(js: Any) -> int:
+        shards = await venue_shards(js) or 1
+        if shard is not None and not 0 <= shard < shards:
+            typer.echo(f"error: this venue has {shards} shard(s): --shard must be 0..{shards - 1}", err=True)
+            return 2
         with _Reporter("verify") as reporter:
-            result = await verify(js, from_seq, checkpoint_every=checkpoint_every, on_progress=reporter.update)
-        for line in describe(result):
+            if shards == 1:
+                result = await verify(js, from_seq, checkpoint_every=checkpoint_every, on_progress=reporter.update)
+                results = [result]
+            else:
+                try:
+                    results = await verify_shards(
+                        js, shards, only=shard, from_seq=from_seq, checkpoint_every=checkpoint_every,
+                        on_progress=reporter.update,
+                    )  # fmt: skip
+                except ValueError as err:
+                    typer.echo(f"error: {err}", err=True)
+                    return 2
+        for line in describe(results[0]) if shards == 1 else describe_shards(results):
             typer.echo(line)
-        return 0 if result.identical else 1
+        return 0 if all(r.identical for r in results) else 1
 
     _run(nats_url, body)
 
 
 @replay_app.command("at")
 def at_cmd(
-    seq: Annotated[int, typer.Option(help="JB_EVT sequence: the answer is as of right after this event.")],
+    seq: Annotated[
+        int | None, typer.Option(help="JB_EVT sequence: the answer is as of right after this event.")
+    ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(help="A sharded venue: every shard stream's position, e.g. JB_EVT_0=120,JB_EVT_1=88."),
+    ] = None,
     market: Annotated[str | None, typer.Option("--market", "-m", help="One market; all if absent.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
     nats_url: Url = DEFAULT_URL,
 ) -> None:
-    """Top of book, open orders and positions as they were right after JB_EVT event --seq."""
-    from replay.at import render, state_at
+    """Top of book, open orders and positions as they were right after JB_EVT event --seq.
+
+    A sharded venue has no one sequence: give --at (every shard stream's position).
+    """
+    from projections.runner import shard_streams
+    from protocol.streams import venue_shards
+    from replay.at import parse_at, render, state_at
 
     async def body(js: Any) -> int:
-        view = await state_at(js, seq, market)
+        shards = await venue_shards(js) or 1
+        positions = None
+        if shards == 1 and seq is None:
+            typer.echo("error: give --seq (the JB_EVT sequence)", err=True)
+            return 2
+        if shards > 1:
+            try:
+                positions = parse_at(at or "", shard_streams(EXCHANGE, shards))
+            except ValueError as err:
+                typer.echo(f"error: this venue has {shards} shards: {err}", err=True)
+                return 2
+        view = await state_at(js, seq or 0, market, positions)
         if as_json:
             typer.echo(json.dumps(view.as_json()))
         else:

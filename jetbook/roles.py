@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from nats.js.errors import NotFoundError
 
 from engine.core import CHECKPOINT_EVERY
 from engine.exchange import shard_app
@@ -19,7 +21,9 @@ from jetbook.wiring import close_quietly, connect
 from projections.fanout import FanOut
 from projections.metrics import register_projection
 from projections.runner import ProjectionRunner
-from protocol.streams import wait_for_stream
+from protocol.errors import JetbookError
+from protocol.shards import evt_stream_name
+from protocol.streams import SHARDS_METADATA, ShardsMismatch
 from protocol.subjects import EVT_STREAM
 
 log = logging.getLogger("jetbook")
@@ -111,6 +115,53 @@ async def engine_role(
         await close_quietly(nc)
 
 
+async def evt_shards(js: Any) -> int | None:
+    """protocol.streams.venue_shards as a reader may ask it: from the event streams, which every reader may read
+    (JB_EVT: one shard; JB_EVT_0's metadata: its count; neither: no venue yet). None until the venue exists."""
+    try:
+        await js.stream_info(EVT_STREAM)
+        return 1
+    except NotFoundError:
+        pass
+    try:
+        info = await js.stream_info(evt_stream_name(0, 2))
+    except NotFoundError:
+        return None
+    value = (info.config.metadata or {}).get(SHARDS_METADATA, "")
+    if not value.isdigit():
+        raise JetbookError(f"stream {info.config.name} has no valid {SHARDS_METADATA} metadata ({value!r})")
+    return int(value)
+
+
+async def wait_for_venue(
+    js: Any,
+    stop: asyncio.Event,
+    shards: int | None = None,
+    probe: Callable[[Any], Awaitable[int | None]] = evt_shards,
+) -> int | None:
+    """The venue's shard count once its streams exist (None if stopped first); ShardsMismatch when `shards`
+    is given and the venue was made with another count. Readers follow whatever the engines created.
+
+    `probe`: how this reader may ask (its permissions): from the event streams (projection, fan-out), or from
+    the command streams (protocol.streams.venue_shards: the query service, which reads JB_CMD's tail).
+    """
+    announced = False
+    while not stop.is_set():
+        found = await probe(js)
+        if found is not None:
+            if shards is not None and found != shards:
+                raise ShardsMismatch(found, shards)
+            return found
+        if not announced:
+            log.info("waiting for the venue's event streams (start the engine or `jetbook up`)")
+            announced = True
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except TimeoutError:
+            pass
+    return None
+
+
 async def _lease_held(nc: Any, bucket: str, key: str, replicas: int, stop: asyncio.Event) -> bool:
     """Wait until someone holds the lease `key` (a record that is not a release); False if stopped first."""
     kv = await lease_bucket(nc.jetstream(), replicas, bucket)
@@ -136,16 +187,25 @@ async def project_role(
     *,
     metrics_port: int = 0,
     metrics_host: str = DEFAULT_METRICS_HOST,
+    shards: int | None = None,
 ) -> None:
-    """A projection worker, registered as the nats.micro service `jetbook-projection`; /metrics when given a port."""
+    """A projection worker, registered as the nats.micro service `jetbook-projection`; /metrics when given a port.
+
+    It follows every shard's event stream (the count found with venue_shards unless `shards` is given).
+    """
     nc = await connect(url, "jetbook-projection", role="projection")
     js = nc.jetstream()
-    if not await wait_for_stream(js, EVT_STREAM, stop):
+    found = await wait_for_venue(js, stop, shards)
+    if found is None:
         await close_quietly(nc)
         return
-    runner = ProjectionRunner(js, db, from_seq=from_seq)
+    runner = ProjectionRunner(js, db, from_seq=from_seq, shards=found)
+
+    async def tail() -> int:
+        return sum([await last_seq(js, s) for s in runner.streams])
+
     reporter = asyncio.create_task(_report("projection position", lambda: runner.position, stop))
-    sampler = asyncio.create_task(runner.metrics.sample_lag(lambda: last_seq(js, EVT_STREAM), stop))
+    sampler = asyncio.create_task(runner.metrics.sample_lag(tail, stop))
     micro = None
     try:
         with metrics_served("projection", metrics_port, runner.metrics.registry, metrics_host):
@@ -164,10 +224,11 @@ async def fanout_role(
 ) -> None:
     """The private feeds: each account's own events on jb.acct.<account>.>, the public tape on jb.tape.<market>."""
     nc = await connect(url, "jetbook-fanout", role="fanout")
-    if not await wait_for_stream(nc.jetstream(), EVT_STREAM, stop):
+    shards = await wait_for_venue(nc.jetstream(), stop)
+    if shards is None:
         await close_quietly(nc)
         return
-    fanout = FanOut(nc, replicas=replicas)
+    fanout = FanOut(nc, replicas=replicas, shards=shards)
     try:
         with metrics_served("fan-out", metrics_port, fanout.metrics.registry, metrics_host):
             await fanout.run(stop)

@@ -427,10 +427,23 @@ def fills(
                 elif all_events:
                     show(seq, {"evt_seq": evt_seq, **to_wire(event)}, f"{seq:>8}  {json.dumps(to_wire(event))}")
         else:
-            async for seq, f in log_fills(js, market, from_seq, follow):
-                show(seq, to_wire(f), f"{seq:>8}  {f.market_id}  trade {f.trade_id}  {traded(to_wire(f))}  "
-                                      f"taker {f.taker_account} {f.taker_side} #{f.taker_order_id}  "
-                                      f"maker {f.maker_account} #{f.maker_order_id}")  # fmt: skip
+            from protocol.shards import evt_stream_name, partition
+            from protocol.streams import venue_shards
+
+            # A sharded venue: a market's fills are in its shard's JB_EVT_k; all markets, shard after shard.
+            shards = await venue_shards(js) or 1
+            if shards > 1 and market is None and follow:
+                typer.echo("error: with market shards, --follow needs --market (or use --tape)", err=True)
+                return 2
+            which = range(shards) if market is None else [partition(market, shards)]
+            for k in which:
+                stream = evt_stream_name(k, shards)
+                extra = {} if shards == 1 else {"evt_stream": stream}
+                async for seq, f in log_fills(js, market, from_seq, follow, stream):
+                    show(seq, {**to_wire(f), **extra},
+                         f"{seq:>8}  {f.market_id}  trade {f.trade_id}  {traded(to_wire(f))}  "
+                         f"taker {f.taker_account} {f.taker_side} #{f.taker_order_id}  "
+                         f"maker {f.maker_account} #{f.maker_order_id}")  # fmt: skip
         return 0
 
     try:

@@ -26,9 +26,9 @@ T = TypeVar("T")
 class Live(Protocol):
     """What the projection runner needs of an open live file."""
 
-    async def position(self) -> int: ...
+    async def position(self, name: str = ...) -> int: ...
 
-    async def apply(self, batch: list[tuple[int, Any]]) -> int: ...
+    async def apply(self, batch: list[tuple[int, Any]], name: str = ..., stream: str | None = None) -> int: ...
 
     async def close(self) -> None: ...
 
@@ -65,24 +65,27 @@ class LiveModel:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def position(self) -> int:
-        return await self._run(queries.position, self.con, self.projection.NAME)
+    async def position(self, name: str = "") -> int:
+        return await self._run(queries.position, self.con, name or self.projection.NAME)
 
-    def _write(self, batch: list[tuple[int, Any]]) -> int:
+    def _write(self, batch: list[tuple[int, Any]], name: str) -> int:
         writes = self.projection.plan(batch)
         con = self.con
         con.execute("BEGIN IMMEDIATE")
         try:
-            self.projection.write(con, writes, self.projection.NAME)
+            self.projection.write(con, writes, name)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
         return batch[-1][0] if batch else 0
 
-    async def apply(self, batch: list[tuple[int, Any]]) -> int:
-        """Fold a batch into the file in one transaction; returns the new position."""
-        return await self._run(self._write, batch)
+    async def apply(self, batch: list[tuple[int, Any]], name: str = "", stream: str | None = None) -> int:
+        """Fold a batch into the file in one transaction; returns the new position (row `name`, default its own).
+
+        `stream` is the exchange read model's business (its shard rejections); a generic projection follows one.
+        """
+        return await self._run(self._write, batch, name or self.projection.NAME)
 
     async def close(self) -> None:
         try:

@@ -43,7 +43,8 @@ class ProjectionMetrics:
         self.folded = 0  # events folded by this worker
         self.batches = 0
         self.last_ts_ns = 0  # JetStream timestamp of the last folded event
-        self.tail = -1  # JB_EVT's last sequence, as last read (-1: not yet)
+        self.tail = -1  # JB_EVT's last sequence, as last read (-1: not yet); with shards, the sum of theirs
+        self._tails: dict[str, int] = {}  # each stream's, as the reads saw it
         self.runner: Any = None
         self.fold = Histogram(
             "jetbook_projection_fold_seconds",
@@ -59,11 +60,14 @@ class ProjectionMetrics:
     def position(self) -> int:
         return int(self.runner.position) if self.runner is not None else 0
 
-    def batch_folded(self, n: int, last_seq: int, last_ts_ns: int, pending: int, seconds: float) -> None:
+    def batch_folded(
+        self, n: int, last_seq: int, last_ts_ns: int, pending: int, seconds: float, stream: str = ""
+    ) -> None:
         self.folded += n
         self.batches += 1
         self.last_ts_ns = last_ts_ns
-        self.tail = max(self.tail, last_seq + pending)
+        self._tails[stream] = max(self._tails.get(stream, 0), last_seq + pending)
+        self.tail = max(self.tail, sum(self._tails.values()))
         self.fold.observe(seconds)
 
     def lag_events(self) -> int:

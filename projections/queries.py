@@ -40,11 +40,27 @@ def position(con: sqlite3.Connection, name: str = READ_MODEL) -> int:
     return int(row[0]) if row else 0
 
 
-def set_position(con: sqlite3.Connection, seq: int, name: str = READ_MODEL) -> None:
+def position_name(name: str, stream: str, streams: int) -> str:
+    """The projection_position row of `stream`: the projection's own name when it follows one stream (so a
+    one-shard file is the file of before), "<name>@<stream>" for each of several (a sharded venue)."""
+    return name if streams == 1 else f"{name}@{stream}"
+
+
+def stream_positions(con: sqlite3.Connection, name: str = READ_MODEL) -> dict[str, int]:
+    """Every stream's position {stream: last seq}, in stream-name order: one row for one shard, one per shard else."""
+    rows = con.execute(
+        "SELECT stream, last_seq FROM projection_position WHERE name = ? OR name LIKE ? ESCAPE '\\'"
+        " ORDER BY length(stream), stream",
+        (name, name.replace("_", "\\_") + "@%"),
+    ).fetchall()
+    return {str(stream): int(seq) for stream, seq in rows}
+
+
+def set_position(con: sqlite3.Connection, seq: int, name: str = READ_MODEL, stream: str = EVT_STREAM) -> None:
     """Inside the caller's transaction, with the rows that bring the model to `seq`."""
     con.execute(
         "INSERT INTO projection_position VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET last_seq = excluded.last_seq",
-        (name, EVT_STREAM, seq),
+        (name, stream, seq),
     )
 
 
@@ -577,6 +593,7 @@ def counts(con: sqlite3.Connection) -> Counts:
         " (SELECT COUNT(*) FROM orders WHERE status IN ('open', 'partially_filled')) AS open_orders,"
         " (SELECT COUNT(*) FROM orders WHERE status = 'cancelled') AS cancelled_orders,"
         " (SELECT COUNT(*) FROM trades) AS trades, (SELECT COUNT(*) FROM book_levels) AS book_levels,"
-        " (SELECT COUNT(*) FROM positions) AS positions, (SELECT COUNT(*) FROM rejections) AS rejections",
+        " (SELECT COUNT(*) FROM positions) AS positions, (SELECT COUNT(*) FROM rejections)"
+        " + (SELECT COUNT(*) FROM shard_rejections) AS rejections",
     )
     return cast(Counts, row)

@@ -56,7 +56,8 @@ from projections import queries
 from projections.metrics import QueryMetrics
 from protocol.barrier import barrier
 from protocol.micro import SERVICE_VERSION, GuardedService
-from protocol.subjects import CMD_STREAM, EVT_PREFIX, EVT_STREAM, is_id
+from protocol.shards import check_shards, cmd_stream_name, evt_stream_name, partition
+from protocol.subjects import EVT_PREFIX, EVT_STREAM, is_id
 
 log = logging.getLogger("jetbook.query")
 
@@ -294,12 +295,19 @@ def parse(name: str, data: bytes, as_json: bool) -> Parsed:
     return Parsed({k: out[k] for k in query.fields}, out["consistency"], out["min_seq"], out["timeout_ms"])
 
 
-def read(con: sqlite3.Connection, name: str, args: dict[str, Any]) -> tuple[int, Any]:
-    """The answer and the position it reflects, from one read transaction (a not_found carries the position too)."""
+def read(
+    con: sqlite3.Connection, name: str, args: dict[str, Any], stream: str | None = EVT_STREAM
+) -> tuple[int | None, dict[str, int], Any]:
+    """The answer and the positions it reflects, from one read transaction (a not_found carries them too).
+
+    `stream`: whose position is `at_seq` (the market's shard; JB_EVT for one shard); None: no single one, a
+    sharded venue's query without a market, which `at` ({stream: seq}, every shard) describes alone.
+    """
     with queries.reading(con):
-        seq = queries.position(con)
+        at = queries.stream_positions(con)
+        seq = at.get(stream, 0) if stream is not None else None
         try:
-            return seq, QUERIES[name].read(con, args)
+            return seq, at, QUERIES[name].read(con, args)
         except QueryError as err:
             err.extra.setdefault("at_seq", seq)
             raise
@@ -343,12 +351,16 @@ class Replica:
         self.con, self.inode = con, inode
         return con
 
-    def position(self) -> int:
-        """The last JB_EVT sequence the replica has committed; 0 while there is none."""
+    def position(self, stream: str = EVT_STREAM) -> int:
+        """The last sequence of `stream` (JB_EVT, or a shard's JB_EVT_k) the replica has committed; 0 while none."""
+        return self.positions().get(stream, 0)
+
+    def positions(self) -> dict[str, int]:
+        """{stream: last sequence committed}: one entry for a one-shard model, one per shard stream else."""
         try:
-            return queries.position(self.connection())
+            return queries.stream_positions(self.connection())
         except (QueryError, sqlite3.Error):
-            return 0
+            return {}
 
     def close(self) -> None:
         if self.con is not None:
@@ -417,18 +429,43 @@ class QueryService:
     """One instance of the query service: a NATS connection, a replica, and the micro service on top."""
 
     def __init__(
-        self, nc: Any, db_path: Path | str, *, name: str = SERVICE_NAME, metrics: QueryMetrics | None = None
+        self,
+        nc: Any,
+        db_path: Path | str,
+        *,
+        name: str = SERVICE_NAME,
+        metrics: QueryMetrics | None = None,
+        shards: int = 1,
     ) -> None:
+        """`shards`: the venue's (protocol.streams.venue_shards); each shard's positions are waited for alone."""
+        check_shards(shards)
         self.nc = nc
         self.replica = Replica(db_path)
         self.name = name
+        self.shards = shards
+        self.streams = [(cmd_stream_name(k, shards), evt_stream_name(k, shards)) for k in range(shards)]
         self.service: GuardedService | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.answered = 0  # answers sent by this instance (tests see who answered)
         self.metrics = metrics if metrics is not None else QueryMetrics([*QUERIES, "unknown"])
-        self.evt_tail = (0, 0)  # (JB_EVT sequence, its command) of a message seen as JB_EVT's last
-        self._replica_waiters = _Waiters(self.replica.position, "replica")
-        self._evt_waiters = _Waiters(self._evt_command, "evt")
+        # per shard: (JB_EVT_k sequence, its command) of a message seen as JB_EVT_k's last
+        self.evt_tails = [(0, 0)] * shards
+        self._replica_waiters = {
+            evt: _Waiters(partial(self.replica.position, evt), f"replica {evt}") for _, evt in self.streams
+        }
+        self._evt_waiters = [_Waiters(partial(self._evt_command, k), evt) for k, (_, evt) in enumerate(self.streams)]
+
+    @property
+    def evt_tail(self) -> tuple[int, int]:
+        """Shard 0's (one shard: JB_EVT's) last message seen: its sequence and command."""
+        return self.evt_tails[0]
+
+    def _stream_of(self, args: dict[str, Any]) -> str | None:
+        """The event stream whose position an answer is at: the market's shard's; None for no market of N."""
+        if self.shards == 1:
+            return EVT_STREAM
+        market = args.get("market_id")
+        return None if market is None else self.streams[partition(market, self.shards)][1]
 
     async def start(self) -> None:
         self.service = GuardedService(self.nc, ServiceConfig(
@@ -457,8 +494,8 @@ class QueryService:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        self._replica_waiters.stop()
-        self._evt_waiters.stop()
+        for waiters in [*self._replica_waiters.values(), *self._evt_waiters]:
+            waiters.stop()
         self.replica.close()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -483,12 +520,15 @@ class QueryService:
         except QueryError as err:
             await self._send(req, name, err.answer(), as_json, error=err.code, start=start)
             return
-        waits = parsed.consistency == "strong" or parsed.min_seq > self.replica.position()
+        stream = self._stream_of(parsed.args)
+        waits = parsed.consistency == "strong" or (
+            parsed.min_seq > 0 and (stream is None or parsed.min_seq > self.replica.position(stream))
+        )
         if not waits:
             await self._answer(req, name, parsed, as_json, start, inline=True)
             return
         if len(self.tasks) >= MAX_WAITING:
-            busy = QueryError("busy", f"{MAX_WAITING} requests are already waiting; retry", at_seq=self._pos())
+            busy = QueryError("busy", f"{MAX_WAITING} requests are already waiting; retry", at_seq=self._pos(stream))
             await self._send(req, name, busy.answer(), as_json, error=busy.code, start=start)
             return
         task = asyncio.create_task(self._answer(req, name, parsed, as_json, start, inline=False))
@@ -506,8 +546,8 @@ class QueryService:
         err = QueryError("unknown_query", f"no query {name[:80]!r}; known: {sorted(QUERIES)}")
         await self._send(req, "unknown", err.answer(), as_json, error=err.code, start=start)
 
-    def _pos(self) -> int:
-        return self.replica.position()
+    def _pos(self, stream: str | None = EVT_STREAM) -> int | None:
+        return self.replica.position(stream) if stream is not None else None
 
     async def _answer(
         self, req: Request, name: str, parsed: Parsed, as_json: bool, start: int, *, inline: bool
@@ -515,16 +555,34 @@ class QueryService:
         code = ""
         try:
             deadline = asyncio.get_running_loop().time() + parsed.timeout_ms / 1000
-            target = parsed.min_seq
+            stream = self._stream_of(parsed.args)
+            if parsed.min_seq and stream is None:
+                raise QueryError(
+                    "invalid", f"min_seq: this venue has {self.shards} shards, each numbering its own events;"
+                    " min_seq needs a market_id (its shard's sequence), or ask with consistency strong",
+                )  # fmt: skip
+            # Which shards to wait for: the market's alone, or every shard for a query without a market.
+            shards = range(self.shards) if stream is None else [self._shard(stream)]
+            targets = {self.streams[k][1]: 0 for k in shards}
+            if stream is not None:
+                targets[stream] = parsed.min_seq
             if parsed.consistency == "strong":
-                target = max(target, await self._read_index(deadline))
+                # Every shard's JB_CMD_k tail at the request's arrival, read together.
+                indexes = await asyncio.gather(*(self._read_index(k, deadline) for k in shards))
+                for k, index in zip(shards, indexes, strict=True):
+                    evt = self.streams[k][1]
+                    targets[evt] = max(targets[evt], index)
             while True:
-                if target:
-                    await self._replica_reaches(target, deadline)
-                at_seq, value = read(self.replica.connection(), name, parsed.args)
-                if at_seq >= target:  # a rebuild may have swapped in a file behind the target: wait again
+                for evt, target in targets.items():
+                    if target:
+                        await self._replica_reaches(evt, target, deadline)
+                at_seq, at, value = read(self.replica.connection(), name, parsed.args, stream)
+                # a rebuild may have swapped in a file behind the target: wait again
+                if all(at.get(evt, 0) >= target for evt, target in targets.items()):
                     break
             answer: dict[str, Any] = {"at_seq": at_seq, "result": value}
+            if self.shards > 1:
+                answer["at"] = at
         except QueryError as err:
             answer, code = err.answer(), err.code
         except Exception as err:  # never a crash, never silence: the asker gets a reason
@@ -534,61 +592,72 @@ class QueryService:
         if not inline:
             self._account(name, time.perf_counter_ns() - start)
 
-    async def _read_index(self, deadline: float) -> int:
-        """The JB_EVT sequence that holds the events of every command JB_CMD holds now (0: JB_CMD is empty)."""
+    def _shard(self, evt: str) -> int:
+        return next(k for k, (_, e) in enumerate(self.streams) if e == evt)
+
+    async def _read_index(self, shard: int, deadline: float) -> int:
+        """The JB_EVT(_k) sequence that holds the events of every command JB_CMD(_k) holds now (0: it is empty).
+
+        Shard k's engine decides JB_CMD_k alone into JB_EVT_k, so each shard's index is read and reached alone.
+        """
         loop = asyncio.get_running_loop()
-        cmd = await self._cmd_last(max(deadline - loop.time(), 0.001))
-        if cmd == 0 or self.evt_tail[1] >= cmd:
-            return self.evt_tail[0] if cmd else 0
+        cmd_stream, evt_stream = self.streams[shard]
+        cmd = await self._cmd_last(cmd_stream, evt_stream, max(deadline - loop.time(), 0.001))
+        if cmd == 0 or self.evt_tails[shard][1] >= cmd:
+            return self.evt_tails[shard][0] if cmd else 0
         try:
-            await self._evt_waiters.reach(cmd, max(deadline - loop.time(), 0))
+            await self._evt_waiters[shard].reach(cmd, max(deadline - loop.time(), 0))
         except TimeoutError:
             raise QueryError(
                 "timeout",
-                f"the events of command {cmd} (JB_CMD's last when the query arrived) were not in JB_EVT in time",
-                at_seq=self._pos(), wanted_cmd_seq=cmd, evt_seq=self.evt_tail[0],
+                f"the events of command {cmd} ({cmd_stream}'s last when the query arrived) were not in"
+                f" {evt_stream} in time",
+                at_seq=self._pos(evt_stream), wanted_cmd_seq=cmd, evt_seq=self.evt_tails[shard][0],
+                **({"stream": evt_stream} if self.shards > 1 else {}),
             ) from None  # fmt: skip
-        return self.evt_tail[0]
+        return self.evt_tails[shard][0]
 
-    async def _cmd_last(self, timeout: float) -> int:
+    async def _cmd_last(self, stream: str, evt: str, timeout: float) -> int:
         try:
-            msg = await self.nc.request(f"$JS.API.STREAM.INFO.{CMD_STREAM}", b"", timeout=timeout)
+            msg = await self.nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=timeout)
             info = json.loads(msg.data)
         except (nats.errors.TimeoutError, TimeoutError):
             raise QueryError(
-                "timeout", f"{CMD_STREAM} did not say its last sequence in time", at_seq=self._pos()
+                "timeout", f"{stream} did not say its last sequence in time", at_seq=self._pos(evt)
             ) from None
         except (nats.errors.Error, ValueError) as err:
-            raise QueryError("unavailable", f"{CMD_STREAM}: {type(err).__name__}", at_seq=self._pos()) from None
+            raise QueryError("unavailable", f"{stream}: {type(err).__name__}", at_seq=self._pos(evt)) from None
         if "error" in info:
-            raise QueryError("unavailable", f"{CMD_STREAM}: {info['error'].get('description', '')}", at_seq=self._pos())
+            raise QueryError("unavailable", f"{stream}: {info['error'].get('description', '')}", at_seq=self._pos(evt))
         return int(info["state"]["last_seq"])
 
-    async def _evt_command(self) -> int:
-        """Direct get of JB_EVT's last message: remember its sequence and command; the command."""
+    async def _evt_command(self, shard: int) -> int:
+        """Direct get of JB_EVT(_k)'s last message: remember its sequence and command; the command."""
+        evt = self.streams[shard][1]
         msg = await self.nc.request(
-            f"$JS.API.DIRECT.GET.{EVT_STREAM}", json.dumps({"last_by_subj": f"{EVT_PREFIX}.>"}).encode(), timeout=1.0
+            f"$JS.API.DIRECT.GET.{evt}", json.dumps({"last_by_subj": f"{EVT_PREFIX}.>"}).encode(), timeout=1.0
         )
         headers = msg.headers or {}
         if not msg.data and headers.get("Status") == "404":
-            return 0  # nothing in JB_EVT yet
+            return 0  # nothing in the stream yet
         seq = int(headers["Nats-Sequence"])
-        if seq > self.evt_tail[0]:
-            self.evt_tail = (seq, decode(msg.data).cmd_seq)
-        return self.evt_tail[1]
+        if seq > self.evt_tails[shard][0]:
+            self.evt_tails[shard] = (seq, decode(msg.data).cmd_seq)
+        return self.evt_tails[shard][1]
 
-    async def _replica_reaches(self, target: int, deadline: float) -> None:
-        if self.replica.position() >= target:
+    async def _replica_reaches(self, evt: str, target: int, deadline: float) -> None:
+        if self.replica.position(evt) >= target:
             return
         try:
-            await self._replica_waiters.reach(target, max(deadline - asyncio.get_running_loop().time(), 0))
+            await self._replica_waiters[evt].reach(target, max(deadline - asyncio.get_running_loop().time(), 0))
         except TimeoutError:
-            pos = self._pos()
+            pos = self._pos(evt)
             raise QueryError(
                 "timeout",
-                f"the replica is at JB_EVT {pos}, the query asked for {target}",
+                f"the replica is at {evt} {pos}, the query asked for {target}",
                 at_seq=pos,
                 wanted_seq=target,
+                **({"stream": evt} if self.shards > 1 else {}),
             ) from None
 
     async def _send(

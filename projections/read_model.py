@@ -38,6 +38,7 @@ from events.model import (
 from framework.app import create_schema
 from projections import queries
 from protocol.errors import CorruptLog
+from protocol.subjects import EVT_STREAM
 
 Key = tuple[str, int]
 T = TypeVar("T")
@@ -69,6 +70,7 @@ class Writes:
     risk: list[tuple[Any, ...]] = field(default_factory=list)
     rejections: list[tuple[Any, ...]] = field(default_factory=list)
     last_seq: int = 0
+    stream: str | None = None  # the shard's event stream, when the model follows several (None: JB_EVT alone)
 
 
 def _level(w: Writes, key: tuple[str, str, str, int], qty: int, orders: int) -> None:
@@ -296,8 +298,14 @@ def write(con: sqlite3.Connection, w: Writes, name: str = NAME) -> None:
             w.risk,
         )
     if w.rejections:
-        con.executemany("INSERT INTO rejections VALUES (?,?,?,?,?,?,?,?,?,?)", w.rejections)
-    queries.set_position(con, w.last_seq, name)
+        if w.stream is None:
+            con.executemany("INSERT INTO rejections VALUES (?,?,?,?,?,?,?,?,?,?)", w.rejections)
+        else:  # sequences are per shard stream: the stream is part of the key
+            con.executemany(
+                "INSERT INTO shard_rejections VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                [(w.stream, *r) for r in w.rejections],
+            )
+    queries.set_position(con, w.last_seq, name, w.stream or EVT_STREAM)
 
 
 def _known_orders(con: sqlite3.Connection, name: str, what: str, refs: list[tuple[int, str, int]]) -> None:
@@ -370,23 +378,30 @@ class ReadModel:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def position(self) -> int:
-        return await self._run(queries.position, self.con, self.NAME)
+    async def position(self, name: str = NAME) -> int:
+        return await self._run(queries.position, self.con, name)
 
-    def _commit(self, w: Writes) -> int:
+    def _commit(self, w: Writes, name: str) -> int:
         con = self.con
         con.execute("BEGIN IMMEDIATE")
         try:
-            write(con, w, self.NAME)
+            write(con, w, name)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
         return w.last_seq
 
-    async def apply(self, batch: list[tuple[int, Event]]) -> int:
-        """Fold a batch into the database in one transaction; returns the new position."""
-        return await self._run(self._commit, plan(batch))
+    async def apply(self, batch: list[tuple[int, Event]], name: str = NAME, stream: str | None = None) -> int:
+        """Fold a batch into the database in one transaction; returns the new position.
+
+        `name` and `stream`: the position row and the shard stream the batch comes from, when the model
+        follows several (queries.position_name); one transaction per batch either way, so each shard's
+        position always matches its rows.
+        """
+        w = plan(batch)
+        w.stream = stream
+        return await self._run(self._commit, w, name)
 
     async def close(self) -> None:
         try:

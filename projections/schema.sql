@@ -170,6 +170,24 @@ CREATE TABLE IF NOT EXISTS rejections (
     detail           TEXT NOT NULL
 ) WITHOUT ROWID;
 
+-- The rejections of a sharded venue (issue 15): each shard's event stream numbers its own events, so the
+-- stream is part of the key. A one-shard venue keeps using `rejections`; added without a new layout number
+-- because it only adds a table (an older file gets it, empty, when opened).
+CREATE TABLE IF NOT EXISTS shard_rejections (
+    stream           TEXT NOT NULL,
+    seq              INTEGER NOT NULL,
+    cmd_seq          INTEGER NOT NULL,
+    ts               INTEGER NOT NULL,
+    market_id        TEXT NOT NULL,
+    account_id       TEXT,
+    command_type     TEXT,
+    client_order_id  TEXT,
+    order_id         INTEGER,
+    reason           TEXT NOT NULL,
+    detail           TEXT NOT NULL,
+    PRIMARY KEY (stream, seq)
+) WITHOUT ROWID;
+
 -- Best bid/ask per book; for odds markets "bid" is the best lay (buy-like) and "ask" the best back.
 CREATE VIEW IF NOT EXISTS top_of_book AS
 SELECT k.market_id, k.runner,

@@ -53,14 +53,20 @@ class CorruptLog(JetbookError):
     docs/GUARANTEES.md, "The log is checked as it is folded".
     """
 
-    def __init__(self, seq: int, subject: str, cause: Exception | str) -> None:
+    def __init__(self, seq: int, subject: str, cause: Exception | str, *, stream: str = "JB_EVT") -> None:
         detail = cause if isinstance(cause, str) else f"is not a jetbook event ({type(cause).__name__}: {cause})"
         super().__init__(
-            f"JB_EVT sequence {seq} ({subject}) {detail}. "
+            f"{stream} sequence {seq} ({subject}) {detail}. "
             "Only the engine may publish on jb.wal.>; restrict it with permissions (docs/DEPLOY.md)."
         )
         self.seq = seq
         self.subject = subject
+        self.detail = detail
+        self.stream = stream
+
+    def in_stream(self, stream: str) -> CorruptLog:
+        """The same finding, naming the shard's event stream it was read from (issue 15)."""
+        return CorruptLog(self.seq, self.subject, self.detail, stream=stream)
 
 
 class ServerNotFound(JetbookError):

@@ -57,9 +57,11 @@ class View:
     top: list[queries.Top] = field(default_factory=list)
     open_orders: list[OpenOrder] = field(default_factory=list)
     positions: list[queries.Position] = field(default_factory=list)
+    at: dict[str, int] | None = None  # a sharded venue: the position of every shard stream (seq is then 0)
 
     def as_json(self) -> dict[str, Any]:
-        return {"seq": self.seq, "top": self.top, "open_orders": self.open_orders, "positions": self.positions}
+        out = {"seq": self.seq, "top": self.top, "open_orders": self.open_orders, "positions": self.positions}
+        return out if self.at is None else {**out, "at": self.at}
 
 
 def query(con: sqlite3.Connection, seq: int, market: str | None = None) -> View:
@@ -87,17 +89,56 @@ async def fold_to(js: Any, seq: int) -> sqlite3.Connection:
     return con
 
 
-async def state_at(js: Any, seq: int, market: str | None = None) -> View:
-    con = await fold_to(js, seq)
+async def fold_shards_to(js: Any, at: dict[str, int]) -> sqlite3.Connection:
+    """An in-memory read model of a sharded venue with each shard stream JB_EVT_k folded to `at[JB_EVT_k]`.
+
+    Each shard is folded on its own (its own LogCheck, its own position row), like the live worker does.
+    """
+    con = sqlite3.connect(":memory:", isolation_level=None)
+    con.executescript(ReadModel.SCHEMA)
+    for stream, seq in at.items():
+        tail = await stream_last_seq(js, stream)
+        if seq < 0 or seq > tail:
+            raise RebuildError(f"{stream}={seq} is outside {stream} (1..{tail})")
+        check = LogCheck(0)
+        name = queries.position_name(ReadModel.NAME, stream, len(at))
+        async for chunk in read_range(js, stream, 1, seq):
+            writes = plan_checked(ReadModel, decode_chunk(chunk, check), chunk.subjects)
+            writes.stream = stream
+            con.execute("BEGIN")
+            ReadModel.write(con, writes, name)
+            con.execute("COMMIT")
+    return con
+
+
+async def state_at(js: Any, seq: int, market: str | None = None, at: dict[str, int] | None = None) -> View:
+    """As of JB_EVT `seq`; with shards, as of every shard stream's position in `at` (every shard named)."""
+    con = await (fold_to(js, seq) if at is None else fold_shards_to(js, at))
     try:
-        return query(con, seq, market)
+        view = query(con, seq if at is None else 0, market)
+        view.at = at
+        return view
     finally:
         con.close()
 
 
+def parse_at(text: str, streams: list[str]) -> dict[str, int]:
+    """`--at JB_EVT_0=120,JB_EVT_1=88` (every shard stream, once each) as {stream: seq}."""
+    out: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        stream, _, seq = item.partition("=")
+        if stream not in streams or not seq.isdigit() or stream in out:
+            raise ValueError(f"--at: {item!r} is not <stream>=<seq> for one of {', '.join(streams)}")
+        out[stream] = int(seq)
+    if set(out) != set(streams):
+        raise ValueError(f"--at needs every shard stream: {', '.join(streams)}")
+    return {s: out[s] for s in streams}
+
+
 def render(view: View) -> list[str]:
     """The plain-text answer of `jetbook replay at`."""
-    lines = [f"as of JB_EVT seq {view.seq}", "", "top of book:"]
+    where = f"JB_EVT seq {view.seq}" if view.at is None else ", ".join(f"{s} seq {q}" for s, q in view.at.items())
+    lines = [f"as of {where}", "", "top of book:"]
     for t in view.top:
         bid = f"{t['bid_qty']} @ {t['bid_price']}" if t["bid_price"] is not None else "-"
         ask = f"{t['ask_qty']} @ {t['ask_price']}" if t["ask_price"] is not None else "-"

@@ -37,6 +37,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import sqlite3
 import sys
 import tempfile
 import time
@@ -282,3 +283,38 @@ async def rebuild(
         seconds = time.perf_counter() - started
     log.info("rebuilt %s from %d to %d: %d events in %.2fs", target, start, position, done, seconds)
     return RebuildResult(target, generation, projection, start, position, done, seconds)
+
+
+async def rebuild_shards(js: Any, target: Path | str, shards: int, *, swap: bool = True) -> RebuildResult:
+    """A sharded venue's read model, from every JB_EVT_k's start to its tail now, into a new file swapped in.
+
+    Folded by the live worker's own code (projections.runner, one reader per shard, a position per shard
+    stream) into the new generation, not the two-process bulk fold: slower, and the same rows and positions as
+    the live file by construction. `position` is the sum of the shards' (per-shard positions: the file's).
+    """
+    from projections.runner import ProjectionRunner, shard_streams
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    streams = shard_streams(EXCHANGE, shards)
+    with _rebuild_lock(target):
+        generation = generation_path(target)
+        started = time.perf_counter()
+        ends = {s: await stream_last_seq(js, s) for s in streams}
+        try:
+            runner = ProjectionRunner(js, generation, shards=shards, batch=CHUNK)
+            await runner.run(asyncio.Event(), until=ends)
+            con = sqlite3.connect(generation)
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            con.close()
+        except BaseException:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                with contextlib.suppress(FileNotFoundError):
+                    Path(f"{generation}{suffix}").unlink()
+            raise
+        if swap:
+            swap_in(generation, target)
+        seconds = time.perf_counter() - started
+    done = sum(ends.values())
+    log.info("rebuilt %s from %d shards: %s in %.2fs", target, shards, ends, seconds)
+    return RebuildResult(target, generation, "read_model", 1, done, done, seconds)
