@@ -214,7 +214,8 @@ class Lease:
             seen_rev, seen_at, seen_ttl = -1, 0.0, self.ttl
             while not self._closing:
                 if self._holding:
-                    await self._renew(kv)
+                    if nc.is_connected:  # else no renewal can land: the lease runs out by itself
+                        await self._renew(kv)
                     await self._sleep(self.renew_every)
                     continue
                 if self.want:
@@ -234,7 +235,10 @@ class Lease:
                         continue
                 await self._sleep(self.poll)
             if self._holding and self._release_on_close:
-                await self._release(kv)
+                if nc.is_connected:
+                    await self._release(kv)
+                else:  # waiting out a request timeout would only delay the stop
+                    log.warning("lease not released (no connection to the server); a standby takes over after its TTL")
         finally:
             self._holding = False
             try:

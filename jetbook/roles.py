@@ -51,10 +51,15 @@ def metrics_served(what: str, port: int, registry: Any, host: str = DEFAULT_METR
         server.server_close()
 
 
+MICRO_STOP_S = 2.0
+
+
 async def _unregister(service: Any) -> None:
     if service is not None:
-        with contextlib.suppress(Exception):  # the connection may be gone already; the service dies with it
-            await service.stop()
+        # The connection may be gone already (the service dies with it): a stop that cannot reach the server
+        # must not hold up the role's exit.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(service.stop(), MICRO_STOP_S)
 
 
 async def _report(what: str, count: Callable[[], int], stop: asyncio.Event, every: float = 5.0) -> None:

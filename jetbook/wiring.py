@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -134,12 +135,25 @@ async def connect(
 REFUSALS: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDictionary()
 
 
+CLOSE_TIMEOUT_S = 2.0  # closing a connection whose server is gone: give up on its buffer after this
+
+
 async def close_quietly(nc: Any) -> None:
-    """Drain (finish in-flight work) when the server is there; just close when it is not."""
-    try:
-        await nc.drain()
-    except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.TimeoutError):
-        await nc.close()
+    """Drain (finish in-flight work) when the server is there; just close when it is not.
+
+    With the server gone (a killed `jetbook up` takes its nats-server with it) there is nobody to
+    drain to, and nats-py's close waits on a socket that will never take the buffer: the role would
+    sit out its whole stop grace and die with a traceback. It closes within CLOSE_TIMEOUT_S instead.
+    """
+    if nc.is_connected:
+        try:
+            await nc.drain()
+            return
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.TimeoutError):
+            pass
+    if not nc.is_closed:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), CLOSE_TIMEOUT_S)
 
 
 STOP_GRACE_S = 10.0  # after a stop signal, how long a role may take to finish its batch

@@ -490,7 +490,9 @@ class QueryService:
 
     async def stop(self) -> None:
         if self.service is not None:
-            await self.service.stop()
+            # Bounded: with the server gone, nats.micro's stop waits on requests that cannot be answered.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.service.stop(), 2.0)
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
