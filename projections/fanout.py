@@ -72,7 +72,7 @@ from events.model import (
 )
 from events.stream_readers import ResumableReader
 from projections.metrics import FanOutMetrics
-from protocol.errors import TRANSIENT, JetbookError
+from protocol.errors import TRANSIENT, JetbookError, raise_if_cancelled
 from protocol.shards import evt_stream_name
 from protocol.streams import ensure_fanout_streams
 from protocol.subjects import (
@@ -260,9 +260,11 @@ class FanOut:
             until = dict.fromkeys(self.streams, until_seq)
         await ensure_fanout_streams(self.js, self.replicas)
         while not stop.is_set() and not self._reached(until):
+            raise_if_cancelled()
             try:
                 await self._run_from_tails(stop, until)
             except (*TRANSIENT, nats.js.errors.APIError, _Resync) as err:
+                raise_if_cancelled()
                 # a refused or unanswered publish, a lost connection: the streams say where we really are
                 self.resyncs += 1
                 log.warning("fan-out: %r; reading the output streams' tails again", err)
@@ -303,6 +305,7 @@ class FanOut:
                                    outputs(m.seq, decode_logged(m.seq, m.subject, m.data), m.data, stream, shard))
                 ]  # fmt: skip
                 await self._publish(outs, expected, tails, evt if sharded else None)
+                raise_if_cancelled()
                 self.positions[evt] = msgs[-1].seq
         finally:
             for task in readers:

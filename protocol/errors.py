@@ -23,6 +23,19 @@ TRANSIENT: Final = (
 )  # fmt: skip
 
 
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation that nats-py swallowed.
+
+    nats-py's publish ends with `except asyncio.CancelledError: pass` around its wait for room in the
+    flush queue (nats/aio/client.py, `_flush_pending`), so a task cancelled mid-publish under backpressure
+    carries on as if nothing happened. Python still counts the request (`Task.cancelling()`), so a loop that
+    publishes calls this once a round and stops as it was asked to.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class JetbookError(Exception):
     """Base class for errors jetbook raises on purpose."""
 

@@ -309,8 +309,10 @@ async def test_the_fanout_copies_every_shard_exactly_once_across_interruptions(
 
             await wait_until(past, 30, f"fan-out past {cut:.0%}")
             task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=30)  # a worker that ignored the cancel fails, not hangs
+            assert done, "the fan-out worker did not stop when cancelled"
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                task.result()
         assert 0 < await last_seq(js, ACCT_STREAM) < len(want[ACCT_STREAM])
         final = FanOut(nc, batch=11, shards=SHARDS)
         await asyncio.wait_for(final.run(asyncio.Event(), until=ends), 60)
