@@ -131,14 +131,19 @@ def test_standalone_benchmark_runs_at_a_tiny_size(name: str) -> None:
     assert proc.returncode == 0, f"{' '.join(argv[1:])} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
 
 
+SHARD_ORDERS = 2_000
+
+
 def test_shards_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
     """`jetbook bench --shards 1,2`: each shard's engine decides its share, and together exactly one engine's events.
 
     The bench itself checks every event kind per market against the one-shard generator (a problem exits 1);
-    here only that its figures are all there, one per shard, and positive.
+    here only that its figures are all there, one per shard, and sane. A process's CPU time comes from /proc in
+    10 ms clock ticks, so one shard's share of a tiny run can read 0 (a CI run met it: 300 commands x 30 us); each
+    figure must be >= 0 and their sum positive, and 2,000 orders keep each shard above a tick as a rule.
     """
     json_path = tmp_path / "shards.json"
-    argv = [sys.executable, "-m", "jetbook", "bench", "--shards", "1,2", "--orders", "600", "--runs", "1",
+    argv = [sys.executable, "-m", "jetbook", "bench", "--shards", "1,2", "--orders", str(SHARD_ORDERS), "--runs", "1",
             "--json", str(json_path)]  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, f"jetbook bench --shards failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
@@ -148,6 +153,7 @@ def test_shards_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
     for row in doc["runs"]:
         assert not row["kinds_differing"] and row["fills"] == doc["workload"]["fills"] > 0
         assert len(row["engine_cpu_us_per_command"]) == len(row["commands_per_shard"]) == row["shards"]
-        assert sum(row["commands_per_shard"]) == 600
-        positive(row["orders_per_s"], *row["engine_cpu_us_per_command"], row["broker_cpu_us_per_msg"])
+        assert sum(row["commands_per_shard"]) == SHARD_ORDERS
+        assert all(c >= 0 for c in row["engine_cpu_us_per_command"]), row["engine_cpu_us_per_command"]
+        positive(row["orders_per_s"], sum(row["engine_cpu_us_per_command"]), row["broker_cpu_us_per_msg"])
     assert "engine CPU us/command" in proc.stdout
