@@ -187,7 +187,14 @@ async def test_kill_9_of_the_projection_loses_and_duplicates_nothing_per_shard(
             proc.wait()
             seen.append(file_positions(db))
         assert seen[0] != ends  # killed before the end
+        log_path = db.with_suffix(".log")
+        offset = log_path.stat().st_size
         proc = _project_proc(venue.url, db)
+
+        async def started() -> bool:  # its signal handlers are in place: a SIGTERM now is a stop, not a kill
+            return b"; reading JB_EVT_" in log_path.read_bytes()[offset:]
+
+        await wait_until(started, 60, "the restarted projection to start reading")
         try:
 
             async def at_end() -> bool:
