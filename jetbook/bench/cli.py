@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -150,17 +151,7 @@ def _batch(opts: Any, k: int, *, orders_given: bool, runs_given: bool) -> None:
         opts.orders = 20_000
     if not runs_given:
         opts.runs = 2
-    try:
-        doc = run_batch(opts, k)
-    except BenchError as err:
-        typer.echo(f"benchmark failed: {err}", err=True)
-        raise typer.Exit(1) from err
-    print_batch_report(doc)
-    if opts.json_path is not None:
-        opts.json_path.parent.mkdir(parents=True, exist_ok=True)
-        opts.json_path.write_text(json.dumps(doc, indent=1) + "\n")
-        typer.echo(f"wrote {opts.json_path}")
-    raise typer.Exit(0)
+    _report(opts, lambda: run_batch(opts, k), print_batch_report, BenchError)
 
 
 def _shards(opts: Any, spec: str, *, markets_given: bool, runs_given: bool) -> None:
@@ -180,14 +171,21 @@ def _shards(opts: Any, spec: str, *, markets_given: bool, runs_given: bool) -> N
         opts.markets = 8
     if not runs_given:
         opts.runs = 2
+    _report(opts, lambda: run_shards(opts, counts), print_shards_report, BenchError)
+
+
+def _report(
+    opts: Any, measure: Callable[[], dict[str, Any]], show: Callable[[dict[str, Any]], None], fails: type[Exception]
+) -> None:
+    """Run one of the bench's own comparisons, print its table, write --json; exit 1 on a failure or a problem."""
     try:
-        doc = run_shards(opts, counts)
-    except BenchError as err:
+        doc = measure()
+    except fails as err:
         typer.echo(f"benchmark failed: {err}", err=True)
         raise typer.Exit(1) from err
-    print_shards_report(doc)
+    show(doc)
     if opts.json_path is not None:
         opts.json_path.parent.mkdir(parents=True, exist_ok=True)
         opts.json_path.write_text(json.dumps(doc, indent=1) + "\n")
         typer.echo(f"wrote {opts.json_path}")
-    raise typer.Exit(1 if doc["problems"] else 0)
+    raise typer.Exit(1 if doc.get("problems") else 0)

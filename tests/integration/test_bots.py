@@ -256,9 +256,9 @@ def _measure(seconds: float) -> None:
                 bots = subprocess.Popen([*cmd, *(["--no-ack"] if no_ack else [])], stdout=subprocess.PIPE, text=True)
                 # The sleeps below are the measurement itself (a warm-up, then the window the rates are taken
                 # over), not a wait for something to happen.
-                time.sleep(3)
+                time.sleep(3)  # the sleep is the event itself: the warm-up before the window
                 t0, e0, g0 = time.monotonic(), httpx.get(engine).text, httpx.get(f"{url}/metrics").text
-                time.sleep(seconds)
+                time.sleep(seconds)  # the sleep is the event itself: the window the rates are taken over
                 t1, e1, g1 = time.monotonic(), httpx.get(engine).text, httpx.get(f"{url}/metrics").text
                 out, _ = bots.communicate(timeout=60)
                 total = next(line for line in out.splitlines() if line.startswith("total")).split()

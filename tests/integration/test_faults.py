@@ -65,13 +65,13 @@ async def _publish(js: Any, commands: list[tuple[str, bytes]], rng: random.Rando
                 await js.publish(subject, data, headers={HDR_MSG_ID: f"fault-{i}"}, timeout=2)
                 return
             except _UNANSWERED:
-                await asyncio.sleep(0.05)  # back off while the server restarts
+                await asyncio.sleep(0.05)  # the sleep is the event itself: a retry's back-off (the ack ends the loop)
 
     for start in range(0, len(commands), 50):
         await asyncio.gather(*(one(i) for i in range(start, min(start + 50, len(commands)))))
         # Pacing, not synchronisation: spreading the windows out in time is what lets a fault
         # land while commands are still arriving. Nothing waits on this pause.
-        await asyncio.sleep(rng.uniform(0, 0.01))
+        await asyncio.sleep(rng.uniform(0, 0.01))  # the sleep is the event itself: the load's pace
     return await last_seq(js, CMD_STREAM)
 
 

@@ -88,7 +88,7 @@ def _secured(tmp_path: Path, shards: int = 1) -> Iterator[str]:
         while not accepts_connections(f"nats://127.0.0.1:{port}"):
             assert proc.poll() is None, (tmp_path / "server.log").read_text()
             assert time.monotonic() < deadline, "nats-server did not start"
-            time.sleep(0.05)  # the poll interval of a wait for a condition (the port answers), with its deadline above
+            time.sleep(0.05)  # a poll interval: the loop waits for the port to answer, with its deadline above
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()

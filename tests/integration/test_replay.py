@@ -118,7 +118,7 @@ async def test_the_swap_is_atomic_and_a_running_worker_reopens_the_new_file(
                     seen.append(position(target))
                     # The pause is the sampling interval, not a wait for anything: this task opens the
                     # path over and over while the rebuild runs, and the assertion is on what it saw.
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.01)  # the sleep is the event itself: the sampling interval
 
             reader = asyncio.create_task(read_all_along())
             done = await asyncio.to_thread(jetbook, nats_server.url, "replay", "rebuild", "--db", str(target))
