@@ -264,6 +264,7 @@ async def test_the_fanout_and_the_query_service_start_restart_and_fail_over_unde
                     "market_id": "M", "account_id": "bob", "client_order_id": "b1", "consistency": "strong"}),
                     timeout=10)  # fmt: skip
                 answer = msgpack.unpackb(msg.data)
+                assert "result" in answer, answer  # an error answer is printed whole
                 assert answer["result"]["client_order_id"] == "b1", answer
                 assert answer["result"]["status"] == "filled", answer  # it crossed alice's order
                 assert answer["at_seq"] >= 1 and ack.seq >= 3
