@@ -24,7 +24,7 @@ from engine.lease import Lease
 from engine.service import EngineService
 from events.stream_readers import last_seq
 from jetbook.server import accepts_connections, find_binary
-from protocol.subjects import CMD_STREAM
+from protocol.subjects import CMD_STREAM, EVT_STREAM
 from tests.conftest import wait_until
 from tests.integration.harness import assert_log_is_exact, running_engine, wait_for_command, workload
 
@@ -225,21 +225,25 @@ async def test_the_fanout_and_the_query_service_start_restart_and_fail_over_unde
         second_query = await _connect(secured_server, "query", violations)
         proj_stop = asyncio.Event()
         q1, q2 = QueryService(users["query"], db), QueryService(second_query, db)
+        projection: asyncio.Task[Any] | None = None
         try:
             async with running_engine(engine_nc):
-                projection = asyncio.create_task(ProjectionRunner(users["projection"].jetstream(), db).run(proj_stop))
-                fan_stop, fan_task = await run_fanout(users["fanout"])
-                await q1.start()
-                await q2.start()
 
                 async def streams_made() -> bool:  # by the engine's task, which may not have run yet
                     try:
                         await last_seq(ojs, CMD_STREAM)
+                        await last_seq(ojs, EVT_STREAM)
                     except Exception:
                         return False
                     return True
 
-                await wait_until(streams_made, what="the engine to create JB_CMD")
+                # The roles wait for the venue's streams (jetbook.roles.wait_for_venue) before they read;
+                # run bare, the projection would stop at once with NotFoundError on a stream not made yet.
+                await wait_until(streams_made, what="the engine to create JB_CMD and JB_EVT")
+                projection = asyncio.create_task(ProjectionRunner(users["projection"].jetstream(), db).run(proj_stop))
+                fan_stop, fan_task = await run_fanout(users["fanout"])
+                await q1.start()
+                await q2.start()
                 await ops_nc.publish("jb.ctl.M", msgpack.packb({"type": "create_market", "market_id": "M",
                                                                 "base": "B", "quote": "Q"}))  # fmt: skip
                 await ojs.publish("jb.cmd.M.alice", order("a1", "sell", 100))
@@ -264,6 +268,8 @@ async def test_the_fanout_and_the_query_service_start_restart_and_fail_over_unde
                     "market_id": "M", "account_id": "bob", "client_order_id": "b1", "consistency": "strong"}),
                     timeout=10)  # fmt: skip
                 answer = msgpack.unpackb(msg.data)
+                if projection.done():  # the replica stopped following: its error, not the timeout it causes
+                    projection.result()
                 assert "result" in answer, answer  # an error answer is printed whole
                 assert answer["result"]["client_order_id"] == "b1", answer
                 assert answer["result"]["status"] == "filled", answer  # it crossed alice's order
@@ -278,8 +284,9 @@ async def test_the_fanout_and_the_query_service_start_restart_and_fail_over_unde
         finally:
             await q2.stop()
             proj_stop.set()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(projection, 10)
+            if projection is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(projection, 10)
             for nc in (*users.values(), second_query):
                 await nc.close()
         assert not violations.seen, violations.seen
