@@ -44,6 +44,9 @@ HDR_EXPECTED_LAST_SEQ: Final = "Nats-Expected-Last-Sequence"
 HDR_BATCH_ID: Final = "Nats-Batch-Id"
 HDR_BATCH_SEQ: Final = "Nats-Batch-Sequence"
 HDR_BATCH_COMMIT: Final = "Nats-Batch-Commit"
+# A write of one event is a plain fenced publish, not an atomic batch (engine/commit.py); this header names it,
+# as Nats-Batch-Id names a batch, so that an ambiguous write can be recognised in the log.
+HDR_WRITE_ID: Final = "Jb-Write-Id"
 
 
 def is_id(value: object) -> bool:

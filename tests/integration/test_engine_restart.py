@@ -95,6 +95,28 @@ async def test_ambiguous_commit_is_resolved_from_the_stream_tail(nc: Any, js: An
     assert service.last_evt_seq == events[-1].seq
 
 
+@pytest.mark.parametrize("landed", [True, False], ids=["write-landed", "write-lost"])
+async def test_an_ambiguous_single_event_write_is_resolved_from_the_stream_tail(nc: Any, js: Any, landed: bool) -> None:
+    """A one-event write is a plain fenced publish named by Jb-Write-Id: after a timeout the tail says whether it
+    landed, and it is never stored twice; the next write, after it, is fenced on its end."""
+    from engine.commit import CommitPipeline
+    from protocol.subjects import HDR_BATCH_ID, HDR_WRITE_ID
+
+    await ensure_streams(js)
+    flaky = _CommitTimesOut(nc, deliver=landed)
+    pipeline = CommitPipeline(flaky, js=js)
+    await pipeline.send([("jb.wal.M.x", b"one")])
+    await pipeline.drain()
+    assert flaky.tripped and pipeline.last_seq == 1
+    await pipeline.send([("jb.wal.M.x", b"two")])
+    await pipeline.drain()
+    assert pipeline.last_seq == 2
+    stored = [await js.get_msg(EVT_STREAM, seq) for seq in (1, 2)]
+    assert [m.data for m in stored] == [b"one", b"two"]
+    assert all(HDR_WRITE_ID in (m.headers or {}) and HDR_BATCH_ID not in (m.headers or {}) for m in stored)
+    assert (await js.stream_info(EVT_STREAM)).state.messages == 2
+
+
 async def test_engine_rebuilds_its_state_from_the_log_on_start(nc: Any, js: Any) -> None:
     from engine.core import state_hash
 

@@ -13,7 +13,15 @@ from events.fills import fills
 from events.model import Fill, OrderAccepted, Rejected, decode
 from events.watch import EventWatcher
 from jetbook.demo import run_demo
-from protocol.subjects import CMD_STREAM, EVT_STREAM, HDR_BATCH_ID, HDR_BATCH_SEQ, HDR_EXPECTED_LAST_SEQ
+from protocol.subjects import (
+    CMD_STREAM,
+    EVT_STREAM,
+    HDR_BATCH_COMMIT,
+    HDR_BATCH_ID,
+    HDR_BATCH_SEQ,
+    HDR_EXPECTED_LAST_SEQ,
+    HDR_WRITE_ID,
+)
 from tests.conftest import wait_until
 from tests.integration.harness import assert_log_is_exact, read_all, running_engine, running_projection
 
@@ -74,21 +82,27 @@ async def test_events_carry_the_commands_jetstream_time_and_sequence(nc: Any, js
 async def test_a_commands_events_are_one_fenced_atomic_batch(nc: Any, js: Any) -> None:
     client = CommandClient(js)
     async with running_engine(nc), EventWatcher(js) as watcher:
-        await client.create_market("M1", "B", "Q")
-        for i in range(3):
-            await client.place("M1", "a", f"s{i}", "sell", 10, 1)
+        await watcher.wait([await client.create_market("M1", "B", "Q")])
+        for i in range(3):  # one at a time: a command alone, with nothing in flight, is one write
+            await watcher.wait([await client.place("M1", "a", f"s{i}", "sell", 10, 1)])
         seq = await client.place("M1", "b", "sweep", "buy", 10, 3)
         await watcher.wait([seq])
     msgs = await read_all(js, EVT_STREAM)
     sweep = [m for m in msgs if decode(m.data).cmd_seq == seq]
     assert len(sweep) == 4
     raw = [await js.get_msg(EVT_STREAM, m.seq) for m in msgs]
-    batch_ids = [r.headers[HDR_BATCH_ID] for r in raw]
-    # Each engine batch starts with the fence, and a command's events never straddle two batches.
+    # Each write is an atomic batch (Nats-Batch-Id) or a single event (Jb-Write-Id, written alone).
+    write_ids = [r.headers.get(HDR_BATCH_ID) or r.headers[HDR_WRITE_ID] for r in raw]
+    # Each write starts with the fence, ends with Nats-Batch-Commit, and a command's events never straddle two.
     for i, r in enumerate(raw):
-        if r.headers[HDR_BATCH_SEQ] == "1":
+        if HDR_WRITE_ID in r.headers or r.headers[HDR_BATCH_SEQ] == "1":
             assert int(r.headers[HDR_EXPECTED_LAST_SEQ]) == msgs[i].seq - 1
-    assert len({batch_ids[msgs.index(m)] for m in sweep}) == 1
+        if HDR_WRITE_ID in r.headers:
+            assert HDR_BATCH_ID not in r.headers and r.headers[HDR_BATCH_COMMIT] == "1"
+            assert write_ids.count(write_ids[i]) == 1
+    assert len({write_ids[msgs.index(m)] for m in sweep}) == 1
+    assert HDR_BATCH_ID in raw[msgs.index(sweep[0])].headers  # four events: an atomic batch
+    assert sum(HDR_WRITE_ID in r.headers for r in raw) >= 3  # an order that only rests is one event, written alone
 
 
 async def test_bad_input_over_nats_is_rejected_and_the_engine_goes_on(nc: Any, js: Any) -> None:
