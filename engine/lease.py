@@ -34,6 +34,7 @@ SIGSTOP and kill -9 stop the thread with the process, as they should.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -52,6 +53,13 @@ from nats.nuid import NUID
 from protocol.errors import JetbookError
 
 log = logging.getLogger("jetbook.lease")
+
+T = TypeVar("T")
+
+
+class _Closing(Exception):
+    """close() was called while a request was out: the thread stops without waiting for the answer."""
+
 
 LEASE_BUCKET: Final = "JB_LEASE"
 LEASE_KEY: Final = "engine"  # one shard's key; shard k of a sharded venue has "engine-<k>" (engine.exchange.shard_app)
@@ -160,7 +168,9 @@ class Lease:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="jetbook-lease", daemon=True)
         self._thread.start()
-        self._ready.wait(15)
+        deadline = time.monotonic() + 15
+        while not self._ready.wait(0.05) and not self._closing and time.monotonic() < deadline:
+            pass
         if self._error is not None:
             raise JetbookError(f"cannot use the lease bucket {self.bucket}: {self._error!r}") from self._error
 
@@ -201,39 +211,18 @@ class Lease:
         except BaseException as err:  # reported to start(), or logged if it happens later
             self._error = err
             self._ready.set()
-            if not isinstance(err, asyncio.CancelledError):
+            if not isinstance(err, asyncio.CancelledError | _Closing):
                 log.error("lease thread failed: %s", err)
             self._holding = False
             self.lost = True
 
     async def _main(self) -> None:
-        nc = await self._connect()
+        nc = await self._ask(self._connect())
         try:
-            kv = await lease_bucket(nc.jetstream(), self.replicas, self.bucket)
+            kv = await self._ask(lease_bucket(nc.jetstream(), self.replicas, self.bucket))
             self._ready.set()
-            seen_rev, seen_at, seen_ttl = -1, 0.0, self.ttl
-            while not self._closing:
-                if self._holding:
-                    if nc.is_connected:  # else no renewal can land: the lease runs out by itself
-                        await self._renew(kv)
-                    await self._sleep(self.renew_every)
-                    continue
-                if self.want:
-                    try:
-                        rev, record, free = await self._observe(kv)
-                    except _TRANSIENT as err:
-                        self._transient("read", err)
-                        await self._sleep(self.poll)
-                        continue
-                    now = time.monotonic()
-                    if rev != seen_rev:
-                        seen_rev, seen_at = rev, now
-                        seen_ttl = record.ttl_ms / 1000 if record else self.ttl
-                        self.current_holder = record.holder if record and not free else ""
-                    if free or now - seen_at >= seen_ttl:
-                        await self._acquire(kv, rev, free)
-                        continue
-                await self._sleep(self.poll)
+            with contextlib.suppress(_Closing):
+                await self._loop(nc, kv)
             if self._holding and self._release_on_close:
                 if nc.is_connected:
                     await self._release(kv)
@@ -245,6 +234,47 @@ class Lease:
                 await nc.close()
             except Exception:
                 pass
+
+    async def _loop(self, nc: Any, kv: Any) -> None:
+        """Renew while holding; watch and take the lease while wanted; until close() (or _Closing mid-request)."""
+        seen_rev, seen_at, seen_ttl = -1, 0.0, self.ttl
+        while not self._closing:
+            if self._holding:
+                if nc.is_connected:  # else no renewal can land: the lease runs out by itself
+                    await self._renew(kv)
+                await self._sleep(self.renew_every)
+                continue
+            if self.want and nc.is_connected:  # disconnected, a read would only wait out its timeout
+                try:
+                    rev, record, free = await self._observe(kv)
+                except _TRANSIENT as err:
+                    self._transient("read", err)
+                    await self._sleep(self.poll)
+                    continue
+                now = time.monotonic()
+                if rev != seen_rev:
+                    seen_rev, seen_at = rev, now
+                    seen_ttl = record.ttl_ms / 1000 if record else self.ttl
+                    self.current_holder = record.holder if record and not free else ""
+                if free or now - seen_at >= seen_ttl:
+                    await self._acquire(kv, rev, free)
+                    continue
+            await self._sleep(self.poll)
+
+    async def _ask(self, request: Awaitable[T]) -> T:
+        """A KV request that gives way to close(): a server that has just gone answers only at the request's
+        timeout (5 s), and a stopping engine joins this thread. An acquisition or renewal cut short this way
+        may still land: nobody renews it, so it runs out after its TTL, as if the engine had died."""
+        task = asyncio.ensure_future(request)
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.05)
+            if done:
+                return task.result()
+            if self._closing:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                raise _Closing
 
     def _transient(self, what: str, err: BaseException) -> None:
         self._failures += 1
@@ -260,7 +290,7 @@ class Lease:
     async def _observe(self, kv: Any) -> tuple[int, LeaseRecord | None, bool]:
         """(revision, record, free): the key's newest revision, deleted/absent counting as free."""
         try:
-            entry = await kv.get(self.key)
+            entry = await self._ask(kv.get(self.key))
         except nats.js.errors.KeyNotFoundError as err:
             entry = getattr(err, "entry", None)
             return (int(entry.revision) if entry is not None else 0), None, True
@@ -269,7 +299,7 @@ class Lease:
     async def _acquire(self, kv: Any, last_rev: int, free: bool) -> None:
         sent = time.monotonic()
         try:
-            rev = await kv.update(self.key, self.record.encode(), last=last_rev)
+            rev = await self._ask(kv.update(self.key, self.record.encode(), last=last_rev))
         except nats.js.errors.KeyWrongLastSequenceError:
             return  # another engine won the race; keep watching its record
         except _TRANSIENT as err:
@@ -294,7 +324,7 @@ class Lease:
             self._lose()
             return
         try:
-            rev = await kv.update(self.key, self.record.encode(), last=self._rev)
+            rev = await self._ask(kv.update(self.key, self.record.encode(), last=self._rev))
         except nats.js.errors.KeyWrongLastSequenceError:
             await self._refused(kv)
             return

@@ -375,9 +375,12 @@ class EngineService:
             await self._finish_snapshot()
             return
         lease = self.lease
-        await asyncio.get_running_loop().run_in_executor(None, lease.start)
-        beat = asyncio.create_task(self._beat(lease))
+        beat: asyncio.Task[None] | None = None
         try:
+            # Inside the try: a stop while the lease thread is still connecting closes it too (the loop's
+            # shutdown waits for the executor thread that runs start).
+            await asyncio.get_running_loop().run_in_executor(None, lease.start)
+            beat = asyncio.create_task(self._beat(lease))
             while not stop.is_set():
                 if not await self._follow(lease, stop):
                     break
@@ -389,7 +392,8 @@ class EngineService:
                     self.role = "standby"
                     await self.recover()  # our state may hold events the log refused
         finally:
-            beat.cancel()
+            if beat is not None:
+                beat.cancel()
             await self._finish_snapshot()
             await lease.close(release=True)
 

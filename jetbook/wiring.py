@@ -114,25 +114,30 @@ async def connect(
     if login is not None:
         access = Access(auth=login, tls=access.tls, inbox_prefix=f"_INBOX_{login['user']}")
     extra: dict[str, Any] = {"tls": access.tls} if access.tls is not None else {}
-    nc = await nats.connect(
-        servers=servers,
-        **access.auth,
-        **extra,
-        inbox_prefix=access.inbox_prefix,
-        name=name,
-        allow_reconnect=reconnect,
-        # nats-py applies this to the first connect too, and reads 0 as "forever":
-        # a one-shot client gets one retry, then NoServersError.
-        max_reconnect_attempts=-1 if reconnect else 1,
-        reconnect_time_wait=0.5,
-        connect_timeout=3,
-        error_cb=on_error,
-    )
+    CONNECTING[0] += 1
+    try:
+        nc = await nats.connect(
+            servers=servers,
+            **access.auth,
+            **extra,
+            inbox_prefix=access.inbox_prefix,
+            name=name,
+            allow_reconnect=reconnect,
+            # nats-py applies this to the first connect too, and reads 0 as "forever":
+            # a one-shot client gets one retry, then NoServersError.
+            max_reconnect_attempts=-1 if reconnect else 1,
+            reconnect_time_wait=0.5,
+            connect_timeout=3,
+            error_cb=on_error,
+        )
+    finally:
+        CONNECTING[0] -= 1
     REFUSALS[nc] = refused
     return nc
 
 
-REFUSALS: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDictionary()
+REFUSALS: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDictionary()  # also: every client made here
+CONNECTING = [0]  # connects in progress in this process (a role's first connect retries while no server answers)
 
 
 CLOSE_TIMEOUT_S = 2.0  # closing a connection whose server is gone: give up on its buffer after this
@@ -147,9 +152,14 @@ async def close_quietly(nc: Any) -> None:
     """
     if nc.is_connected:
         try:
-            await nc.drain()
+            # Bounded: nats-py counts a draining client as connected, so a server that dies mid-drain would
+            # hold the role for the whole drain timeout (30 s); a live server drains in milliseconds.
+            await asyncio.wait_for(nc.drain(), CLOSE_TIMEOUT_S)
             return
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.TimeoutError):
+        except (
+            nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.TimeoutError,
+            TimeoutError,
+        ):  # fmt: skip
             pass
     if not nc.is_closed:
         with contextlib.suppress(Exception):
@@ -159,12 +169,29 @@ async def close_quietly(nc: Any) -> None:
 STOP_GRACE_S = 10.0  # after a stop signal, how long a role may take to finish its batch
 
 
+async def _cancel_when_cut_off(task: asyncio.Future[Any]) -> None:
+    """Cancel a stopping role once none of its open connections is up: with its server gone there is no batch to
+    finish, and whatever it awaits (a request, a reconnect) can only run out its timeout. A role that has closed
+    its connections itself is finishing on its own and is left alone."""
+    said = False
+    while not task.done():
+        open_ = [nc for nc in list(REFUSALS) if not nc.is_closed]
+        if (open_ or CONNECTING[0]) and not any(nc.is_connected and not nc.is_draining for nc in open_):
+            if not said:
+                logging.getLogger("jetbook").warning("stopping: no connection to the server; not waiting for it")
+                said = True
+            task.cancel()  # again until it ends: nats-py's first connect swallows a cancellation between retries
+        await asyncio.sleep(0.1)
+
+
 def run_until_signal(role: Callable[[asyncio.Event], Awaitable[Any]]) -> Any:
     """Run `role(stop)`; SIGINT or SIGTERM sets `stop`, and the role finishes its batch and returns.
 
     A role stuck in an await that does not watch `stop` (a request to a server
     that just died waits out its own timeout, then nats-py may retry) is
-    cancelled after STOP_GRACE_S, or at once on a second signal. Both roles are
+    cancelled after STOP_GRACE_S, at once on a second signal, and as soon as
+    none of its open connections is up (a killed `jetbook up` takes its
+    nats-server with it: nothing is left to finish). Both roles are
     safe to cancel anywhere: an engine batch is atomic and fenced, and a
     projection transaction that is not committed is rolled back.
     """
@@ -173,6 +200,7 @@ def run_until_signal(role: Callable[[asyncio.Event], Awaitable[Any]]) -> Any:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(role(stop))
+        watchers: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references to tasks
 
         def on_signal() -> None:
             if stop.is_set():
@@ -181,6 +209,7 @@ def run_until_signal(role: Callable[[asyncio.Event], Awaitable[Any]]) -> Any:
             logging.getLogger("jetbook").info("stopping: finishing the current batch (signal again to stop now)")
             stop.set()
             loop.call_later(STOP_GRACE_S, task.cancel)
+            watchers.add(loop.create_task(_cancel_when_cut_off(task)))
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)

@@ -261,6 +261,30 @@ def test_a_second_signal_cancels_a_role_stuck_past_its_stop(tmp_path: Path) -> N
     assert proc.wait(10) == 0
 
 
+def test_a_role_whose_server_is_gone_stops_without_waiting_out_its_grace() -> None:
+    """A stop while no connection is up (the first connect retrying against a dead server, as in a `jetbook up`
+    killed mid-start) cancels the role at once: nats-py swallows the first cancellation between its retries."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here
+    role = (
+        "from jetbook.wiring import connect, run_until_signal, setup_logging\n"
+        "setup_logging()\n"
+        "async def role(stop):\n"
+        "    print('connecting', flush=True)\n"
+        f"    await connect('nats://127.0.0.1:{port}', 'stuck', role='operator')\n"
+        "run_until_signal(role)\n"
+        "print('returned', flush=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", role], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = Lines(proc)
+    lines.wait_for("connecting")
+    proc.send_signal(signal.SIGTERM)
+    lines.wait_for("stopping: no connection to the server; not waiting for it")
+    lines.wait_for("returned")
+    assert proc.wait(30) == 0
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
 def test_a_killed_supervisor_takes_its_children_with_it(stack: tuple[str, Path, Lines]) -> None:
     url, data, lines = stack
