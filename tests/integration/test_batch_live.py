@@ -122,10 +122,9 @@ async def test_the_cli_post_commands_and_ws_ctl_take_batches(
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
-        printed = [json.loads(line) for line in done.stdout.splitlines()]
-        assert [(e["type"], e["client_order_id"]) for e in printed] == [
-            ("order_cancelled", "q0"),
-            ("order_cancelled", "q4"),
+        printed = [json.loads(line) for line in done.stdout.splitlines()]  # sent compact: one orders_cancelled
+        assert [(e["type"], e["reason"], [row[2] for row in e["orders"]]) for e in printed] == [
+            ("orders_cancelled", "user", ["q0", "q4"]),
         ]
 
 
