@@ -249,3 +249,22 @@ def test_a_compact_batch_expands_to_the_same_batch_without_compact(data: st.Data
         _same(want, got)
         assert len(got) <= len(want)
         assert _markets(plain) == _markets(compact), step
+
+
+# --- the fan-out ------------------------------------------------------------------------------------
+
+
+def test_the_fan_out_copies_runs_whole_to_their_account_and_never_raises_on_a_forged_one() -> None:
+    from projections.fanout import outputs
+
+    s = Session()
+    (run,) = s.trade("mm", "place_orders", instructions=[_place(0), _place(1, price=99)], compact=True)
+    (pull,) = s.trade("mm", "cancel_orders", instructions=[{"order_id": 1}, {"order_id": 2}], compact=True)
+    for e in (run, pull):
+        (out,) = outputs(7, e, encode_event(e))
+        assert (out.subject, out.data) == (f"jb.acct.mm.{M}.{e.type}", encode_event(e))
+    odd: list[Any] = [[1, "x"], 7, "junk", None]
+    for account in ("mm", "bad id", "", 5, None):
+        forged = OrdersAccepted(market_id=M, cmd_seq=1, ts=1, account_id=account, orders=odd)  # type: ignore[arg-type]
+        got = outputs(8, forged, b"raw")
+        assert [o.data for o in got] == ([b"raw"] if account == "mm" else [])
