@@ -195,6 +195,9 @@ class PlaceOrders:
     all_or_none: bool = False
     market_id: str | None = None
     account_id: str | None = None
+    # v1.3: report each run of orders that rest untouched as one orders_accepted (PROTOCOL 6.14). Last, so
+    # the positional fields before it keep their places; on the wire only when true.
+    compact: bool = False
 
 
 @dataclass(slots=True)
@@ -203,6 +206,7 @@ class CancelOrders:
     instructions: list[CancelOrder | Invalid]
     market_id: str | None = None
     account_id: str | None = None
+    compact: bool = False  # v1.3: each run of successful cancels as one orders_cancelled (PROTOCOL 6.14)
 
 
 @dataclass(slots=True)
@@ -425,8 +429,11 @@ SPECS: Final[dict[str, Spec]] = {
         )),
         _spec(PlaceOrders, "cmd", (
             F("instructions", _list, required=True), F("all_or_none", _bool, nullable=True), *_ECHOES,
+            F("compact", _bool, nullable=True),
         )),
-        _spec(CancelOrders, "cmd", (F("instructions", _list, required=True), *_ECHOES)),
+        _spec(CancelOrders, "cmd", (
+            F("instructions", _list, required=True), *_ECHOES, F("compact", _bool, nullable=True),
+        )),
         _spec(ReplaceOrders, "cmd", (F("instructions", _list, required=True), *_ECHOES)),
     )
 }  # fmt: skip

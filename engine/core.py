@@ -23,11 +23,12 @@ from engine.decide import (
     MAX_EVENTS_PER_COMMAND,
     MAX_FILLS,
     MAX_ODDS_PNL,
+    Folding,
     _chunk_size,
     decide,
     decide_in_place,
 )
-from engine.evolve import evolve, fold
+from engine.evolve import apply_uncounted, count_logged, evolve, fold
 from engine.state import Market, Risk, State, restore, snapshot, state_hash
 from events.model import ENGINE_MARKET, Checkpoint, Event, Rejected, make_encoders
 from protocol.shards import check_shards, partition, wal_prefix
@@ -246,7 +247,23 @@ class Engine:
             payloads.extend(encoded)
             return events
 
-        events = decide_in_place(self.state, cmd_seq, ts, parsed, fold)
+        def row(event: Event) -> None:
+            try:
+                apply_uncounted(self.state, event)
+            except Exception as err:
+                raise HalfApplied(f"command {cmd_seq}: folding its own events raised {type(err).__name__}") from err
+
+        def run(event: Event) -> None:
+            # A compact run's rows are folded already, so an event that cannot be encoded could no longer
+            # become a reject: as unreachable as a fold that raises (every row holds an order_accepted's or
+            # order_cancelled's own checked values), and as fatal.
+            try:
+                payloads.append((f"{wal}.{event.market_id}.{event.type}", enc[type(event)](event)))
+            except Exception as err:
+                raise HalfApplied(f"command {cmd_seq}: its compact run raised {type(err).__name__}") from err
+            count_logged(self.state, event)
+
+        events = decide_in_place(self.state, cmd_seq, ts, parsed, Folding(fold, row, run))
         if events is None:
             return None
         return self._checkpoint(cmd_seq, ts, before, events, payloads)

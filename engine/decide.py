@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from commands.model import (
     MAX_AMOUNT,
@@ -44,7 +44,7 @@ from commands.model import (
     VoidMarket,
 )
 from engine.book import Book, Order, Take, implied_crosses, match_two_runner
-from engine.evolve import evolve
+from engine.evolve import apply_uncounted, evolve
 from engine.state import Market, State
 from events.model import (
     Event,
@@ -55,10 +55,13 @@ from events.model import (
     OrderAccepted,
     OrderAmended,
     OrderCancelled,
+    OrdersAccepted,
     OrdersCancelled,
     Rejected,
     RiskLimitsSet,
     RunnerAdded,
+    accepted_row,
+    cancelled_row,
 )
 from protocol.odds import ODDS_LADDER, ODDS_MAX, ODDS_MIN
 from protocol.reasons import Reason
@@ -803,6 +806,21 @@ def _instruction_rejected(
     )  # fmt: skip
 
 
+class Folding(NamedTuple):
+    """How a batch's decided events reach the state its later instructions are decided against.
+
+    `events(index, events)` folds an instruction's events (in place, the engine
+    also encodes them there) and returns what was folded. A compact batch
+    folds each order of a run as it is decided with `row(event)`, the one
+    order_accepted or order_cancelled it stands for, not logged on its own; and
+    hands the run, once closed, to `run(event)`, which logs it as one event.
+    """
+
+    events: Callable[[int, list[Event]], list[Event]]
+    row: Callable[[Event], None]
+    run: Callable[[Event], None]
+
+
 def _decide_batch(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
     """The batch decided purely: its instructions folded into a scratch copy of the market, never into `state`.
 
@@ -822,18 +840,23 @@ def _decide_batch(state: State, seq: int, ts: int, p: Parsed) -> list[Event]:
             evolve(work, e)
         return events
 
-    return _batch_loop(work, seq, ts, p, fold)
+    def row(event: Event) -> None:
+        apply_uncounted(work, event)
+
+    def run(event: Event) -> None:
+        pass  # the scratch copy counts nothing anyone reads
+
+    return _batch_loop(work, seq, ts, p, Folding(fold, row, run))
 
 
-def decide_in_place(
-    state: State, seq: int, ts: int, p: Parsed, fold: Callable[[int, list[Event]], list[Event]]
-) -> list[Event] | None:
+def decide_in_place(state: State, seq: int, ts: int, p: Parsed, folding: Folding) -> list[Event] | None:
     """A batch (not all_or_none) decided instruction by instruction against the live state, each folded in by
-    `fold` before the next is decided; None if the batch is refused whole (nothing folded: decide it as usual).
+    `folding` before the next is decided; None if the batch is refused whole (nothing folded: decide it as
+    usual).
 
     A batch is its instructions one by one, so deciding each against the state
     the ones before left, as separate commands would be, gives exactly
-    `_decide_batch`'s events, without copying the market. `fold(index,
+    `_decide_batch`'s events, without copying the market. `folding.events(index,
     events)` folds an instruction's events into `state` (the engine also
     encodes them there) and returns what was folded. A bug while deciding one instruction becomes that
     instruction's `internal_error` reject: the ones before it are folded, as
@@ -843,20 +866,51 @@ def decide_in_place(
     assert isinstance(cmd, PlaceOrders | CancelOrders | ReplaceOrders)
     if p.market_id not in state.markets or (isinstance(cmd, PlaceOrders) and cmd.all_or_none):
         return None
-    return _batch_loop(state, seq, ts, p, fold, in_place=True)
+    return _batch_loop(state, seq, ts, p, folding, in_place=True)
+
+
+def _compact_row(cmd: Batch, events: list[Event]) -> list[Any] | None:
+    """The run row of an instruction's events if a compact batch reports them in a run, else None.
+
+    place_orders: an order accepted that rests untouched (its order_accepted
+    alone, resting_qty == qty); cancel_orders: a cancel that succeeded (its
+    order_cancelled alone). Anything else (fills, self-trade cancels, an
+    unfilled rest, a reject) keeps its own events and ends the run.
+    """
+    if len(events) != 1:
+        return None
+    e = events[0]
+    if type(cmd) is PlaceOrders:
+        return accepted_row(e) if isinstance(e, OrderAccepted) and e.resting_qty == e.qty else None
+    return cancelled_row(e) if isinstance(e, OrderCancelled) else None
+
+
+def _open_run(cmd: Batch, p: Parsed, seq: int, ts: int, row: list[Any]) -> OrdersAccepted | OrdersCancelled:
+    """A compact run's one event, holding its first order's row."""
+    m, account = p.market_id, p.account_id
+    assert account is not None
+    if type(cmd) is PlaceOrders:
+        return OrdersAccepted(market_id=m, cmd_seq=seq, ts=ts, account_id=account, orders=[row])
+    return OrdersCancelled(market_id=m, cmd_seq=seq, ts=ts, reason="user", account_id=account, orders=[row])
 
 
 def _batch_loop(
-    work: State, seq: int, ts: int, p: Parsed, fold: Callable[[int, list[Event]], list[Event]] | None,
-    in_place: bool = False,
-) -> list[Event]:  # fmt: skip
+    work: State, seq: int, ts: int, p: Parsed, folding: Folding | None, in_place: bool = False
+) -> list[Event]:
     """Each instruction decided by its single command's decider, in order, against `work` as the ones before
-    left it (`fold` folds them in; the last one's only when in place, the live state needing them all).
+    left it (`folding` folds them in; the last one's only when in place, the live state needing them all).
 
     Every instruction gets at least one event, so the batch's events stay within
     one atomic batch: an instruction whose events would leave too few slots for
     the rest is refused `too_many_fills`. With all_or_none the first refusal
     refuses every instruction, each with that reason, and nothing else happens.
+
+    With `compact`, each run of consecutive instructions that `_compact_row`
+    picks is reported as one orders_accepted / orders_cancelled, in the place
+    of its first order's event. Only the reporting changes: the slots are
+    counted as if every order had its own event (`size`), so a compact batch
+    has the same outcomes as without compact, and `events.model.expand` turns
+    its events into exactly the events it would have had.
     """
     cmd = p.command
     assert isinstance(cmd, PlaceOrders | CancelOrders | ReplaceOrders)
@@ -864,13 +918,16 @@ def _batch_loop(
     instructions = cmd.instructions
     n = len(instructions)
     out: list[Event] = []
+    size = 0  # the batch's events so far, each order of a compact run counted as its own event
+    compact = not isinstance(cmd, ReplaceOrders) and cmd.compact
+    run: OrdersAccepted | OrdersCancelled | None = None
     for i, ins in enumerate(instructions):
         if isinstance(ins, Invalid):
             events: list[Event] = [_instruction_rejected(p, seq, ts, cmd, i, ins.reason, ins.detail)]
         else:
             try:
                 events = decider(work, seq, ts, Parsed(p.market_id, p.account_id, ins))
-                if len(out) + len(events) + n - 1 - i > MAX_COMMAND_EVENTS:
+                if size + len(events) + n - 1 - i > MAX_COMMAND_EVENTS:
                     raise _Refuse("too_many_fills", f"the batch would need more than {MAX_COMMAND_EVENTS} events")
             except _Refuse as r:
                 events = [_instruction_rejected(p, seq, ts, cmd, i, r.reason, r.detail, r.order_id)]
@@ -886,9 +943,30 @@ def _batch_loop(
                 _instruction_rejected(p, seq, ts, cmd, j, first.reason, f"all_or_none: instruction {i} refused")
                 for j in range(n)
             ]  # fmt: skip
-        if fold is not None and (in_place or i < n - 1):
-            events = fold(i, events)
+        folds = folding is not None and (in_place or i < n - 1)
+        row = _compact_row(cmd, events) if compact else None
+        if row is not None:
+            if run is None:
+                run = _open_run(cmd, p, seq, ts, row)
+                out.append(run)
+            else:
+                run.orders.append(row)
+            if folds:
+                assert folding is not None
+                folding.row(events[0])
+            size += 1
+            continue
+        if run is not None:
+            if folding is not None:
+                folding.run(run)
+            run = None
+        if folds:
+            assert folding is not None
+            events = folding.events(i, events)
         out += events
+        size += len(events)
+    if run is not None and folding is not None:
+        folding.run(run)
     return out
 
 

@@ -23,10 +23,12 @@ from events.model import (
     OrderAccepted,
     OrderAmended,
     OrderCancelled,
+    OrdersAccepted,
     OrdersCancelled,
     Rejected,
     RiskLimitsSet,
     RunnerAdded,
+    accepted_orders,
 )
 
 
@@ -109,6 +111,14 @@ def _on_accepted(state: State, e: Event) -> None:
         mine = market.client_orders[e.account_id] = {}
     mine[e.client_order_id] = e.order_id
     market.next_order_id = e.order_id + 1
+
+
+def _on_orders_accepted(state: State, e: Event) -> None:
+    """A compact run folds as the order_accepted events it stands for, through the same applier, so the two
+    logs leave the same books, risk and client ids."""
+    assert isinstance(e, OrdersAccepted)
+    for one in accepted_orders(e):
+        _on_accepted(state, one)
 
 
 def _on_amended(state: State, e: Event) -> None:
@@ -233,6 +243,7 @@ _EVOLVERS: Final[dict[type, Callable[[State, Event], None]]] = {
     MarketStateChanged: _on_state_changed,
     RiskLimitsSet: _on_risk_limits,
     OrderAccepted: _on_accepted,
+    OrdersAccepted: _on_orders_accepted,
     OrderAmended: _on_amended,
     Fill: _on_fill,
     OrderCancelled: _on_cancelled,
@@ -241,6 +252,22 @@ _EVOLVERS: Final[dict[type, Callable[[State, Event], None]]] = {
     Rejected: _on_nothing,
     Checkpoint: _on_nothing,
 }
+
+
+def apply_uncounted(state: State, event: Event) -> None:
+    """The event's change to the state, without counting it as a logged event.
+
+    A compact batch folds each order of a run as it is decided (the next
+    instruction must see it) but logs the run as one event, counted once when
+    the run is closed (`count_logged`).
+    """
+    _EVOLVERS[type(event)](state, event)
+
+
+def count_logged(state: State, event: Event) -> None:
+    """Count one logged event whose changes were applied by `apply_uncounted`."""
+    state.last_cmd_seq = event.cmd_seq
+    state.event_count += 1
 
 
 def evolve(state: State, event: Event) -> State:

@@ -141,12 +141,104 @@ class OrderCancelled(Event, tag="order_cancelled"):
 
 
 class OrdersCancelled(Event, tag="orders_cancelled"):
-    """Many orders at once (cancel_all, close, void, going in play), chunked to fit one atomic batch."""
+    """Many orders at once (cancel_all, close, void, going in play, a compact cancel_orders' run), chunked to fit
+    one atomic batch."""
 
     type: ClassVar[str] = "orders_cancelled"
-    reason: str  # "cancel_all" | "market_closed" | "market_voided" | "lapsed"
-    account_id: str | None  # the account of a cancel_all; None for market-wide cancels
+    reason: str  # "cancel_all" | "market_closed" | "market_voided" | "lapsed" | "user" (compact cancel_orders)
+    account_id: str | None  # the account of a cancel_all or cancel_orders; None for market-wide cancels
     orders: list[list[Any]]  # [[order_id, account_id, client_order_id, side, price, cancelled_qty, runner], ...]
+
+
+class OrdersAccepted(Event, tag="orders_accepted"):
+    """A compact batch's run of orders that were accepted and rest untouched (v1.3, PROTOCOL 8.13).
+
+    The same facts as one order_accepted per row, in one message: the message,
+    not the bytes, is what a batch pays for on the way through JetStream.
+    `accepted_orders` gives the equivalent order_accepted events; evolve and
+    every consumer fold it through them.
+    """
+
+    type: ClassVar[str] = "orders_accepted"
+    account_id: str
+    # [[order_id, client_order_id, side, price, qty, tif, runner, order_type, stp, persistence], ...]: an
+    # order_accepted's fields but account_id (the event's) and resting_qty (= qty: nothing traded).
+    orders: list[list[Any]]
+
+
+# An orders_accepted row's columns, in order: an order_accepted's fields less account_id and resting_qty.
+ACCEPTED_ROW: Final = (
+    "order_id", "client_order_id", "side", "price", "qty", "tif", "runner", "order_type", "stp", "persistence",
+)  # fmt: skip
+
+
+def accepted_row(e: OrderAccepted) -> list[Any]:
+    """The orders_accepted row of an order that rests untouched (resting_qty == qty)."""
+    return [e.order_id, e.client_order_id, e.side, e.price, e.qty, e.tif, e.runner, e.order_type, e.stp, e.persistence]
+
+
+def accepted_orders(e: OrdersAccepted) -> list[OrderAccepted]:
+    """The order_accepted events an orders_accepted stands for, in row order.
+
+    A row that is not a list of ACCEPTED_ROW's ten columns raises ValueError (a
+    forged event): readers turn that into CorruptLog, as for any event that
+    does not fold.
+    """
+    out = []
+    for row in e.orders:
+        if type(row) is not list or len(row) != 10:
+            raise ValueError(f"orders_accepted row {row!r:.80}: not a list of 10")
+        order_id, coid, side, price, qty, tif, runner, order_type, stp, persistence = row
+        out.append(
+            OrderAccepted(
+                market_id=e.market_id, cmd_seq=e.cmd_seq, ts=e.ts, order_id=order_id, account_id=e.account_id,
+                client_order_id=coid, side=side, price=price, qty=qty, tif=tif, resting_qty=qty, runner=runner,
+                order_type=order_type, stp=stp, persistence=persistence,
+            )
+        )  # fmt: skip
+    return out
+
+
+def cancelled_row(e: OrderCancelled) -> list[Any]:
+    """The orders_cancelled row of a resting order's cancel."""
+    return [e.order_id, e.account_id, e.client_order_id, e.side, e.price, e.cancelled_qty, e.runner]
+
+
+def cancelled_orders(e: OrdersCancelled) -> list[OrderCancelled]:
+    """The order_cancelled events an orders_cancelled stands for (each order was resting), in row order.
+
+    For a compact cancel_orders' run (reason "user") these are exactly the
+    events the cancels would have had one by one. ValueError for a row that is
+    not a list of seven (a forged event).
+    """
+    out = []
+    for row in e.orders:
+        if type(row) is not list or len(row) != 7:
+            raise ValueError(f"orders_cancelled row {row!r:.80}: not a list of 7")
+        order_id, account_id, coid, side, price, qty, runner = row
+        out.append(
+            OrderCancelled(
+                market_id=e.market_id, cmd_seq=e.cmd_seq, ts=e.ts, order_id=order_id, account_id=account_id,
+                client_order_id=coid, side=side, price=price, cancelled_qty=qty, reason=e.reason, runner=runner,
+                was_resting=True,
+            )
+        )  # fmt: skip
+    return out
+
+
+def expand(events: list[Event]) -> list[Event]:
+    """Events with each orders_accepted, and each orders_cancelled of reason "user" (a compact cancel_orders'
+    run), replaced by the single-order events it stands for: a compact batch's events become exactly the
+    events of the same batch without compact. Every other event stays as it is."""
+    out: list[Event] = []
+    for e in events:
+        if type(e) is OrdersAccepted:
+            out += accepted_orders(e)
+        elif type(e) is OrdersCancelled and e.reason == "user":
+            out += cancelled_orders(e)
+        else:
+            out.append(e)
+    return out
 
 
 class MarketSettled(Event, tag="market_settled"):
@@ -185,7 +277,7 @@ EVENT_TYPES: Final[dict[str, type[Event]]] = {
     cls.type: cls
     for cls in (
         MarketCreated, RunnerAdded, MarketStateChanged, RiskLimitsSet, OrderAccepted, OrderAmended, Fill,
-        OrderCancelled, OrdersCancelled, MarketSettled, Rejected, Checkpoint,
+        OrderCancelled, OrdersCancelled, MarketSettled, Rejected, Checkpoint, OrdersAccepted,
     )
 }  # fmt: skip
 _FIELDS: Final[dict[type[Event], tuple[str, ...]]] = {cls: cls.__struct_fields__ for cls in EVENT_TYPES.values()}

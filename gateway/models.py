@@ -381,6 +381,7 @@ class CancelAll(Cmd):
 # Batches: the instructions are left to the engine's parser (each as its single command, without `type`), so a
 # bad one is that instruction's reject, with its index, as on every other way in (docs/PROTOCOL.md section 6.14).
 _INSTRUCTIONS = "up to 200 instructions, each the fields of {} without `type`; decided in order as one command"
+_COMPACT = "v1.3: report each run of consecutive instructions whose {1} as one {0} event (PROTOCOL.md 6.14)"
 
 
 class PlaceOrders(Cmd):
@@ -389,6 +390,7 @@ class PlaceOrders(Cmd):
     all_or_none: bool | None = Field(default=None, description="if any instruction would be refused, refuse all")
     market_id: str | None = None
     account_id: str | None = None
+    compact: bool | None = Field(default=None, description=_COMPACT.format("orders_accepted", "orders rest untouched"))
 
 
 class CancelOrders(Cmd):
@@ -396,6 +398,9 @@ class CancelOrders(Cmd):
     instructions: list[Any] = Field(description=_INSTRUCTIONS.format("cancel_order"))
     market_id: str | None = None
     account_id: str | None = None
+    compact: bool | None = Field(
+        default=None, description=_COMPACT.format("orders_cancelled (reason user)", "cancels succeed")
+    )
 
 
 class ReplaceOrders(Cmd):

@@ -15,7 +15,7 @@ from nats.nuid import NUID
 
 from commands.client import CommandClient
 from engine.core import Engine
-from events.model import Event, Fill, MarketCreated, OrderAccepted, Rejected
+from events.model import Event, Fill, MarketCreated, OrderAccepted, OrdersAccepted, Rejected, expand
 from events.watch import EventWatcher
 from protocol.streams import market_evt_stream
 from protocol.vocab import Side
@@ -67,8 +67,10 @@ async def run_demo(js: Any, market: str = "ETH-USDC", say: Callable[[str], None]
     for seq in seqs:
         for event in outcome[seq]:
             result.events.append(event)
-            if isinstance(event, OrderAccepted):
-                say(f"accepted   {event.account_id:<5} order {event.order_id}, resting {event.resting_qty}")
+            if isinstance(event, OrderAccepted | OrdersAccepted):  # orders_accepted: a compact batch's run
+                for one in expand([event]):
+                    assert isinstance(one, OrderAccepted)
+                    say(f"accepted   {one.account_id:<5} order {one.order_id}, resting {one.resting_qty}")
             elif isinstance(event, Fill):
                 result.fills.append(event)
             elif isinstance(event, Rejected):

@@ -344,9 +344,12 @@ def place_orders(
     nats_url: Url = DEFAULT_URL,
     wait: Wait = True,
 ) -> None:
-    """Place up to 200 orders as one command: each instruction is a place_order without "type"."""
+    """Place up to 200 orders as one command: each instruction is a place_order without "type".
+
+    Sent compact (v1.3): each run of orders that rest untouched comes back as one orders_accepted.
+    """
     extra = {"all_or_none": True} if all_or_none else {}
-    _send_batch(nats_url, market, account, "place_orders", from_file, wait, msg_id, **extra)
+    _send_batch(nats_url, market, account, "place_orders", from_file, wait, msg_id, compact=True, **extra)
 
 
 @submit_app.command("cancel-orders")
@@ -354,8 +357,11 @@ def cancel_orders(
     market: Market, account: Account, from_file: FromFile, msg_id: MsgId = None, nats_url: Url = DEFAULT_URL,
     wait: Wait = True,
 ) -> None:  # fmt: skip
-    """Cancel up to 200 orders as one command: each instruction has an order_id and/or a client_order_id."""
-    _send_batch(nats_url, market, account, "cancel_orders", from_file, wait, msg_id)
+    """Cancel up to 200 orders as one command: each instruction has an order_id and/or a client_order_id.
+
+    Sent compact (v1.3): each run of successful cancels comes back as one orders_cancelled (reason user).
+    """
+    _send_batch(nats_url, market, account, "cancel_orders", from_file, wait, msg_id, compact=True)
 
 
 @submit_app.command("replace-orders")

@@ -65,6 +65,7 @@ from events.model import (
     OrderAccepted,
     OrderAmended,
     OrderCancelled,
+    OrdersAccepted,
     OrdersCancelled,
     Rejected,
     RiskLimitsSet,
@@ -142,7 +143,7 @@ def outputs(seq: int, event: Event, raw: bytes, stream: str | None = None, shard
     market_settled are cut to the account's own entries.
     """
     p = "" if stream is None else f"{shard}:"
-    if isinstance(event, OrderAccepted | OrderAmended | OrderCancelled | RiskLimitsSet):
+    if isinstance(event, OrderAccepted | OrdersAccepted | OrderAmended | OrderCancelled | RiskLimitsSet):
         return [_acct(seq, event.account_id, event, raw, p)] if is_id(event.account_id) else []
     if isinstance(event, Rejected):  # a control command's has no account; an unparsable subject's may be junk
         account = event.account_id
@@ -163,6 +164,9 @@ def outputs(seq: int, event: Event, raw: bytes, stream: str | None = None, shard
         by_account: dict[str, list[list[Any]]] = {}  # insertion order: first appearance in the event
         for entry in event.orders:
             by_account.setdefault(str(entry[1]), []).append(entry)
+        if len(by_account) == 1:  # one account's (a cancel_all, a compact cancel_orders): the event as it is
+            account = next(iter(by_account))
+            return [_acct(seq, account, event, raw, p)] if is_id(account) else []
         return [
             _acct(seq, account, event, encode(struct_replace(event, orders=entries)), p)
             for account, entries in by_account.items()

@@ -30,10 +30,12 @@ from events.model import (
     OrderAccepted,
     OrderAmended,
     OrderCancelled,
+    OrdersAccepted,
     OrdersCancelled,
     Rejected,
     RiskLimitsSet,
     RunnerAdded,
+    accepted_orders,
 )
 from framework.app import create_schema
 from projections import queries
@@ -113,6 +115,17 @@ def _position(w: Writes, market: str, account: str, runner: str, side: str, pric
         pos[3] += qty * 100
 
 
+def _accepted(w: Writes, seq: int, e: OrderAccepted) -> None:
+    runner = e.runner or ""
+    w.orders.append((
+        e.market_id, e.order_id, e.account_id, e.client_order_id, e.side, e.price, e.qty, e.tif,
+        seq, e.ts, seq, runner, e.order_type, e.stp, e.persistence,
+    ))  # fmt: skip
+    if e.resting_qty:
+        assert e.price is not None
+        _level(w, (e.market_id, runner, e.side, e.price), e.resting_qty, 1)
+
+
 def plan(batch: Iterable[tuple[int, Event]]) -> Writes:
     w = Writes()
     for seq, e in batch:
@@ -153,14 +166,10 @@ def plan(batch: Iterable[tuple[int, Event]]) -> Writes:
             _position(w, m, e.taker_account, runner, e.taker_side, e.price, e.qty)
             _position(w, m, e.maker_account, runner, maker_side, e.price, e.qty)
         elif isinstance(e, OrderAccepted):
-            runner = e.runner or ""
-            w.orders.append((
-                m, e.order_id, e.account_id, e.client_order_id, e.side, e.price, e.qty, e.tif,
-                seq, e.ts, seq, runner, e.order_type, e.stp, e.persistence,
-            ))  # fmt: skip
-            if e.resting_qty:
-                assert e.price is not None
-                _level(w, (m, runner, e.side, e.price), e.resting_qty, 1)
+            _accepted(w, seq, e)
+        elif isinstance(e, OrdersAccepted):  # a compact batch's run: its order_accepted events, one row each
+            for one in accepted_orders(e):
+                _accepted(w, seq, one)
         elif isinstance(e, OrderCancelled):
             w.cancels.append((e.cancelled_qty, seq, m, e.order_id))
             if e.was_resting:

@@ -287,6 +287,8 @@ def _describe(frame: Frame) -> str:
         t = e.get("type")
         if t == "order_accepted":
             parts.append(f"{e['side']} {e['qty']} @ {e['price']} accepted (order {e['order_id']})")
+        elif t == "orders_accepted":  # a compact batch's run: orders resting untouched
+            parts.append(f"{len(e.get('orders') or [])} orders accepted")
         elif t == "order_cancelled":
             parts.append(f"order {e['order_id']} cancelled ({e.get('reason')})")
         elif t == "orders_cancelled":

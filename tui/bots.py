@@ -287,6 +287,10 @@ class Bot:
                 orders[coid].qty, orders[coid].confirmed = int(event["resting_qty"]), True
             else:
                 del orders[coid]
+        elif etype == "orders_accepted":  # a compact place_orders' run: each row an order resting untouched
+            for row in event.get("orders") or []:
+                if isinstance(row, list) and len(row) == 10 and row[1] in orders:
+                    orders[row[1]].qty, orders[row[1]].confirmed = int(row[4]), True
         elif etype == "order_amended" and coid in orders:
             order = orders[coid]
             order.price, order.qty = int(event.get("price") or order.price), int(event.get("resting_qty") or 0)
@@ -399,9 +403,12 @@ class MarketMaker(Bot):
         if len(instructions) == 1:
             fields = {k: v for k, v in instructions[0].items() if v is not None}
             return [self._frame(market_id, single, **fields)]
-        batch = "place_orders" if single == "place_order" else "replace_orders"
+        # A new ladder is sent compact (v1.3): its quotes that rest untouched come back as one orders_accepted.
+        batch, extra = ("place_orders", {"compact": True}) if single == "place_order" else ("replace_orders", {})
         return [
-            self._frame(market_id, batch, instructions=[{k: v for k, v in i.items() if v is not None} for i in chunk])
+            self._frame(
+                market_id, batch, instructions=[{k: v for k, v in i.items() if v is not None} for i in chunk], **extra
+            )
             for chunk in (instructions[n : n + MAX_BATCH] for n in range(0, len(instructions), MAX_BATCH))
         ]
 

@@ -131,6 +131,9 @@ async def main() -> None:
                     f"order_id {e['order_id']} {e['account_id']} {e['side']} {e['qty']} @ {e['price']}, "
                     f"resting {e['resting_qty']}"
                 )
+            elif kind == "orders_accepted":  # v1.3: a compact batch's orders that rest untouched, one row each
+                rows = (f"order_id {r[0]} {r[2]} {r[4]} @ {r[3]}" for r in e["orders"])
+                info = f"{e['account_id']}: " + ", ".join(rows)
             elif kind == "fill":
                 info = f"trade_id {e['trade_id']} {e['qty']} @ {e['price']}"
                 fills.append(e)

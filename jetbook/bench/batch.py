@@ -7,11 +7,14 @@ The flow is a list of instructions; it goes out twice:
 
 - single:  every instruction its own command (place_order, cancel_order);
 - batch:   each maker's pull as one cancel_orders and its new ladder as one
-           place_orders, K instructions each; the takers' orders as before.
+           place_orders, K instructions each, sent compact (v1.3: the quotes
+           that rest untouched are one orders_accepted, the pull one
+           orders_cancelled); the takers' orders as before.
 
-A batch is its instructions one by one (PROTOCOL 6.14), so both decide to the
-same orders, fills and books: the generator runs both through a private Engine
-and refuses to measure if the markets end differently. Both then run the same
+A batch is its instructions one by one (PROTOCOL 6.14), and compact changes
+only how they are reported, so both decide to the same orders, fills and
+books: the generator runs both through a private Engine and refuses to
+measure if the markets end differently. Both then run the same
 way as the main bench's end-to-end phase (run.phase_end_to_end: `jetbook
 engine` and `jetbook project` as subprocesses, the concurrent clients, the
 clock from the first publish to the last event in JB_EVT), alternated with the
@@ -120,7 +123,7 @@ def flows(orders: int, k: int, markets: int, seed: int) -> tuple[Sent, Sent, dic
         for item in items:
             single.orders.append(Cmd(subject, pack({"type": one_type, **item}), new_msg_id(), mi, kind))
         if batch_type:
-            body = {"type": batch_type, "instructions": items}
+            body = {"type": batch_type, "instructions": items, "compact": True}  # v1.3: runs as one event
             batch.orders.append(Cmd(subject, pack(body), new_msg_id(), mi, kind))
         else:
             batch.orders.extend(single.orders[-len(items) :])
@@ -139,6 +142,8 @@ def flows(orders: int, k: int, markets: int, seed: int) -> tuple[Sent, Sent, dic
         "single_commands": instructions, "batch_commands": len(batch.orders),
         "orders_per_batch_command": round(instructions / len(batch.orders), 1),
         "events": single.events - len(setup), "events_batch": batch.events - len(setup),
+        "events_per_order": {"single": round((single.events - len(setup)) / instructions, 3),
+                             "batch": round((batch.events - len(setup)) / instructions, 3)},
         "command_bytes_avg": {"single": round(sum(len(c.data) for c in single.orders) / instructions, 1),
                               "batch": round(sum(len(c.data) for c in batch.orders) / len(batch.orders), 1)},
     }  # fmt: skip
@@ -234,7 +239,9 @@ def print_batch_report(doc: dict[str, Any]) -> None:
     print(f"{doc['command']}")
     print(f"quoting flow: {w['orders']:,} orders ({w['accepted']:,} places) over {len(w['markets'])} markets, "
           f"K = {w['k']}: {w['single_commands']:,} single commands or {w['batch_commands']:,} with batches "
-          f"({w['orders_per_batch_command']} orders per command); {w['events']:,} events either way")  # fmt: skip
+          f"({w['orders_per_batch_command']} orders per command); {w['events']:,} events single, "
+          f"{w['events_batch']:,} with compact batches ({w['events_per_order']['single']} and "
+          f"{w['events_per_order']['batch']} per order)")  # fmt: skip
     print(f"{'run':>4} {'single orders/s':>16} {'batch orders/s':>15} {'ratio':>6} {'floor single':>13} "
           f"{'floor batch':>12} {'floor ratio':>12} {'engine CPU us/order single':>27} {'batch':>6}")  # fmt: skip
     for i, row in enumerate(doc["runs"], 1):

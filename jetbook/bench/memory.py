@@ -27,7 +27,7 @@ import msgpack
 
 import engine.service  # noqa: F401  (what `jetbook engine` has loaded before it holds any order)
 from engine.core import Engine
-from events.model import OrderAccepted
+from events.model import OrderAccepted, expand
 from jetbook.bench.procs import rss_bytes
 from jetbook.bench.workload import BASE_TS, START_MID, market_names
 from protocol.subjects import cmd_subject, ctl_subject
@@ -68,7 +68,7 @@ def measure(resting: int, markets: int) -> dict[str, object]:
             "qty": 1 + i % 10,
         }
         seq += 1
-        for e in engine.handle(seq, BASE_TS + seq, subjects[mi][i % 1000], packb(body)):
+        for e in expand(engine.handle(seq, BASE_TS + seq, subjects[mi][i % 1000], packb(body))):
             if isinstance(e, OrderAccepted) and e.resting_qty == e.qty:
                 accepted += 1
     elapsed = time.perf_counter() - t0

@@ -39,7 +39,7 @@ from sortedcontainers import SortedDict
 
 from commands.client import new_msg_id
 from engine.core import Engine
-from events.model import Event, Fill, MarketCreated, OrderAccepted, OrderCancelled, Rejected, encode
+from events.model import Event, Fill, MarketCreated, OrderAccepted, OrderCancelled, Rejected, encode, expand
 from protocol.subjects import cmd_subject, ctl_subject, wal_subject
 
 MARKET_NAMES = ("BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "ADA-USD", "DOT-USD", "LTC-USD", "AVAX-USD")
@@ -177,7 +177,7 @@ class Flow:
 
     def _fold(self, events: Iterable[Event]) -> None:
         counts = self.counts
-        for e in events:
+        for e in expand(list(events)):  # a compact batch's runs as their single-order events
             if isinstance(e, OrderAccepted):
                 counts["accepted"] += 1
                 if e.resting_qty > 0 and e.price is not None:

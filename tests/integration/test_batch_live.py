@@ -87,6 +87,19 @@ async def test_the_cli_post_commands_and_ws_ctl_take_batches(
         r = await c.post("/commands", json={"market_id": "M", "account_id": "mm", "command": {
             "type": "cancel_orders", "instructions": [{"order_id": 1}] * 201}})  # fmt: skip
         assert r.status_code == 422 and r.json()["error"] == "too_many_instructions", r.text
+        # v1.3 compact: the quotes that rest untouched are one orders_accepted; a compact that is not a bool is refused
+        compact = {
+            "type": "place_orders",
+            "compact": True,
+            "instructions": [_quote(6), _quote(8), {**_quote(9), "qty": 0}],
+        }
+        r = await c.post("/commands", json={"market_id": "M", "account_id": "mm", "command": compact})
+        assert r.status_code == 200, r.text
+        assert [(e["type"], len(e.get("orders", [])), e.get("index")) for e in r.json()["events"]] == [
+            ("orders_accepted", 2, None), ("rejected", 0, 2)
+        ]  # fmt: skip
+        r = await c.post("/commands", json={"market_id": "M", "account_id": "mm", "command": {**compact, "compact": 1}})
+        assert r.status_code == 422, r.text
 
         # /ws_ctl: a replace_orders, answered with its events
         ws_url = stack.url.replace("http://", "ws://") + "/ws_ctl"
@@ -111,6 +124,15 @@ async def test_the_cli_post_commands_and_ws_ctl_take_batches(
             ("order_amended", "kept"),
             ("order_amended", "lost"),
         ]
+        pull = {"type": "cancel_orders", "correlation_id": "p", "market_id": "M", "account_id": "mm", "compact": True,
+                "instructions": [{"client_order_id": "q6"}, {"client_order_id": "q8"}]}  # fmt: skip
+        async with connect(ws_url) as ctl:
+            await ctl.send(json.dumps(pull))
+            while (reply := json.loads(await asyncio.wait_for(ctl.recv(), 15))).get("type") != "order_response":
+                pass
+        assert [(e["type"], e["reason"], len(e["orders"])) for e in reply["events"]] == [
+            ("orders_cancelled", "user", 2)
+        ]
 
         # the CLI: a JSON-lines file of cancels, sent and answered while the engine runs
         lines = tmp_path / "cancels.jsonl"
@@ -122,10 +144,9 @@ async def test_the_cli_post_commands_and_ws_ctl_take_batches(
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
-        printed = [json.loads(line) for line in done.stdout.splitlines()]
-        assert [(e["type"], e["client_order_id"]) for e in printed] == [
-            ("order_cancelled", "q0"),
-            ("order_cancelled", "q4"),
+        printed = [json.loads(line) for line in done.stdout.splitlines()]  # sent compact: one orders_cancelled
+        assert [(e["type"], e["reason"], [row[2] for row in e["orders"]]) for e in printed] == [
+            ("orders_cancelled", "user", ["q0", "q4"]),
         ]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from engine.service import EngineService
-from events.model import Event, Fill, Rejected, decode, encode
+from events.model import Event, Fill, OrdersAccepted, Rejected, decode, encode
 from events.stream_readers import last_seq
 from projections.runner import ProjectionRunner
 from protocol.errors import CorruptLog
@@ -118,4 +118,12 @@ async def test_a_forged_reject_of_the_next_command_before_it_exists(nc: Any, js:
 async def test_a_forged_event_of_an_earlier_command(nc: Any, js: Any, tmp_path: Path) -> None:
     cmd = await _decided_log(nc, js)
     forged = await _forge(js, _rejected(cmd - 5))  # cmd_seq going backwards: a command decided twice
+    await _every_reader_names(nc, js, forged, tmp_path)
+
+
+@pytest.mark.parametrize("orders", [[[1, "x"]], [7], "junk"])
+async def test_a_forged_orders_accepted_with_odd_rows(nc: Any, js: Any, tmp_path: Path, orders: Any) -> None:
+    """v1.3: a row that is not an order_accepted's ten columns stops every reader at that event, by name."""
+    cmd = await _decided_log(nc, js)
+    forged = await _forge(js, OrdersAccepted(market_id="M1", cmd_seq=cmd, ts=1, account_id="a", orders=orders))
     await _every_reader_names(nc, js, forged, tmp_path)

@@ -10,7 +10,7 @@ from typing import Any
 import nats
 
 from commands.client import CommandClient
-from commands.model import CloseMarket, SettleMarket
+from commands.model import CancelOrder, CancelOrders, CloseMarket, PlaceOrder, PlaceOrders, SettleMarket
 from events.model import Fill, decode, to_wire
 from events.private import account_events, tape
 from events.stream_readers import RawMsg, last_seq
@@ -46,7 +46,9 @@ async def fanned_out(js: Any, worker: FanOut) -> None:
 def accounts_in(event: dict[str, Any]) -> set[str]:
     """Every account an event names, found independently of the worker's own rules."""
     found = {event.get(k) for k in ("account_id", "maker_account", "taker_account")}
-    found |= {entry[1] for entry in event.get("orders", [])} | {line[0] for line in event.get("pnl", [])}
+    if event.get("type") == "orders_cancelled":  # an orders_accepted row has no account: the event's is the one
+        found |= {entry[1] for entry in event["orders"]}
+    found |= {line[0] for line in event.get("pnl", [])}
     return {a for a in found if a}
 
 
@@ -58,6 +60,9 @@ async def trading_session(js: Any) -> None:
     await client.place("M", "carol", "c1", "buy", 90, 1)
     await client.cancel("M", "alice", client_order_id="nope")  # rejected, alice's
     await client.amend("M", "carol", client_order_id="c1", qty=2)
+    quotes = [PlaceOrder(f"c{i}", "buy", 1, 80 + i, "limit", None, "gtc") for i in (2, 3)]
+    await client.trade("M", "carol", PlaceOrders(quotes, compact=True))  # orders_accepted (v1.3)
+    await client.trade("M", "carol", CancelOrders([CancelOrder(None, "c2")], compact=True))  # orders_cancelled
     await client.control("M", CloseMarket())  # orders_cancelled: alice's rest and carol's
     await wait_for_command(js, await client.control("M", SettleMarket(price=100)))
 
@@ -76,7 +81,7 @@ async def test_each_account_gets_exactly_its_events_and_the_tape_no_accounts(nc:
         kinds[account] = {e["type"] for _, e in got}
     assert kinds["alice"] >= {"order_accepted", "fill", "rejected", "orders_cancelled", "market_settled"}
     assert kinds["bob"] == {"order_accepted", "fill", "market_settled"}  # no pnl line for carol: she never traded
-    assert kinds["carol"] == {"order_accepted", "order_amended", "orders_cancelled"}
+    assert kinds["carol"] == {"order_accepted", "order_amended", "orders_accepted", "orders_cancelled"}
     alice = [e async for _, _, e in account_events(nc, "alice", heartbeat=0.5)]
     bob = [e async for _, _, e in account_events(nc, "bob", heartbeat=0.5)]
     (maker,) = [e for e in alice if isinstance(e, Fill)]

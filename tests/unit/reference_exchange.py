@@ -662,20 +662,24 @@ class ReferenceExchange:
             raise Reject("too_many_instructions")
         if not instructions:
             raise Reject("invalid_field")
-        out: dict[str, Any] = {"instructions": instructions, "all_or_none": False}
+        out: dict[str, Any] = {"instructions": instructions, "all_or_none": False, "compact": False}
         if "all_or_none" in allowed and b.get("all_or_none") is not None:
             if not isinstance(b["all_or_none"], bool):
                 raise Reject("invalid_field")
             out["all_or_none"] = b["all_or_none"]
         self._echo_ids(b, out)
+        if "compact" in allowed and b.get("compact") is not None:  # v1.3, after the echoes (table order)
+            if not isinstance(b["compact"], bool):
+                raise Reject("invalid_field")
+            out["compact"] = b["compact"]
         self._check_echo(out)
         return out
 
     def _parse_place_orders(self, b: dict[str, Any]) -> dict[str, Any]:
-        return self._parse_batch(b, ("all_or_none",))
+        return self._parse_batch(b, ("all_or_none", "compact"))
 
     def _parse_cancel_orders(self, b: dict[str, Any]) -> dict[str, Any]:
-        return self._parse_batch(b, ())
+        return self._parse_batch(b, ("compact",))
 
     def _parse_replace_orders(self, b: dict[str, Any]) -> dict[str, Any]:
         return self._parse_batch(b, ())
@@ -691,6 +695,7 @@ class ReferenceExchange:
         single = BATCH_OF[ctype]
         items = c["instructions"]
         out: list[dict[str, Any]] = []
+        per: list[list[dict[str, Any]]] = []  # each instruction's events, for compact
         before = copy.deepcopy((self.markets, self.arrival))
         for i, item in enumerate(items):
             coid = item.get("client_order_id") if isinstance(item, dict) else None
@@ -722,6 +727,35 @@ class ReferenceExchange:
                     for j in range(len(items))
                 ]
             out += events
+            per.append(events)
+        return self._compact(ctype, per) if c["compact"] else out
+
+    def _compact(self, ctype: str, per: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Reading (v1.3): with compact, a run of instructions each of whose events is one order_accepted with
+        nothing traded (resting_qty == qty; place_orders) or one order_cancelled (cancel_orders) is one
+        orders_accepted / orders_cancelled (reason user, the batch's account) in place of those events."""
+        out: list[dict[str, Any]] = []
+        run: dict[str, Any] | None = None
+        for events in per:
+            e = events[0]
+            alone = len(events) == 1
+            if alone and ctype == "place_orders" and e["type"] == "order_accepted" and e["resting_qty"] == e["qty"]:
+                row = [e[k] for k in ("order_id", "client_order_id", "side", "price", "qty", "tif", "runner",
+                                      "order_type", "stp", "persistence")]  # fmt: skip
+                kind, extra = "orders_accepted", {}
+            elif alone and ctype == "cancel_orders" and e["type"] == "order_cancelled":
+                row = [e[k] for k in ("order_id", "account_id", "client_order_id", "side", "price", "cancelled_qty",
+                                      "runner")]  # fmt: skip
+                kind, extra = "orders_cancelled", {"reason": "user"}
+            else:
+                run = None
+                out += events
+                continue
+            if run is None:
+                run = {"type": kind, "market_id": e["market_id"], "cmd_seq": e["cmd_seq"], "ts": e["ts"], **extra,
+                       "account_id": e["account_id"], "orders": []}  # fmt: skip
+                out.append(run)
+            run["orders"].append(row)
         return out
 
     @staticmethod

@@ -59,6 +59,11 @@ def run(seed: int, snapshots: list[Frame] = SNAPSHOTS) -> list[Frame]:
             out = bot.step(snap)
             frames.extend(out)
             for f in out:  # the engine's answer, the same every run: each order rests
+                if f.get("compact"):  # a ladder sent compact: one orders_accepted, a row per quote
+                    rows = [[0, i["client_order_id"], i["side"], i["price"], i["qty"], "gtc", i.get("runner"), "limit",
+                             "cancel_resting", "lapse"] for i in f["instructions"]]  # fmt: skip
+                    bot.on_event(f["market_id"], {"type": "orders_accepted", "account_id": bot.account, "orders": rows})
+                    continue
                 single = {"place_orders": "place_order", "replace_orders": "amend_order"}.get(f["type"], f["type"])
                 for i in f.get("instructions") or [f]:
                     if single in ("place_order", "amend_order") and i.get("tif", "gtc") == "gtc":
@@ -88,8 +93,9 @@ def test_same_seed_same_frames_and_another_seed_others() -> None:
     assert a != c
     assert len(a) > 50
     kinds = {f["type"] for f in a}
-    # market makers quote a ladder in one place_orders and move it with one replace_orders
+    # market makers quote a ladder in one place_orders (compact) and move it with one replace_orders
     assert {"set_risk_limits", "place_order", "place_orders", "replace_orders"} <= kinds, kinds
+    assert all(f.get("compact") is True for f in a if f["type"] == "place_orders")
 
 
 def test_frames_are_valid_for_their_market() -> None:

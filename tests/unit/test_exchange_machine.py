@@ -221,6 +221,9 @@ class ExchangeMachine(RuleBasedStateMachine):
             m = e["market_id"]
             if e["type"] == "order_accepted":
                 t[(m, e["order_id"])] = [e["qty"], 0, 0]
+            elif e["type"] == "orders_accepted":
+                for row in e["orders"]:
+                    t[(m, row[0])] = [row[4], 0, 0]
             elif e["type"] == "fill":
                 t[(m, e["maker_order_id"])][1] += e.get("maker_qty", e["qty"])
                 t[(m, e["taker_order_id"])][1] += e["qty"]
@@ -384,10 +387,14 @@ class ExchangeMachine(RuleBasedStateMachine):
         body: dict[str, Any] = {"type": kind, "instructions": instructions}
         if kind == "place_orders" and data.draw(st.integers(0, 2)) == 0:
             body["all_or_none"] = True
+        if kind != "replace_orders" and data.draw(st.booleans()):
+            body["compact"] = True  # v1.3: runs reported as orders_accepted / orders_cancelled
         events = self.send(f"jb.cmd.{market}.{account}", body)
         for e in events:
             if e["type"] == "order_accepted":
                 self.coids.setdefault((market, account), []).append(e["client_order_id"])
+            elif e["type"] == "orders_accepted":
+                self.coids.setdefault((market, account), []).extend(row[1] for row in e["orders"])
 
     @staticmethod
     def mutate(what: int, body: dict[str, Any]) -> None:
@@ -613,6 +620,7 @@ GOOD: dict[str, tuple[str, dict[str, Any], dict[str, list[Any]]]] = {
                              [{"client_order_id": "f1", "side": "buy", "qty": 3, "price": 101, "type": "place_order"}],
                              [{"client_order_id": "f1", "side": "buy", "qty": 3, "price": 101}, 7]],
             "all_or_none": [1, "x", True],
+            "compact": [1, "x", True, False, None, [True]],
             "market_id": ["bad id", "OTHER"],
             "account_id": ["zed"],
             "foo": [1],
@@ -621,12 +629,18 @@ GOOD: dict[str, tuple[str, dict[str, Any], dict[str, list[Any]]]] = {
     "replace_orders": (
         "jb.cmd.P1.a",
         {"type": "replace_orders", "instructions": [{"order_id": 1, "qty": 4}, {"client_order_id": "r1", "price": 99}]},
-        {"instructions": [[{"order_id": 1}], [{"qty": 4}], [{"order_id": 1, "qty": 0}], [{"order_id": 2, "qty": 1}]]},
+        {
+            "instructions": [[{"order_id": 1}], [{"qty": 4}], [{"order_id": 1, "qty": 0}], [{"order_id": 2, "qty": 1}]],
+            "compact": [True],  # not a replace_orders field (PROTOCOL 6.14: every amend has its own events)
+        },
     ),
     "cancel_orders": (
         "jb.cmd.P1.a",
         {"type": "cancel_orders", "instructions": [{"order_id": 1}]},
-        {"instructions": [[{}], [{"order_id": 0}], [{"order_id": 1}, {"order_id": 1}], [{"client_order_id": "r2"}]]},
+        {
+            "instructions": [[{}], [{"order_id": 0}], [{"order_id": 1}, {"order_id": 1}], [{"client_order_id": "r2"}]],
+            "compact": [1, "x", True, None],
+        },
     ),
     "set_market_state": ("jb.ctl.P1", {"type": "set_market_state", "state": "halted"}, {"state": ["closed", 1]}),
     "settle_market": (

@@ -227,3 +227,55 @@ async def test_v11_model_matches_the_engine_and_ignores_batch_boundaries(tmp_pat
     settled = dict(con.execute("SELECT account_id, pnl FROM settlements WHERE market_id = 'P'").fetchall())
     pnl = {a: p for e in events if e.type == "market_settled" for a, p in e.pnl}  # type: ignore[attr-defined]
     assert settled == pnl and bool(settled) == finish
+
+
+async def test_a_compact_log_gives_the_orders_and_levels_of_the_plain_one(tmp_path: Path) -> None:
+    """v1.3: orders_accepted and a compact cancel_orders' orders_cancelled fold into the rows the single-order
+    events give (only the JB_EVT sequences differ: the compact log has fewer messages)."""
+    rng = random.Random(3)
+    logs: list[list[Event]] = []
+    for compact in (False, True):
+        rng.seed(3)
+        s = Session()
+        events: list[Event] = []
+        for _ in range(30):
+            account = rng.choice("ab")
+            ins = [
+                {"client_order_id": f"c{rng.randrange(400)}", "side": rng.choice(["buy", "sell"]),
+                 "price": rng.randint(95, 105), "qty": rng.randint(1, 5)}
+                for _ in range(rng.randint(1, 8))
+            ]  # fmt: skip
+            events += s.trade(account, "place_orders", instructions=ins, compact=compact)
+            cancels = [{"order_id": rng.randint(1, 120)} for _ in range(rng.randint(1, 6))]
+            events += s.trade(account, "cancel_orders", instructions=cancels, compact=compact)
+        logs.append(events)
+    assert len(logs[1]) < len(logs[0])
+    assert any(e.type == "orders_accepted" for e in logs[1]) and any(e.type == "orders_cancelled" for e in logs[1])
+    rows = []
+    for i, events in enumerate(logs):
+        setup = Session(market=None).create(M)
+        await build(tmp_path / f"{i}.db", [*setup, *events], 17)
+        con = sqlite3.connect(tmp_path / f"{i}.db")
+        orders = (
+            "SELECT market_id, order_id, account_id, client_order_id, side, price, qty, tif, filled_qty,"
+            " cancelled_qty, runner, order_type, stp, persistence, status FROM orders ORDER BY 1, 2"
+        )
+        rows.append((
+            con.execute(orders).fetchall(),
+            con.execute("SELECT * FROM book_levels ORDER BY 1, 2, 3, 4").fetchall(),
+            con.execute("SELECT * FROM positions ORDER BY 1, 2, 3").fetchall(),
+        ))  # fmt: skip
+        con.close()
+    assert rows[0] == rows[1] and len(rows[0][0]) > 50
+
+
+async def test_a_forged_orders_accepted_does_not_fold(tmp_path: Path) -> None:
+    """A row that is not ten columns is an event that does not fold: the runner names it as CorruptLog."""
+    from events.model import OrdersAccepted
+    from projections.read_model import plan
+
+    setup = Session(market=None).create(M)
+    for orders in ([[1, "x"]], [5], "junk", [[1, "c", "buy", 100, 1, "gtc", None, "limit", "none", "lapse", 9]]):
+        forged = OrdersAccepted(market_id=M, cmd_seq=2, ts=1, account_id="a", orders=orders)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            plan([(1, setup[0]), (2, forged)])
