@@ -26,6 +26,7 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
     out = tmp_path_factory.mktemp("bench")
     json_path, png = out / "bench.json", out / "bench.png"
     argv = [sys.executable, "-m", "jetbook", "bench", "--orders", str(ORDERS), "--resting", str(RESTING), "--quick",
+            "--latency-seconds", "0.5",
             "--json", str(json_path), "--plot", str(png)]  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, f"jetbook bench failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
