@@ -406,11 +406,7 @@ class Session:
             reader.cancel()
         finally:
             self.hub.leave(self)
-            for task in [*background, *self.tasks]:
-                task.cancel()
-            for task in [*background, *self.tasks]:
-                with contextlib.suppress(BaseException):
-                    await task
+            await _cancel_all([*background, *self.tasks])
 
     # --- writing ---
 
@@ -702,6 +698,22 @@ async def _serve(ws: WebSocket, endpoint: str, *, control: bool) -> None:
         if ws.application_state != WebSocketState.DISCONNECTED and ws.client_state != WebSocketState.DISCONNECTED:
             with contextlib.suppress(Exception):
                 await ws.close()
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel a session's tasks and wait for them, cancelling again while any is left: nats-py swallows a
+    cancellation inside a publish that waits for room in its flush queue, and a task that carries on would hold
+    uvicorn's shutdown (which waits for every connection) until it ends by itself."""
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(100):  # ten seconds at most; a task that is still running after that is left to the loop
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: the session already logged what ended it
 
 
 @router.websocket("/ws")
