@@ -205,9 +205,28 @@ class Engine:
         except TypeError:  # not even a str: the general path makes it a reject
             route = None
         if route is not None:
-            fused = self._fused(cmd_seq, ts, route, data)
-            if fused is not None:
-                return fused
+            # The everyday place/cancel decided and folded in one pass (engine.fast). Nothing is changed
+            # when it declines (None), or when it raises before it starts folding (it sets last_cmd_seq
+            # first thing there): the command then takes the general path below, which names any reason
+            # or makes a bug an internal_error. An exception after that is HalfApplied, as in `_fold`.
+            before = state.event_count
+            try:
+                body = _decode_fast(data)
+                if type(body) is _Place:
+                    done = place(state, cmd_seq, ts, body, self._encoders, *route)
+                else:
+                    assert type(body) is _Cancel
+                    done = cancel(state, cmd_seq, ts, body, self._encoders, *route)
+            except Exception as err:
+                if state.last_cmd_seq == cmd_seq:
+                    raise HalfApplied(f"command {cmd_seq}: folding its events raised {type(err).__name__}") from err
+                done = None
+            if done is not None:
+                events, payloads = done
+                if state.event_count // self.checkpoint_every > before // self.checkpoint_every:
+                    return self._checkpoint(cmd_seq, ts, before, events, payloads)
+                self.payloads = payloads
+                return events
         try:
             parsed = parse(subject, data)
         except Exception as err:  # parse is total by design; this guards a bug in it
@@ -258,37 +277,6 @@ class Engine:
             self._routes.clear()
         self._routes[subject] = route
         return route
-
-    def _fused(self, cmd_seq: int, ts: int, route: tuple[str, str, Subjects], data: bytes) -> list[Event] | None:
-        """The everyday place/cancel decided and folded in one pass (engine.fast); None: the general path.
-
-        Nothing is changed when it declines, or when it raises before it starts
-        folding (it sets last_cmd_seq first thing there): such a command is
-        decided again the general way, which names any reason or makes the
-        bug an internal_error. An exception after that is HalfApplied, as
-        in `_fold`.
-        """
-        state = self.state
-        before = state.event_count
-        try:
-            body = _decode_fast(data)
-            market, account, subjects = route
-            if type(body) is _Place:
-                done = place(state, cmd_seq, ts, market, account, body, subjects, self._encoders)
-            else:
-                assert type(body) is _Cancel
-                done = cancel(state, cmd_seq, ts, market, account, body, subjects, self._encoders)
-        except Exception as err:
-            if state.last_cmd_seq == cmd_seq:
-                raise HalfApplied(f"command {cmd_seq}: folding its own events raised {type(err).__name__}") from err
-            return None
-        if done is None:
-            return None
-        events, payloads = done
-        if state.event_count // self.checkpoint_every > before // self.checkpoint_every:
-            return self._checkpoint(cmd_seq, ts, before, events, payloads)
-        self.payloads = payloads
-        return events
 
     def _subject(self, market_id: str, kind: str) -> str:
         return f"{self.wal_prefix}.{market_id}.{kind}"

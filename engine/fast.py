@@ -59,7 +59,7 @@ class Subjects:
 
 
 def place(
-    state: State, seq: int, ts: int, market_id: str, account: str, cmd: _Place, subjects: Subjects, enc: Encoders
+    state: State, seq: int, ts: int, cmd: _Place, enc: Encoders, market_id: str, account: str, subjects: Subjects
 ) -> Encoded | None:
     """A pair-market limit (gtc, ioc) or market (ioc) order, as `_decide_place` + `fold` would take it; else None.
 
@@ -279,7 +279,7 @@ def _unlink(book: Book, order: Order, bid: bool) -> None:
 
 
 def cancel(
-    state: State, seq: int, ts: int, market_id: str, account: str, cmd: _Cancel, subjects: Subjects, enc: Encoders
+    state: State, seq: int, ts: int, cmd: _Cancel, enc: Encoders, market_id: str, account: str, subjects: Subjects
 ) -> Encoded | None:
     """A cancel of the sender's open order (or its order_not_open reject), as `_decide_cancel` + `fold`; else None."""
     market = state.markets.get(market_id)
