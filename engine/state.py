@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice, repeat
 from operator import attrgetter
 from typing import Any, Final
 
@@ -55,6 +56,11 @@ class Market:
     # repeated client_order_id is refused long after the broker's dedupe window.
     # Nested by account rather than keyed by (account, coid): a tuple per order is 60 bytes of RAM.
     client_orders: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Not state: per account, its client_orders keys sorted, as of the last snapshot. Entries are only ever
+    # added to client_orders (never changed or removed), so the next snapshot sorts only the keys added since
+    # (Timsort merges the sorted run and the new tail) instead of all of them: at 150k ids that sort was a
+    # third of a checkpoint.
+    sorted_coids: dict[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
     risk: dict[str, Risk] = field(default_factory=dict)
     # pair: account -> [net_qty, cash]; odds: account -> {runner: [pnl if it wins, pnl if it loses]}
     positions: dict[str, Any] = field(default_factory=dict)
@@ -114,10 +120,17 @@ def _state_tree(state: State) -> list[Any]:
                 for levels in (book.bids, book.asks)
             ]
             books.append([runner, book.last_price, sides])
-        clients = []
+        clients: list[tuple[str, str, int]] = []
+        done = m.sorted_coids
         for a in sorted(m.client_orders):
             mine = m.client_orders[a]
-            clients += [(a, c, mine[c]) for c in sorted(mine)]
+            keys = done.get(a)
+            if keys is None:
+                keys = done[a] = sorted(mine)
+            elif len(keys) != len(mine):
+                keys += islice(mine, len(keys), None)
+                keys.sort()
+            clients += zip(repeat(a, len(keys)), keys, map(mine.__getitem__, keys), strict=True)
         risk = [(a, *_RISK_ROW(r)) for a, r in sorted(m.risk.items())]
         if m.kind == "pair":
             positions = [[a, pos] for a, pos in sorted(m.positions.items())]
