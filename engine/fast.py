@@ -34,7 +34,7 @@ from engine.book import Book, Order
 from engine.decide import MAX_COMMAND_EVENTS, MAX_FILLS
 from engine.state import Market, Risk, State
 from events.model import Event, Fill, OrderAccepted, OrderCancelled, Rejected
-from protocol.subjects import is_id
+from protocol.subjects import ID_PATTERN
 
 # A command's events and their (jb.wal subject, bytes); the engine's encoder per event class.
 Encoded = tuple[list[Event], list[tuple[str, bytes]]]
@@ -43,6 +43,7 @@ _UNSET: Final = msgspec.UNSET
 _MAX_AMOUNT: Final = 2**63 - 1
 _NOT_OPEN: Final = "order is filled or cancelled"
 _NONE: Final[dict[str, int]] = {}
+_is_id: Final = ID_PATTERN.fullmatch  # protocol.subjects.is_id for a value msgspec has already typed str
 _OPEN_STATES: Final = frozenset(("open", "suspended"))  # where a cancel is taken (not halted, not an end state)
 
 
@@ -102,7 +103,7 @@ def place(
         if cmd.price is not _UNSET or not (cmd.tif is _UNSET or cmd.tif == "ioc"):
             return None
         price, tif, rests, limit, order_type = None, "ioc", False, None, "market"
-    if qty % market.lot_size or qty < market.min_qty or qty > market.max_qty or not is_id(coid):
+    if qty % market.lot_size or qty < market.min_qty or qty > market.max_qty or _is_id(coid) is None:
         return None
     mine = market.client_orders.get(account)
     if mine is not None and coid in mine:
@@ -288,7 +289,7 @@ def cancel(
     coid: str | None = None
     if type(cmd.client_order_id) is str:
         coid = cmd.client_order_id
-        if not is_id(coid):
+        if _is_id(coid) is None:
             return None
     order_id: int | None = cmd.order_id if type(cmd.order_id) is int else None
     if order_id is None:
