@@ -33,6 +33,13 @@ class Risk:
     max_open_exposure: int | None = None
 
 
+class _Derived(dict[str, list[str]]):
+    """A cache derived from the state: a copy of the state (pickle, as a batch's scratch market) starts it empty."""
+
+    def __reduce__(self) -> tuple[type[_Derived], tuple[()]]:
+        return _Derived, ()
+
+
 @dataclass(slots=True)
 class Market:
     market_id: str
@@ -60,7 +67,7 @@ class Market:
     # added to client_orders (never changed or removed), so the next snapshot sorts only the keys added since
     # (Timsort merges the sorted run and the new tail) instead of all of them: at 150k ids that sort was a
     # third of a checkpoint.
-    sorted_coids: dict[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
+    sorted_coids: dict[str, list[str]] = field(default_factory=lambda: _Derived(), compare=False, repr=False)
     risk: dict[str, Risk] = field(default_factory=dict)
     # pair: account -> [net_qty, cash]; odds: account -> {runner: [pnl if it wins, pnl if it loses]}
     positions: dict[str, Any] = field(default_factory=dict)
