@@ -2,10 +2,12 @@
 
 The core is in parts: engine/state.py (the state, its snapshot and hash),
 engine/decide.py (the rules: one decider per command type), engine/evolve.py
-(one applier per event type) and engine/book.py (the matching loop). This
-module joins them into the one entry point every caller uses, and keeps the
-engine's own guarantees: any input becomes events or one deterministic reject,
-nothing is half-applied, and checkpoints state the hash on the log.
+(one applier per event type) and engine/book.py (the matching loop);
+engine/fast.py decides and folds the everyday place/cancel in one pass, to the
+same events and state (it declines anything else). This module joins them
+into the one entry point every caller uses, and keeps the engine's own
+guarantees: any input becomes events or one deterministic reject, nothing is
+half-applied, and checkpoints state the hash on the log.
 
 No I/O, no clock, no randomness, no floats. Time is the command's JetStream
 timestamp, handed in by the shell.
