@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import islice, repeat
 from operator import attrgetter
 from typing import Any, Final
 
@@ -31,13 +30,6 @@ class Risk:
     max_order_qty: int | None = None
     max_open_orders: int | None = None
     max_open_exposure: int | None = None
-
-
-class _Derived(dict[str, list[str]]):
-    """A cache derived from the state: a copy of the state (pickle, as a batch's scratch market) starts it empty."""
-
-    def __reduce__(self) -> tuple[type[_Derived], tuple[()]]:
-        return _Derived, ()
 
 
 @dataclass(slots=True)
@@ -63,11 +55,6 @@ class Market:
     # repeated client_order_id is refused long after the broker's dedupe window.
     # Nested by account rather than keyed by (account, coid): a tuple per order is 60 bytes of RAM.
     client_orders: dict[str, dict[str, int]] = field(default_factory=dict)
-    # Not state: per account, its client_orders keys sorted, as of the last snapshot. Entries are only ever
-    # added to client_orders (never changed or removed), so the next snapshot sorts only the keys added since
-    # (Timsort merges the sorted run and the new tail) instead of all of them: at 150k ids that sort was a
-    # third of a checkpoint.
-    sorted_coids: dict[str, list[str]] = field(default_factory=lambda: _Derived(), compare=False, repr=False)
     risk: dict[str, Risk] = field(default_factory=dict)
     # pair: account -> [net_qty, cash]; odds: account -> {runner: [pnl if it wins, pnl if it loses]}
     positions: dict[str, Any] = field(default_factory=dict)
@@ -127,17 +114,10 @@ def _state_tree(state: State) -> list[Any]:
                 for levels in (book.bids, book.asks)
             ]
             books.append([runner, book.last_price, sides])
-        clients: list[tuple[str, str, int]] = []
-        done = m.sorted_coids
+        clients = []
         for a in sorted(m.client_orders):
             mine = m.client_orders[a]
-            keys = done.get(a)
-            if keys is None:
-                keys = done[a] = sorted(mine)
-            elif len(keys) != len(mine):
-                keys += islice(mine, len(keys), None)
-                keys.sort()
-            clients += zip(repeat(a, len(keys)), keys, map(mine.__getitem__, keys), strict=True)
+            clients += [(a, c, mine[c]) for c in sorted(mine)]
         risk = [(a, *_RISK_ROW(r)) for a, r in sorted(m.risk.items())]
         if m.kind == "pair":
             positions = [[a, pos] for a, pos in sorted(m.positions.items())]

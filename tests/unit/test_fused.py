@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import engine.core as core
-from engine.core import Engine, restore, snapshot, state_hash
+from engine.core import Engine, state_hash
 from tests.unit.helpers import raw
 
 MARKETS = ("P1", "P2", "P3")
@@ -145,14 +145,3 @@ def test_an_exception_before_the_fold_falls_back_and_after_it_is_half_applied(mo
     with pytest.raises(core.HalfApplied):
         engine.handle(3, 3, "jb.cmd.M.a", raw({"type": "place_order", "client_order_id": "y", "side": "sell",
                                                 "price": 10, "qty": 5}))  # fmt: skip
-
-
-def test_a_snapshot_after_more_client_order_ids_is_the_snapshot_of_a_fresh_state() -> None:
-    """Market.sorted_coids (the sort kept from the last snapshot) gives the bytes a state without it gives."""
-    engine = Engine()
-    flow = [(subject, raw(body)) for subject, body in _flow(random.Random(9), 1500)]
-    for seq, (subject, data) in enumerate(flow, 1):
-        engine.handle(seq, seq, subject, data)
-        if seq % 300 == 0:
-            assert snapshot(engine.state) == snapshot(restore(snapshot(engine.state)))
-    assert any(m.sorted_coids for m in engine.state.markets.values())
