@@ -41,7 +41,7 @@ from engine.decide import (
     decide_in_place,
 )
 from engine.evolve import evolve, fold
-from engine.fast import Subjects, cancel, place
+from engine.fast import Route, cancel, place
 from engine.state import Market, Risk, State, restore, snapshot, state_hash
 from events.model import ENGINE_MARKET, Checkpoint, Event, Rejected, make_encoders
 from protocol.shards import check_shards, partition, wal_prefix
@@ -182,9 +182,9 @@ class Engine:
         # shell publishes these bytes rather than encoding the events again.
         self.payloads: list[tuple[str, bytes]] = []
         self._encoders = make_encoders()
-        # subject -> (market, account, that market's event subjects) for the fused place/cancel path
-        # (engine.fast), or None: a subject that path never takes (control, _all, malformed, another shard's).
-        self._routes: dict[str, tuple[str, str, Subjects] | None] = {}
+        # subject -> its Route for the fused place/cancel path (engine.fast), or None: a subject that path
+        # never takes (control, _all, malformed, another shard's).
+        self._routes: dict[str, Route | None] = {}
 
     def handle(self, cmd_seq: int, ts: int, subject: str, data: bytes) -> list[Event]:
         """The events of one JB_CMD message, folded into the state. Total for any subject and bytes.
@@ -215,10 +215,10 @@ class Engine:
             try:
                 body = _decode_fast(data)
                 if type(body) is _Place:
-                    done = place(state, cmd_seq, ts, body, self._encoders, *route)
+                    done = place(state, cmd_seq, ts, body, route)
                 else:
                     assert type(body) is _Cancel
-                    done = cancel(state, cmd_seq, ts, body, self._encoders, *route)
+                    done = cancel(state, cmd_seq, ts, body, route)
             except Exception as err:
                 if state.last_cmd_seq == cmd_seq:
                     raise HalfApplied(f"command {cmd_seq}: folding its events raised {type(err).__name__}") from err
@@ -263,9 +263,9 @@ class Engine:
         self._fold(cmd_seq, events)
         return self._checkpoint(cmd_seq, ts, before, events, payloads)
 
-    def _route(self, subject: str) -> tuple[str, str, Subjects] | None:
+    def _route(self, subject: str) -> Route | None:
         """The fused path's view of a subject (see `_routes`), remembered."""
-        route: tuple[str, str, Subjects] | None = None
+        route: Route | None = None
         try:
             where = _split_subject(subject)
         except Exception:  # a subject that is not even a str: the general path makes it a reject
@@ -274,7 +274,7 @@ class Engine:
             market, account = where[1], where[2]
             assert market is not None and account is not None
             if self.shards == 1 or partition(market, self.shards) == self.shard:
-                route = (market, account, Subjects(self.wal_prefix, market))
+                route = Route(self.wal_prefix, market, account, self._encoders)
         if len(self._routes) >= _ROUTES_MAX:
             self._routes.clear()
         self._routes[subject] = route

@@ -47,21 +47,23 @@ _is_id: Final = ID_PATTERN.fullmatch  # protocol.subjects.is_id for a value msgs
 _OPEN_STATES: Final = frozenset(("open", "suspended"))  # where a cancel is taken (not halted, not an end state)
 
 
-class Subjects:
-    """One market's event subjects, built once per (engine, market) rather than per event."""
+class Route:
+    """A command subject's market and account, with that market's event subjects and the engine's encoders:
+    built once per (engine, subject), so the fused path takes one argument for all of them."""
 
-    __slots__ = ("accepted", "cancelled", "fill", "rejected")
+    __slots__ = ("accepted", "account", "cancelled", "enc", "fill", "market_id", "rejected")
 
-    def __init__(self, prefix: str, market_id: str) -> None:
+    def __init__(self, prefix: str, market_id: str, account: str, enc: Encoders) -> None:
+        self.market_id = market_id
+        self.account = account
+        self.enc = enc
         self.accepted = f"{prefix}.{market_id}.{OrderAccepted.type}"
         self.fill = f"{prefix}.{market_id}.{Fill.type}"
         self.cancelled = f"{prefix}.{market_id}.{OrderCancelled.type}"
         self.rejected = f"{prefix}.{market_id}.{Rejected.type}"
 
 
-def place(
-    state: State, seq: int, ts: int, cmd: _Place, enc: Encoders, market_id: str, account: str, subjects: Subjects
-) -> Encoded | None:
+def place(state: State, seq: int, ts: int, cmd: _Place, route: Route) -> Encoded | None:
     """A pair-market limit (gtc, ioc) or market (ioc) order, as `_decide_place` + `fold` would take it; else None.
 
     The order has no runner, the default stp (cancel_resting) and persistence
@@ -69,6 +71,7 @@ def place(
     and nothing is near a bound (MAX_OPEN_ORDERS, the 64-bit amounts, the
     event budget): any of those, or any failed check, declines.
     """
+    market_id = route.market_id
     market = state.markets.get(market_id)
     if market is None or market.state != "open" or market.kind != "pair":
         return None
@@ -105,6 +108,7 @@ def place(
         price, tif, rests, limit, order_type = None, "ioc", False, None, "market"
     if qty % market.lot_size or qty < market.min_qty or qty > market.max_qty or _is_id(coid) is None:
         return None
+    account = route.account
     mine = market.client_orders.get(account)
     if mine is not None and coid in mine:
         return None
@@ -166,7 +170,8 @@ def place(
         order_type, "cancel_resting", "lapse",
     )  # fmt: skip
     events: list[Event] = [accepted]
-    payloads = [(subjects.accepted, enc[OrderAccepted](accepted))]
+    enc = route.enc
+    payloads = [(route.accepted, enc[OrderAccepted](accepted))]
     trade_id = market.next_trade_id
     if plan:
         left = qty
@@ -178,20 +183,20 @@ def place(
                     account, side, maker.client_order_id, coid, maker.qty - q, left, None,
                 )  # fmt: skip
                 trade_id += 1
-                payloads.append((subjects.fill, enc[Fill](e)))
+                payloads.append((route.fill, enc[Fill](e)))
             else:
                 e = OrderCancelled(
                     market_id, seq, ts, maker.order_id, maker.account_id, maker.client_order_id, maker.side,
                     maker.price, maker.qty, "self_trade", None, True,
                 )  # fmt: skip
-                payloads.append((subjects.cancelled, enc[OrderCancelled](e)))
+                payloads.append((route.cancelled, enc[OrderCancelled](e)))
             events.append(e)
     if taker_cancel:
         e = OrderCancelled(
             market_id, seq, ts, order_id, account, coid, side, price, remaining, "unfilled", None, False
         )  # fmt: skip
         events.append(e)
-        payloads.append((subjects.cancelled, enc[OrderCancelled](e)))
+        payloads.append((route.cancelled, enc[OrderCancelled](e)))
 
     # The fold of those events (evolve's _on_accepted, then _on_fill / _take_off per plan entry, in order).
     # It starts by setting last_cmd_seq: an exception from here on says the state may be half-changed.
@@ -279,10 +284,10 @@ def _unlink(book: Book, order: Order, bid: bool) -> None:
         book.drop_level(bid, key)
 
 
-def cancel(
-    state: State, seq: int, ts: int, cmd: _Cancel, enc: Encoders, market_id: str, account: str, subjects: Subjects
-) -> Encoded | None:
+def cancel(state: State, seq: int, ts: int, cmd: _Cancel, route: Route) -> Encoded | None:
     """A cancel of the sender's open order (or its order_not_open reject), as `_decide_cancel` + `fold`; else None."""
+    market_id = route.market_id
+    account = route.account
     market = state.markets.get(market_id)
     if market is None or market.state not in _OPEN_STATES:
         return None
@@ -310,22 +315,23 @@ def cancel(
     if order is None:
         if order_id >= market.next_order_id:
             return None  # unknown_order: the general path
+        enc = route.enc
         reject = Rejected(market_id, seq, ts, "order_not_open", _NOT_OPEN, account, "cancel_order", coid, order_id)
         payload = enc[Rejected](reject)
         state.last_cmd_seq = seq
         state.event_count += 1
-        return [reject], [(subjects.rejected, payload)]
+        return [reject], [(route.rejected, payload)]
     if order.account_id != account or (coid is not None and coid != order.client_order_id):
         return None
     event = OrderCancelled(
         market_id, seq, ts, order.order_id, account, order.client_order_id, order.side, order.price, order.qty,
         "user", order.runner, True,
     )  # fmt: skip
-    payload = enc[OrderCancelled](event)
+    payload = route.enc[OrderCancelled](event)
     state.last_cmd_seq = seq  # the fold (evolve's _take_off) starts here
     book.remove(order.order_id)
     risk = market.risk[account]
     risk.open_orders -= 1
     risk.open_exposure -= market.exposure(order.side, order.price, order.qty)
     state.event_count += 1
-    return [event], [(subjects.cancelled, payload)]
+    return [event], [(route.cancelled, payload)]
