@@ -103,6 +103,10 @@ def test_the_fused_path_gives_the_general_paths_bytes_and_state(seed: int, monke
             general.handle(seq, 1000 + seq, subject, data)
             assert general.payloads == got[seq - 1][1], (seq, subject)
     assert state_hash(fused.state) == state_hash(general.state) == state_hash(shadow.state)
+    for engine in (fused, general, shadow):  # each side's kept first key is its first key
+        for market in engine.state.markets.values():
+            for book in market.books.values():
+                assert (book.bid_top, book.ask_top) == (next(iter(book.bids), None), next(iter(book.asks), None))
     kinds = {e.type for events, _ in got for e in events}
     assert {"fill", "order_cancelled", "rejected", "checkpoint"} <= kinds
 
