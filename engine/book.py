@@ -51,11 +51,17 @@ def key(side: str, price: int) -> int:
 
 
 class Book:
-    __slots__ = ("asks", "bids", "last_price", "orders")
+    """`bid_top` and `ask_top` are the first keys of `bids` and `asks` (None: the side is empty), kept by every
+    change of levels (`add`, `remove`, and engine/fast.py's inline copies of them): the question most orders ask
+    is only whether they cross, and a SortedDict's first key costs an iterator or two calls."""
+
+    __slots__ = ("ask_top", "asks", "bid_top", "bids", "last_price", "orders")
 
     def __init__(self) -> None:
         self.bids: SortedDict = SortedDict()  # -price -> {order_id: Order}   (buy / lay)
         self.asks: SortedDict = SortedDict()  # price -> {order_id: Order}    (sell / back)
+        self.bid_top: int | None = None
+        self.ask_top: int | None = None
         self.orders: dict[int, Order] = {}  # every open order of this book
         self.last_price: int | None = None  # of the newest fill, for dynamic price bands
 
@@ -65,11 +71,18 @@ class Book:
     def add(self, order: Order) -> None:
         if order.side in BUYING:
             levels, k = self.bids, -order.price
+            level = levels.get(k)
+            if level is None:
+                level = levels[k] = {}
+                if self.bid_top is None or k < self.bid_top:
+                    self.bid_top = k
         else:
             levels, k = self.asks, order.price
-        level = levels.get(k)
-        if level is None:
-            level = levels[k] = {}
+            level = levels.get(k)
+            if level is None:
+                level = levels[k] = {}
+                if self.ask_top is None or k < self.ask_top:
+                    self.ask_top = k
         level[order.order_id] = order
         self.orders[order.order_id] = order
 
@@ -84,24 +97,37 @@ class Book:
     def remove(self, order_id: int) -> Order:
         order = self.orders.pop(order_id)
         if order.side in BUYING:
-            levels, k = self.bids, -order.price
+            level = self.bids[-order.price]
+            del level[order_id]
+            if not level:
+                self.drop_level(True, -order.price)
         else:
-            levels, k = self.asks, order.price
-        level = levels[k]
-        del level[order_id]
-        if not level:
-            del levels[k]
+            level = self.asks[order.price]
+            del level[order_id]
+            if not level:
+                self.drop_level(False, order.price)
         return order
+
+    def drop_level(self, bid: bool, k: int) -> None:
+        """An emptied level leaves its side (and the side's top, if it was that)."""
+        levels = self.bids if bid else self.asks
+        del levels[k]
+        if bid:
+            if k == self.bid_top:
+                self.bid_top = next(iter(levels), None)
+        elif k == self.ask_top:
+            self.ask_top = next(iter(levels), None)
 
     def best(self, side: str) -> int | None:
         """Best resting price on one side."""
-        levels = self.levels(side)
-        return abs(levels.peekitem(0)[0]) if levels else None
+        top = self.bid_top if side in BUYING else self.ask_top
+        return None if top is None else abs(top)
 
     def crosses(self, side: str, price: int) -> bool:
         """Would an incoming order at this price take anything resting (any account)?"""
-        levels = self.levels(OPPOSITE[side])
-        return bool(levels) and levels.peekitem(0)[0] <= key(OPPOSITE[side], price)
+        if side in BUYING:
+            return self.ask_top is not None and self.ask_top <= price
+        return self.bid_top is not None and self.bid_top <= -price
 
     def match(
         self, side: str, price: int | None, qty: int, account: str, stp: str, max_events: int
@@ -122,6 +148,9 @@ class Book:
         else:
             opposite, limit = self.bids, None if price is None else -price
         plan: list[tuple[Order, int]] = []
+        top = self.ask_top if side in BUYING else self.bid_top
+        if top is None or (limit is not None and top > limit):
+            return plan, False, 0, False
         remaining = qty
         overflow = False
         for k in opposite:

@@ -2,10 +2,12 @@
 
 The core is in parts: engine/state.py (the state, its snapshot and hash),
 engine/decide.py (the rules: one decider per command type), engine/evolve.py
-(one applier per event type) and engine/book.py (the matching loop). This
-module joins them into the one entry point every caller uses, and keeps the
-engine's own guarantees: any input becomes events or one deterministic reject,
-nothing is half-applied, and checkpoints state the hash on the log.
+(one applier per event type) and engine/book.py (the matching loop);
+engine/fast.py decides and folds the everyday place/cancel in one pass, to the
+same events and state (it declines anything else). This module joins them
+into the one entry point every caller uses, and keeps the engine's own
+guarantees: any input becomes events or one deterministic reject, nothing is
+half-applied, and checkpoints state the hash on the log.
 
 No I/O, no clock, no randomness, no floats. Time is the command's JetStream
 timestamp, handed in by the shell.
@@ -15,7 +17,18 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from commands.model import CancelOrders, Invalid, Parsed, PlaceOrders, ReplaceOrders, parse
+from commands.model import (
+    CancelOrders,
+    Invalid,
+    Parsed,
+    PlaceOrders,
+    ReplaceOrders,
+    _Cancel,
+    _decode_fast,
+    _Place,
+    _split_subject,
+    parse,
+)
 from engine.decide import (
     CHUNK,
     DECIDERS,
@@ -29,6 +42,7 @@ from engine.decide import (
     decide_in_place,
 )
 from engine.evolve import apply_uncounted, count_logged, evolve, fold
+from engine.fast import Route, cancel, place
 from engine.state import Market, Risk, State, restore, snapshot, state_hash
 from events.model import ENGINE_MARKET, Checkpoint, Event, Rejected, make_encoders
 from protocol.shards import check_shards, partition, wal_prefix
@@ -89,6 +103,7 @@ def _unparsed(subject: Any, err: Exception) -> Invalid:
 
 
 _BATCHES: Final = (PlaceOrders, CancelOrders, ReplaceOrders)
+_ROUTES_MAX: Final = 65_536  # the cache of subjects the fused path takes is emptied at this size
 _MINE_MAX: Final = 4096  # the cache of this shard's market tokens is emptied at this size (any valid id gets in)
 
 
@@ -168,6 +183,9 @@ class Engine:
         # shell publishes these bytes rather than encoding the events again.
         self.payloads: list[tuple[str, bytes]] = []
         self._encoders = make_encoders()
+        # subject -> its Route for the fused place/cancel path (engine.fast), or None: a subject that path
+        # never takes (control, _all, malformed, another shard's).
+        self._routes: dict[str, Route | None] = {}
 
     def handle(self, cmd_seq: int, ts: int, subject: str, data: bytes) -> list[Event]:
         """The events of one JB_CMD message, folded into the state. Total for any subject and bytes.
@@ -179,9 +197,39 @@ class Engine:
         reject is as deterministic as any other. `cmd_seq` and `ts` come from
         JetStream (unsigned 64-bit, well inside int64 for centuries).
         """
-        if cmd_seq <= self.state.last_cmd_seq:
+        state = self.state
+        if cmd_seq <= state.last_cmd_seq:
             self.payloads = []
             return []  # its events are already in the log: a redelivery, not a new command
+        try:
+            route = self._routes[subject]
+        except KeyError:
+            route = self._route(subject)
+        except TypeError:  # not even a str: the general path makes it a reject
+            route = None
+        if route is not None:
+            # The everyday place/cancel decided and folded in one pass (engine.fast). Nothing is changed
+            # when it declines (None), or when it raises before it starts folding (it sets last_cmd_seq
+            # first thing there): the command then takes the general path below, which names any reason
+            # or makes a bug an internal_error. An exception after that is HalfApplied, as in `_fold`.
+            before = state.event_count
+            try:
+                body = _decode_fast(data)
+                if type(body) is _Place:
+                    done = place(state, cmd_seq, ts, body, route)
+                else:
+                    assert type(body) is _Cancel
+                    done = cancel(state, cmd_seq, ts, body, route)
+            except Exception as err:
+                if state.last_cmd_seq == cmd_seq:
+                    raise HalfApplied(f"command {cmd_seq}: folding its events raised {type(err).__name__}") from err
+                done = None
+            if done is not None:
+                events, payloads = done
+                if state.event_count // self.checkpoint_every > before // self.checkpoint_every:
+                    return self._checkpoint(cmd_seq, ts, before, events, payloads)
+                self.payloads = payloads
+                return events
         try:
             parsed = parse(subject, data)
         except Exception as err:  # parse is total by design; this guards a bug in it
@@ -215,6 +263,23 @@ class Engine:
         before = self.state.event_count
         self._fold(cmd_seq, events)
         return self._checkpoint(cmd_seq, ts, before, events, payloads)
+
+    def _route(self, subject: str) -> Route | None:
+        """The fused path's view of a subject (see `_routes`), remembered."""
+        route: Route | None = None
+        try:
+            where = _split_subject(subject)
+        except Exception:  # a subject that is not even a str: the general path makes it a reject
+            return None
+        if type(where) is tuple and where[0] == "cmd" and where[1] != ALL_MARKETS:
+            market, account = where[1], where[2]
+            assert market is not None and account is not None
+            if self.shards == 1 or partition(market, self.shards) == self.shard:
+                route = Route(self.wal_prefix, market, account, self._encoders)
+        if len(self._routes) >= _ROUTES_MAX:
+            self._routes.clear()
+        self._routes[subject] = route
+        return route
 
     def _subject(self, market_id: str, kind: str) -> str:
         return f"{self.wal_prefix}.{market_id}.{kind}"

@@ -249,6 +249,8 @@ class ExchangeMachine(RuleBasedStateMachine):
             risk: dict[str, list[int]] = {}
             for runner, book in m.books.items():
                 bids, asks = book.depth(bid, 1), book.depth(ask, 1)
+                # the kept first keys (engine/fast.py and Book.best / crosses / match read them) are the sides' own
+                assert book.bid_top == next(iter(book.bids), None) and book.ask_top == next(iter(book.asks), None)
                 if bids and asks:
                     assert bids[0][0] < asks[0][0], f"crossed book {market_id}/{runner}: {bids} {asks}"
                 for oid, o in book.orders.items():

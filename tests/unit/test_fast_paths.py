@@ -107,3 +107,25 @@ def test_the_msgspec_encoder_keeps_the_optional_groups(event: Any) -> None:
 
 def test_every_event_class_has_an_encoder() -> None:
     assert set(make_encoders()) == set(EVENT_TYPES.values())
+
+
+_opt_text = st.one_of(st.none(), st.text(max_size=300))
+_opt_int = st.one_of(st.none(), st.integers(min_value=-(2**63), max_value=2**64 - 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.tuples(st.text(max_size=300), st.text(max_size=70_000), _opt_text, _opt_text, _opt_text),
+    ints=st.tuples(st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0, max_value=2**64 - 1)),
+    order_id=_opt_int,
+)
+def test_a_single_commands_reject_packs_as_encode_packs_it(
+    text: tuple[str, str, str | None, str | None, str | None], ints: tuple[int, int], order_id: int | None
+) -> None:
+    """Every width of str and int (fixstr to str32, nil, positive and negative ints of each size)."""
+    market_id, detail, account_id, command_type, client_order_id = text
+    event = Rejected(
+        market_id=market_id, cmd_seq=ints[0], ts=ints[1], reason="invalid_field", detail=detail,
+        account_id=account_id, command_type=command_type, client_order_id=client_order_id, order_id=order_id,
+    )  # fmt: skip
+    assert make_encoders()[Rejected](event) == encode(event)
