@@ -96,7 +96,7 @@ def _on_accepted(state: State, e: Event) -> None:
         assert e.price is not None
         order = Order(
             e.order_id, e.account_id, e.client_order_id, e.side, e.price, e.resting_qty, e.runner, e.tif, e.stp,
-            e.persistence, e.cmd_seq,
+            e.persistence, e.cmd_seq if market.book_type == "two_runner" else 0,
         )  # fmt: skip
         market.books[e.runner].add(order)
         risk = market.risk.get(e.account_id)
@@ -136,7 +136,8 @@ def _on_amended(state: State, e: Event) -> None:
     risk.open_orders -= 1
     order.price = e.price
     order.qty = e.resting_qty
-    order.arrival = e.cmd_seq
+    if market.book_type == "two_runner":  # only there does arrival order two books' equal prices
+        order.arrival = e.cmd_seq
     if e.resting_qty > 0:
         book.add(order)
         risk.open_orders += 1

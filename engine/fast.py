@@ -203,7 +203,7 @@ def place(state: State, seq: int, ts: int, cmd: _Place, route: Route) -> Encoded
     state.last_cmd_seq = seq
     if resting:
         assert price is not None
-        order = Order(order_id, account, coid, side, price, resting, None, tif, "cancel_resting", "lapse", seq)
+        order = Order(order_id, account, coid, side, price, resting, None, tif, "cancel_resting", "lapse")  # arrival: 0
         if buying:
             level = book.bids.get(-price)
             if level is None:
