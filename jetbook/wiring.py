@@ -176,7 +176,9 @@ async def _cancel_when_cut_off(task: asyncio.Future[Any]) -> None:
     said = False
     while not task.done():
         open_ = [nc for nc in list(REFUSALS) if not nc.is_closed]
-        if (open_ or CONNECTING[0]) and not any(nc.is_connected and not nc.is_draining for nc in open_):
+        # A draining client counts as up (nats-py says so too): it is finishing with a live server, and
+        # close_quietly bounds the drain should the server go meanwhile.
+        if (open_ or CONNECTING[0]) and not any(nc.is_connected for nc in open_):
             if not said:
                 logging.getLogger("jetbook").warning("stopping: no connection to the server; not waiting for it")
                 said = True

@@ -56,6 +56,13 @@ class Lines:
                 return m
         pytest.fail(f"no line matching {pattern!r} within {deadline_s}s; got:\n{''.join(self.seen)}")
 
+    def rest(self, deadline_s: float = 30) -> str:
+        """Every line not read yet, to the end of the output (the child has exited or is exiting)."""
+        out: list[str] = []
+        while (line := self.queue.get(timeout=deadline_s)) is not None:
+            out.append(line)
+        return "".join(out)
+
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[str, Path, Lines]]:
@@ -79,8 +86,8 @@ def stack(tmp_path: Path) -> Iterator[tuple[str, Path, Lines]]:
 
 
 def test_up_demo_submit_fills_book_then_ctrl_c(stack: tuple[str, Path, Lines]) -> None:
-    url, data, lines = stack
-    up = lines.proc
+    url, data, output = stack
+    up = output.proc
     demo = run("demo", "--nats-url", url)
     assert demo.returncode == 0, demo.stderr
     assert "1 fill:" in demo.stdout
@@ -109,6 +116,9 @@ def test_up_demo_submit_fills_book_then_ctrl_c(stack: tuple[str, Path, Lines]) -
 
     up.send_signal(signal.SIGINT)
     assert up.wait(30) == 0
+    said = output.rest()
+    # With the server still up, every role finishes its batch and drains: nothing is cut short.
+    assert "Traceback" not in said and "not waiting for it" not in said and "without finishing" not in said, said
     assert not accepts_connections(url)
     leftovers = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True).stdout.split()
     assert leftovers == []
