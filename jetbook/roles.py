@@ -12,6 +12,7 @@ from typing import Any
 from nats.js.errors import NotFoundError
 
 from engine.core import CHECKPOINT_EVERY
+from engine.exchange import APP as EXCHANGE
 from engine.exchange import shard_app
 from engine.lease import DEFAULT_TTL_S, Lease, lease_bucket
 from engine.metrics import register_engine, serve_metrics
@@ -204,7 +205,7 @@ async def project_role(
     if found is None:
         await close_quietly(nc)
         return
-    runner = ProjectionRunner(js, db, from_seq=from_seq, shards=found)
+    runner = ProjectionRunner(EXCHANGE, js, db, from_seq=from_seq, shards=found)
 
     async def tail() -> int:
         return sum([await last_seq(js, s) for s in runner.streams])

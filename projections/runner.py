@@ -13,8 +13,10 @@ old file, which nobody reads any more (SQLite refuses the write: the file
 moved), and is read again for the new one.
 
 The runner keeps any projection in the machinery's shape
-(framework.app.SqliteProjection) of any application's event stream: the
-exchange's read model by default, or `projection` of `app`.
+(framework.app.SqliteProjection) of any application's event stream: `app`'s
+first projection (the exchange's: the read model), or `projection`. The
+application is the caller's to give (engine.exchange.APP for the exchange):
+it is composed above this layer.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.exchange import APP as EXCHANGE
-from engine.exchange import shard_app
 from events.logged import LogCheck, decode_logged
 from events.stream_readers import ResumableReader
 from framework.app import App, SqliteProjection
@@ -36,6 +36,7 @@ from projections import queries
 from projections.live import Live, open_live
 from projections.metrics import ProjectionMetrics
 from protocol.errors import CorruptLog
+from protocol.shards import evt_stream_name
 from protocol.subjects import EVT_STREAM
 
 log = logging.getLogger("jetbook.projection")
@@ -81,20 +82,20 @@ def shard_streams(app: App, shards: int) -> list[str]:
     """The event streams a reader of `app` follows: its own, or every shard's for the sharded exchange."""
     if shards == 1:
         return [app.streams.evt]
-    if app is not EXCHANGE:
+    if app.streams.evt != EVT_STREAM:  # only the exchange is sharded (engine.exchange.shard_app)
         raise ValueError(f"application {app.name} has no shards")
-    return [shard_app(k, shards).streams.evt for k in range(shards)]
+    return [evt_stream_name(k, shards) for k in range(shards)]
 
 
 class ProjectionRunner:
     def __init__(
         self,
+        app: App,
         js: Any,
         db_path: Path | str,
         *,
         from_seq: int | None = None,
         batch: int = 5000,
-        app: App = EXCHANGE,
         projection: SqliteProjection | None = None,
         metrics: ProjectionMetrics | None = None,
         shards: int = 1,

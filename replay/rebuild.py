@@ -302,7 +302,7 @@ async def rebuild_shards(js: Any, target: Path | str, shards: int, *, swap: bool
         started = time.perf_counter()
         ends = {s: await stream_last_seq(js, s) for s in streams}
         try:
-            runner = ProjectionRunner(js, generation, shards=shards, batch=CHUNK)
+            runner = ProjectionRunner(EXCHANGE, js, generation, shards=shards, batch=CHUNK)
             await runner.run(asyncio.Event(), until=ends)
             con = sqlite3.connect(generation)
             con.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -63,7 +63,7 @@ async def project_role(url: str, db: Path, stop: asyncio.Event) -> None:
     nc = await connect(url, "ledger-projection", role="projection")
     try:
         if await wait_for_stream(nc.jetstream(), APP.streams.evt, stop):
-            await ProjectionRunner(nc.jetstream(), db, app=APP).run(stop)
+            await ProjectionRunner(APP, nc.jetstream(), db).run(stop)
     finally:
         stop.set()
         await close_quietly(nc)

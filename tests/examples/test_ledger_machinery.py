@@ -121,7 +121,7 @@ async def test_commands_in_events_out_and_balances_in_the_projection(nc: Any, le
         await js.stream_info("JB_EVT")
 
     db = tmp_path / "ledger.db"
-    runner = ProjectionRunner(js, db, app=APP)
+    runner = ProjectionRunner(APP, js, db)
     assert await runner.run(asyncio.Event(), until_seq=len(logged)) == len(logged)
     con = sqlite3.connect(db)
     try:
@@ -140,7 +140,7 @@ async def test_verify_is_identical_and_a_rebuild_equals_the_live_file(
         Transfer(f"a{i % 5}", f"t{i}", f"a{(i + 1) % 5}", 1 + i % 4) for i in range(40)
     ]
     live = tmp_path / "live.db"
-    async with running(EngineService(nc, app=APP, checkpoint_every=10)), running(ProjectionRunner(js, live, app=APP)):
+    async with running(EngineService(nc, app=APP, checkpoint_every=10)), running(ProjectionRunner(APP, js, live)):
         last = await send(js, Deposit("a0", 3), *commands)
         await decided(js, last)
         tail = await last_seq(js, EVT)

@@ -14,6 +14,7 @@ from typing import Any
 import nats.errors
 
 from engine.core import CHECKPOINT_EVERY, Engine, state_hash
+from engine.exchange import APP as EXCHANGE
 from engine.service import EngineService
 from events.model import encode
 from events.stream_readers import RawMsg, StreamReader, last_seq, read_to_end
@@ -36,7 +37,7 @@ async def running_engine(nc: Any, **options: Any) -> AsyncIterator[EngineService
 
 @contextlib.asynccontextmanager
 async def running_projection(js: Any, db: Path) -> AsyncIterator[ProjectionRunner]:
-    runner = ProjectionRunner(js, db)
+    runner = ProjectionRunner(EXCHANGE, js, db)
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
     try:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from engine.exchange import APP as EXCHANGE
 from engine.service import EngineService
 from events.model import Event, Fill, OrdersAccepted, Rejected, decode, encode
 from events.stream_readers import last_seq
@@ -83,7 +84,7 @@ async def _every_reader_names(nc: Any, js: Any, forged: int, tmp_path: Path, *, 
     assert running.value.seq == forged
     if projection:
         with pytest.raises(CorruptLog) as projecting:
-            await asyncio.wait_for(ProjectionRunner(js, tmp_path / "rm.db").run(asyncio.Event()), 20)
+            await asyncio.wait_for(ProjectionRunner(EXCHANGE, js, tmp_path / "rm.db").run(asyncio.Event()), 20)
         assert projecting.value.seq == forged, projecting.value
         with pytest.raises(RebuildError, match=f"CorruptLog {forged}"):
             await rebuild(js, tmp_path / "rebuilt.db")

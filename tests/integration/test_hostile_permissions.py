@@ -20,6 +20,7 @@ from typing import Any
 import nats
 import pytest
 
+from engine.exchange import APP as EXCHANGE
 from engine.lease import Lease
 from engine.service import EngineService
 from events.stream_readers import last_seq
@@ -240,7 +241,9 @@ async def test_the_fanout_and_the_query_service_start_restart_and_fail_over_unde
                 # The roles wait for the venue's streams (jetbook.roles.wait_for_venue) before they read;
                 # run bare, the projection would stop at once with NotFoundError on a stream not made yet.
                 await wait_until(streams_made, what="the engine to create JB_CMD and JB_EVT")
-                projection = asyncio.create_task(ProjectionRunner(users["projection"].jetstream(), db).run(proj_stop))
+                projection = asyncio.create_task(
+                    ProjectionRunner(EXCHANGE, users["projection"].jetstream(), db).run(proj_stop)
+                )
                 fan_stop, fan_task = await run_fanout(users["fanout"])
                 await q1.start()
                 await q2.start()

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from engine.exchange import APP as EXCHANGE
 from events.stream_readers import last_seq
 from jetbook.server import EmbeddedServer
 from projections.runner import ProjectionRunner
@@ -23,7 +24,7 @@ from tests.integration.harness import publish_all, running_engine, wait_for_comm
 
 
 async def rebuild(js: Any, db: Path, until: int) -> None:
-    await ProjectionRunner(js, db, from_seq=0).run(asyncio.Event(), until_seq=until)
+    await ProjectionRunner(EXCHANGE, js, db, from_seq=0).run(asyncio.Event(), until_seq=until)
 
 
 def _project_proc(url: str, db: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -81,7 +82,7 @@ async def test_cli_rebuild_from_zero_matches_the_live_model(
     async with running_engine(nc):
         await wait_for_command(js, last_cmd)
         end = await last_seq(js, EVT_STREAM)
-        live = ProjectionRunner(js, live_db)
+        live = ProjectionRunner(EXCHANGE, js, live_db)
         await live.run(asyncio.Event(), until_seq=end)
     rebuilt = tmp_path / "rebuilt.db"
     proc = _project_proc(nats_server.url, rebuilt, "--from-seq", "0")
@@ -106,4 +107,4 @@ async def test_from_seq_past_the_position_is_refused(js: Any, tmp_path: Path) ->
     await model.apply(list(enumerate(Session(market=None).create("X"), 1)))
     await model.close()
     with pytest.raises(ValueError, match="gap"):
-        await ProjectionRunner(js, db, from_seq=10).run(asyncio.Event(), until_seq=1)
+        await ProjectionRunner(EXCHANGE, js, db, from_seq=10).run(asyncio.Event(), until_seq=1)

@@ -17,6 +17,7 @@ import msgpack
 import nats
 import pytest
 
+from engine.exchange import APP as EXCHANGE
 from events.model import Fill, decode
 from events.stream_readers import last_seq
 from projections.query_service import MAX_REQUEST_BYTES, QUERIES
@@ -285,7 +286,7 @@ async def test_a_rebuilt_file_swapped_in_is_read(nats_server: Any, nc: Any, js: 
         await wait_for_command(js, last_cmd)
     first = await last_seq(js, EVT_STREAM)
     gen1, gen2, path = tmp_path / "gen1.db", tmp_path / "gen2.db", tmp_path / "rm.db"
-    await ProjectionRunner(js, gen1).run(asyncio.Event(), until_seq=first)
+    await ProjectionRunner(EXCHANGE, js, gen1).run(asyncio.Event(), until_seq=first)
     os.symlink(gen1, path)
     async with query_service(nats_server.url, path) as service:
         assert [m["market_id"] for m in (await ask(nc, "markets"))["result"]] == ["A"]
@@ -293,7 +294,7 @@ async def test_a_rebuilt_file_swapped_in_is_read(nats_server: Any, nc: Any, js: 
         async with running_engine(nc):
             await wait_for_command(js, last_cmd)
         end = await last_seq(js, EVT_STREAM)
-        await ProjectionRunner(js, gen2).run(asyncio.Event(), until_seq=end)
+        await ProjectionRunner(EXCHANGE, js, gen2).run(asyncio.Event(), until_seq=end)
         tmp = tmp_path / "rm.db.new"
         os.symlink(gen2, tmp)
         os.replace(tmp, path)

@@ -9,6 +9,7 @@ from typing import Any
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from engine.exchange import APP as EXCHANGE
 from events.stream_readers import StreamReader, last_seq
 from jetbook.roles import project_role
 from projections.runner import ProjectionRunner
@@ -103,5 +104,5 @@ async def test_a_projection_started_before_the_streams_exist_waits_for_them(nc: 
     stop.set()
     await projection
     rebuilt = tmp_path / "rebuilt.db"
-    await ProjectionRunner(js, rebuilt, from_seq=0).run(asyncio.Event(), until_seq=end)
+    await ProjectionRunner(EXCHANGE, js, rebuilt, from_seq=0).run(asyncio.Event(), until_seq=end)
     assert db_content_hash(db) == db_content_hash(rebuilt)

@@ -18,6 +18,7 @@ import pytest
 
 from commands.client import CommandClient
 from engine.core import Engine
+from engine.exchange import APP as EXCHANGE
 from events.model import Checkpoint, Event, decode, encode
 from events.stream_readers import last_seq
 from jetbook.server import EmbeddedServer
@@ -66,7 +67,7 @@ async def test_rebuild_from_zero_equals_the_live_model_and_from_to_is_exactly_th
 ) -> None:
     end = await generated_log(nc, js, 1500, seed=21)
     live = tmp_path / "live.db"
-    await ProjectionRunner(js, live).run(asyncio.Event(), until_seq=end)
+    await ProjectionRunner(EXCHANGE, js, live).run(asyncio.Event(), until_seq=end)
     assert position(live) == end
 
     result = await rebuild(js, tmp_path / "rb" / "rm.db", chunk=700)  # chunks that do not divide the log
@@ -257,7 +258,7 @@ async def test_at_answers_as_the_live_model_at_the_tail_and_as_it_was_before(
         await wait_for_command(js, last)
     end = await last_seq(js, EVT_STREAM)
     live = tmp_path / "live.db"
-    await ProjectionRunner(js, live).run(asyncio.Event(), until_seq=end)
+    await ProjectionRunner(EXCHANGE, js, live).run(asyncio.Event(), until_seq=end)
 
     now = await state_at(js, end)
     assert now == query(sqlite3.connect(live), end)  # the same answers as the live model's file

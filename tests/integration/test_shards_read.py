@@ -22,6 +22,7 @@ import nats
 import pytest
 
 from engine.core import Engine
+from engine.exchange import APP as EXCHANGE
 from engine.exchange import shard_app
 from events.model import decode, encode
 from events.stream_readers import last_seq
@@ -145,7 +146,7 @@ async def test_the_projection_folds_every_shard_into_the_rows_of_one(venue: Embe
     try:
         ends = await trade(nc, commands)
         db = tmp_path / "sharded.db"
-        runner = ProjectionRunner(nc.jetstream(), db, shards=SHARDS, batch=97)
+        runner = ProjectionRunner(EXCHANGE, nc.jetstream(), db, shards=SHARDS, batch=97)
         await runner.run(asyncio.Event(), until=ends)
         rebuilt = await rebuild_shards(nc.jetstream(), tmp_path / "rebuilt.db", SHARDS)  # `replay rebuild`
     finally:
@@ -205,7 +206,7 @@ async def test_kill_9_of_the_projection_loses_and_duplicates_nothing_per_shard(
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(15) == 0
         fresh = tmp_path / "fresh.db"
-        await ProjectionRunner(nc.jetstream(), fresh, shards=SHARDS).run(asyncio.Event(), until=ends)
+        await ProjectionRunner(EXCHANGE, nc.jetstream(), fresh, shards=SHARDS).run(asyncio.Event(), until=ends)
     finally:
         await nc.close()
     assert db_content_hash(db) == db_content_hash(fresh)
@@ -258,7 +259,7 @@ async def test_strong_reads_see_every_shard(venue: EmbeddedServer, tmp_path: Pat
     try:
         await trade(nc, workload(200, seed=9, markets=MARKETS))
         async with engines(nc):
-            projection = asyncio.create_task(ProjectionRunner(js, db, shards=SHARDS, batch=7).run(stop))
+            projection = asyncio.create_task(ProjectionRunner(EXCHANGE, js, db, shards=SHARDS, batch=7).run(stop))
             await service.start()
             m1, m2 = (next(m for m in MARKETS if partition(m, SHARDS) == k) for k in range(SHARDS))
             for m in (m1, m2):  # a market of each shard, created and traded just before the strong reads
@@ -351,7 +352,7 @@ async def test_the_gateway_answers_commands_of_every_shard_and_is_ready_on_both(
     try:
         await ensure_shard_streams(js, SHARDS)
         async with engines(nc, venue.url), running_gateway(venue.url) as base:
-            projection = asyncio.create_task(ProjectionRunner(js, db, shards=SHARDS).run(stop))
+            projection = asyncio.create_task(ProjectionRunner(EXCHANGE, js, db, shards=SHARDS).run(stop))
             await service.start()
             async with httpx.AsyncClient(base_url=base, timeout=30) as c:
                 m0, m1 = (next(m for m in MARKETS if partition(m, SHARDS) == k) for k in range(SHARDS))
@@ -397,7 +398,7 @@ async def test_replay_at_takes_a_position_per_shard(venue: EmbeddedServer, tmp_p
     try:
         ends = await trade(nc, commands)
         db = tmp_path / "rm.db"
-        await ProjectionRunner(nc.jetstream(), db, shards=SHARDS).run(asyncio.Event(), until=ends)
+        await ProjectionRunner(EXCHANGE, nc.jetstream(), db, shards=SHARDS).run(asyncio.Event(), until=ends)
         view = await state_at(nc.jetstream(), 0, None, ends)
         early = await state_at(nc.jetstream(), 0, None, {EVT[0]: ends[EVT[0]], EVT[1]: 0})
         from events.model import Fill
