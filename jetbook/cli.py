@@ -288,13 +288,19 @@ def book(
     except sqlite3.Error as err:
         typer.echo(f"error: no read model at {db} ({err}); is `jetbook up` or `jetbook project` running?", err=True)
         raise typer.Exit(2) from err
-    answer = queries.at(con, lambda c: queries.snapshot(c, market, depth, runner))
-    snap = answer.value
+    with queries.reading(con):  # the book and the positions it reflects, from one commit
+        streams = queries.stream_positions(con)
+        snap = queries.snapshot(con, market, depth, runner)
+    # One stream: its sequence; a sharded venue's file: the position of each shard stream it has folded from.
+    if set(streams) <= {"JB_EVT"}:
+        at = f"JB_EVT seq {streams.get('JB_EVT', 0)}"
+    else:
+        at = ", ".join(f"{stream} {seq}" for stream, seq in streams.items())
     if snap is None:
-        typer.echo(f"{market}: no such market at JB_EVT seq {answer.at_seq}")
+        typer.echo(f"{market}: no such market at {at}")
         raise typer.Exit(1)
     m = snap["market"]
-    typer.echo(f"{market} ({m['kind']}, {m['state']}, {m['phase']}) at JB_EVT seq {answer.at_seq}")
+    typer.echo(f"{market} ({m['kind']}, {m['state']}, {m['phase']}) at {at}")
     for ladder in snap["ladders"]:
         if ladder["runner"]:
             typer.echo(f" {ladder['runner']} ({ladder['label']})")

@@ -323,6 +323,14 @@ def test_up_with_two_shards_runs_the_demo_and_refuses_another_count_on_its_data_
         demo = run("demo", "--nats-url", url)
         assert demo.returncode == 0, demo.stderr
         assert "1 fill:" in demo.stdout and "bids  5 @ 300500, 8 @ 299000" in demo.stdout
+        deadline = time.monotonic() + 20
+        while True:  # the projection catches up asynchronously
+            book = run("book", "-m", "ETH-USDC", "--db", str(data / "read_model.db"))
+            if "300500          5" in book.stdout or time.monotonic() > deadline:
+                break
+        # The header names the shard stream's position (ETH-USDC is shard 0's), not the one-stream name's.
+        assert re.search(r"at JB_EVT_0 [1-9]", book.stdout.splitlines()[0]), book.stdout
+        assert "buy        300500          5" in book.stdout, book.stdout
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
