@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,3 +54,12 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 
         if loop.time() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
         await asyncio.sleep(POLL_INTERVAL_S)
+
+
+def wait_until_sync(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+    """wait_until outside an event loop (a fixture starting a process, a check of `pgrep`)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(POLL_INTERVAL_S)

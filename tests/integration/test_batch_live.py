@@ -62,6 +62,42 @@ async def test_a_place_orders_of_50_is_one_atomic_batch_with_one_cmd_seq_then_ca
     await assert_log_is_exact(js)  # JB_CMD re-decided gives JB_EVT byte for byte
 
 
+async def test_a_hostile_compact_is_refused_and_the_venue_still_decides(nc: Any, js: Any) -> None:
+    """`compact` (v1.3) over NATS with every wrong shape, on every batch command and on place_order, and a forged
+    `orders_accepted` sent as a command: each is refused with a reason, nothing rests, the log re-decides to its
+    bytes, and a valid compact batch after them is decided."""
+    quotes = [_quote(1), _quote(2)]
+    hostile: list[tuple[str, Any, str]] = [
+        ("place_orders", 1, "invalid_field"), ("place_orders", "true", "invalid_field"),
+        ("place_orders", [], "invalid_field"), ("place_orders", {"a": 1}, "invalid_field"),
+        ("place_orders", 2**63, "invalid_field"), ("cancel_orders", 0, "invalid_field"),
+        ("replace_orders", True, "unknown_field"), ("place_order", True, "unknown_field"),
+    ]  # fmt: skip
+    bodies: dict[str, dict[str, Any]] = {
+        "place_orders": {"type": "place_orders", "instructions": quotes},
+        "cancel_orders": {"type": "cancel_orders", "instructions": [{"client_order_id": "q1"}]},
+        "replace_orders": {"type": "replace_orders", "instructions": [{"client_order_id": "q1", "qty": 1}]},
+        "place_order": {"type": "place_order", **_quote(1)},
+    }
+    forged = {"type": "orders_accepted", "account_id": "mm", "orders": [[1, "x", "buy", 99, 2, "gtc", None, "limit",
+                                                                         "cancel_resting", "lapse"]]}  # fmt: skip
+    commands = [_cmd("jb.ctl.M", {"type": "create_market", "market_id": "M", "base": "B", "quote": "Q"})]
+    commands += [_cmd("jb.cmd.M.mm", {**bodies[kind], "compact": value}) for kind, value, _ in hostile]
+    commands += [_cmd("jb.cmd.M.mm", forged), _cmd("jb.cmd.M.mm", {**bodies["place_orders"], "compact": True})]
+    last = await publish_all(js, commands)
+    async with running_engine(nc):
+        await wait_for_command(js, last)
+    events = [decode(m.data) for m in await read_all(js, EVT_STREAM)]
+    by_cmd = {seq: [e for e in events if e.cmd_seq == seq] for seq in range(2, last + 1)}
+    for seq, (kind, value, reason) in enumerate(hostile, 2):
+        got = by_cmd[seq]
+        assert len(got) == 1 and isinstance(got[0], Rejected) and got[0].reason == reason, (kind, value, got)
+    assert [(e.type, getattr(e, "reason", None)) for e in by_cmd[last - 1]] == [("rejected", "unknown_type")]
+    valid = by_cmd[last]
+    assert [e.type for e in valid] == ["orders_accepted"] and [r[1] for r in valid[0].orders] == ["q1", "q2"]
+    await assert_log_is_exact(js)
+
+
 async def test_the_cli_post_commands_and_ws_ctl_take_batches(
     nats_server: Any, nc: Any, js: Any, tmp_path: Path
 ) -> None:
@@ -127,6 +163,10 @@ async def test_the_cli_post_commands_and_ws_ctl_take_batches(
         pull = {"type": "cancel_orders", "correlation_id": "p", "market_id": "M", "account_id": "mm", "compact": True,
                 "instructions": [{"client_order_id": "q6"}, {"client_order_id": "q8"}]}  # fmt: skip
         async with connect(ws_url) as ctl:
+            await ctl.send(json.dumps({**pull, "correlation_id": "h", "compact": "yes"}))  # hostile: refused
+            while (reply := json.loads(await asyncio.wait_for(ctl.recv(), 15))).get("correlation_id") != "h":
+                pass
+            assert reply["type"] == "error" and reply["error"] == "invalid_field", reply
             await ctl.send(json.dumps(pull))
             while (reply := json.loads(await asyncio.wait_for(ctl.recv(), 15))).get("type") != "order_response":
                 pass

@@ -25,6 +25,7 @@ from tui.bots import Fleet
 PAIR = "BOTS-PAIR"
 ODDS = "BOTS-ODDS"
 TENNIS = "BOTS-TENNIS"  # two_runner: implied matching
+WARM_UP_S = 3.0  # the figures: the bots trade this long before the measuring window opens
 
 
 @pytest.fixture
@@ -260,11 +261,11 @@ def _measure(seconds: float) -> None:
                 cmd = [sys.executable, "-m", "jetbook.bots_cli", "--url", url, "--duration", str(seconds + 6),
                        "--high-throughput", "--mm", "2", "--noise", "3", "--informed", "1", "--seed", "1"]  # fmt: skip
                 bots = subprocess.Popen([*cmd, *(["--no-ack"] if no_ack else [])], stdout=subprocess.PIPE, text=True)
-                # The sleeps below are the measurement itself (a warm-up, then the window the rates are taken
-                # over), not a wait for something to happen.
-                time.sleep(3)  # the sleep is the event itself: the warm-up before the window
+                # The sleep is the event itself: the warm-up before the window, not a wait for an outcome.
+                time.sleep(WARM_UP_S)
                 t0, e0, g0 = time.monotonic(), httpx.get(engine).text, httpx.get(f"{url}/metrics").text
-                time.sleep(seconds)  # the sleep is the event itself: the window the rates are taken over
+                # The sleep is the event itself: the window the rates are taken over.
+                time.sleep(seconds)
                 t1, e1, g1 = time.monotonic(), httpx.get(engine).text, httpx.get(f"{url}/metrics").text
                 out, _ = bots.communicate(timeout=60)
                 total = next(line for line in out.splitlines() if line.startswith("total")).split()

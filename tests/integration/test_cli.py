@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from jetbook.server import EmbeddedServer, accepts_connections
-from tests.conftest import POLL_INTERVAL_S
+from tests.conftest import wait_until_sync
 
 JETBOOK = [sys.executable, "-m", "jetbook"]
 
@@ -300,10 +300,11 @@ def test_a_killed_supervisor_takes_its_children_with_it(stack: tuple[str, Path, 
     url, data, lines = stack
     lines.proc.kill()  # SIGKILL: no chance to stop anything itself
     lines.proc.wait()
-    deadline = time.monotonic() + 30
-    while subprocess.run(["pgrep", "-f", f"{data}|{url}"], capture_output=True, text=True).stdout.split():
-        assert time.monotonic() < deadline, "children of a SIGKILLed `jetbook up` are still running"
-        time.sleep(POLL_INTERVAL_S)
+
+    def children_gone() -> bool:
+        return not subprocess.run(["pgrep", "-f", f"{data}|{url}"], capture_output=True, text=True).stdout.split()
+
+    wait_until_sync(children_gone, 30, "the children of a SIGKILLed `jetbook up` to stop")
     assert not accepts_connections(url)
 
 

@@ -60,18 +60,21 @@ async def _publish(js: Any, commands: list[tuple[str, bytes]], rng: random.Rando
 
     async def one(i: int) -> None:
         subject, data = commands[i]
-        while True:
+
+        async def acknowledged() -> bool:  # unanswered while the server restarts: asked again
             try:
                 await js.publish(subject, data, headers={HDR_MSG_ID: f"fault-{i}"}, timeout=2)
-                return
             except _UNANSWERED:
-                await asyncio.sleep(0.05)  # the sleep is the event itself: a retry's back-off (the ack ends the loop)
+                return False
+            return True
+
+        await wait_until(acknowledged, 60, f"command {i} to be acknowledged")
 
     for start in range(0, len(commands), 50):
         await asyncio.gather(*(one(i) for i in range(start, min(start + 50, len(commands)))))
-        # Pacing, not synchronisation: spreading the windows out in time is what lets a fault
-        # land while commands are still arriving. Nothing waits on this pause.
-        await asyncio.sleep(rng.uniform(0, 0.01))  # the sleep is the event itself: the load's pace
+        # The sleep is the event itself: the load's pace. Spreading the windows out in time is what lets a
+        # fault land while commands are still arriving; nothing waits on this pause.
+        await asyncio.sleep(rng.uniform(0, 0.01))
     return await last_seq(js, CMD_STREAM)
 
 

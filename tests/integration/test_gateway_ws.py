@@ -422,6 +422,7 @@ async def test_the_trade_lane_drops_its_oldest_and_says_how_many() -> None:
 # CPU the stack's process used (one core = 100%).
 
 SECONDS = 10.0
+LOAD_EVERY_S = 0.02  # the measuring load's pace: one book change every 20 ms
 LATE_S = 0.4
 
 
@@ -472,7 +473,8 @@ async def _round(stack: Stack, n: int, out: Path) -> str:
             coid = f"{prefix}{i}"
             sent[coid] = time.time()
             await load.send(json.dumps(place(coid, "mm", "buy", 1000 + i % 50, 1, market="B")))
-            await asyncio.sleep(0.02)  # the sleep is the event itself: the load's pace, one change every 20 ms
+            # The sleep is the event itself: the load's pace, one change every LOAD_EVERY_S.
+            await asyncio.sleep(LOAD_EVERY_S)
     cpu = (time.process_time() - cpu) / (time.time() - start)
     await asyncio.wait_for(child.communicate(), 300)
     recorded = json.loads(out.read_text())
@@ -538,7 +540,8 @@ async def _viewers(ws_url: str, n: int, out: Path) -> None:
         frames.clear()
     print("ready", flush=True)
     cpu, start = time.process_time(), time.time()
-    await asyncio.sleep(SECONDS + 1.0)  # the sleep is the event itself: the measuring window (and the last interval)
+    # The sleep is the event itself: the measuring window (and the last interval).
+    await asyncio.sleep(SECONDS + 1.0)
     cpu = (time.process_time() - cpu) / (time.time() - start)
     stop.set()
     await asyncio.gather(*tasks)

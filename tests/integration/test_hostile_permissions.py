@@ -26,7 +26,7 @@ from engine.service import EngineService
 from events.stream_readers import last_seq
 from jetbook.server import accepts_connections, find_binary
 from protocol.subjects import CMD_STREAM, EVT_STREAM
-from tests.conftest import wait_until
+from tests.conftest import wait_until, wait_until_sync
 from tests.integration.harness import assert_log_is_exact, running_engine, wait_for_command, workload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,13 +83,12 @@ def _secured(tmp_path: Path, shards: int = 1) -> Iterator[str]:
     log = (tmp_path / "server.log").open("wb")
     proc = subprocess.Popen([find_binary(), "-c", str(conf)], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        import time
 
-        deadline = time.monotonic() + 15
-        while not accepts_connections(f"nats://127.0.0.1:{port}"):
+        def listening() -> bool:
             assert proc.poll() is None, (tmp_path / "server.log").read_text()
-            assert time.monotonic() < deadline, "nats-server did not start"
-            time.sleep(0.05)  # a poll interval: the loop waits for the port to answer, with its deadline above
+            return accepts_connections(f"nats://127.0.0.1:{port}")
+
+        wait_until_sync(listening, 15, "nats-server to listen")
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()
@@ -278,8 +277,17 @@ async def test_the_fanout_and_the_query_service_start_restart_and_fail_over_unde
                 assert answer["result"]["status"] == "filled", answer  # it crossed alice's order
                 assert answer["at_seq"] >= 1 and ack.seq >= 3
 
-                async def filed() -> bool:  # bob's acceptance and fill, alice's fill: at least three more
-                    return await acct_last(ojs) >= before + 3
+                # A compact batch (v1.3): alice's two quotes that rest are one orders_accepted, filed once.
+                ladder = [{"client_order_id": f"a{p}", "side": "sell", "price": p, "qty": 1} for p in (110, 111)]
+                quotes = {"type": "place_orders", "compact": True, "instructions": ladder}
+                await ojs.publish("jb.cmd.M.alice", msgpack.packb(quotes))
+                msg = await ops_nc.request("jb.qry.order", msgpack.packb({
+                    "market_id": "M", "account_id": "alice", "client_order_id": "a111", "consistency": "strong"}),
+                    timeout=10)  # fmt: skip
+                assert msgpack.unpackb(msg.data)["result"]["status"] == "open", msgpack.unpackb(msg.data)
+
+                async def filed() -> bool:  # bob's acceptance and fill, alice's fill, alice's quotes: four more
+                    return await acct_last(ojs) >= before + 4
 
                 await wait_until(filed, what="the restarted fan-out to file bob's order and the trade")
                 fan_stop.set()

@@ -33,6 +33,8 @@ from tests.conftest import wait_until
 from tests.integration.harness import projection_position as position
 from tests.integration.harness import publish_all, read_all, running_engine, wait_for_command, workload
 
+SAMPLE_EVERY_S = 0.01  # how often a reader opens the path while a rebuild swaps it
+
 
 def jetbook(url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "JETBOOK_NATS_URL": url}
@@ -117,9 +119,9 @@ async def test_the_swap_is_atomic_and_a_running_worker_reopens_the_new_file(
             async def read_all_along() -> None:
                 while reading:
                     seen.append(position(target))
-                    # The pause is the sampling interval, not a wait for anything: this task opens the
-                    # path over and over while the rebuild runs, and the assertion is on what it saw.
-                    await asyncio.sleep(0.01)  # the sleep is the event itself: the sampling interval
+                    # The sleep is the event itself: the sampling interval. This task opens the path over
+                    # and over while the rebuild runs, and the assertion is on what it saw; nothing waits on it.
+                    await asyncio.sleep(SAMPLE_EVERY_S)
 
             reader = asyncio.create_task(read_all_along())
             done = await asyncio.to_thread(jetbook, nats_server.url, "replay", "rebuild", "--db", str(target))
