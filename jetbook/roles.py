@@ -9,8 +9,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from nats.js.errors import NotFoundError
-
 from engine.core import CHECKPOINT_EVERY
 from engine.exchange import APP as EXCHANGE
 from engine.exchange import shard_app
@@ -22,10 +20,7 @@ from jetbook.wiring import close_quietly, connect
 from projections.fanout import FanOut
 from projections.metrics import register_projection
 from projections.runner import ProjectionRunner
-from protocol.errors import JetbookError
-from protocol.shards import evt_stream_name
-from protocol.streams import SHARDS_METADATA, ShardsMismatch
-from protocol.subjects import EVT_STREAM
+from protocol.streams import ShardsMismatch, venue_shards_from_events
 
 log = logging.getLogger("jetbook")
 
@@ -121,29 +116,11 @@ async def engine_role(
         await close_quietly(nc)
 
 
-async def evt_shards(js: Any) -> int | None:
-    """protocol.streams.venue_shards as a reader may ask it: from the event streams, which every reader may read
-    (JB_EVT: one shard; JB_EVT_0's metadata: its count; neither: no venue yet). None until the venue exists."""
-    try:
-        await js.stream_info(EVT_STREAM)
-        return 1
-    except NotFoundError:
-        pass
-    try:
-        info = await js.stream_info(evt_stream_name(0, 2))
-    except NotFoundError:
-        return None
-    value = (info.config.metadata or {}).get(SHARDS_METADATA, "")
-    if not value.isdigit():
-        raise JetbookError(f"stream {info.config.name} has no valid {SHARDS_METADATA} metadata ({value!r})")
-    return int(value)
-
-
 async def wait_for_venue(
     js: Any,
     stop: asyncio.Event,
     shards: int | None = None,
-    probe: Callable[[Any], Awaitable[int | None]] = evt_shards,
+    probe: Callable[[Any], Awaitable[int | None]] = venue_shards_from_events,
 ) -> int | None:
     """The venue's shard count once its streams exist (None if stopped first); ShardsMismatch when `shards`
     is given and the venue was made with another count. Readers follow whatever the engines created.

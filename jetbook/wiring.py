@@ -114,7 +114,8 @@ async def connect(
     if login is not None:
         access = Access(auth=login, tls=access.tls, inbox_prefix=f"_INBOX_{login['user']}")
     extra: dict[str, Any] = {"tls": access.tls} if access.tls is not None else {}
-    CONNECTING[0] += 1
+    global _connecting
+    _connecting += 1
     try:
         nc = await nats.connect(
             servers=servers,
@@ -131,13 +132,13 @@ async def connect(
             error_cb=on_error,
         )
     finally:
-        CONNECTING[0] -= 1
+        _connecting -= 1
     REFUSALS[nc] = refused
     return nc
 
 
 REFUSALS: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDictionary()  # also: every client made here
-CONNECTING = [0]  # connects in progress in this process (a role's first connect retries while no server answers)
+_connecting = 0  # connects in progress in this process (a role's first connect retries while no server answers)
 
 
 CLOSE_TIMEOUT_S = 2.0  # closing a connection whose server is gone: give up on its buffer after this
@@ -178,7 +179,7 @@ async def _cancel_when_cut_off(task: asyncio.Future[Any]) -> None:
         open_ = [nc for nc in list(REFUSALS) if not nc.is_closed]
         # A draining client counts as up (nats-py says so too): it is finishing with a live server, and
         # close_quietly bounds the drain should the server go meanwhile.
-        if (open_ or CONNECTING[0]) and not any(nc.is_connected for nc in open_):
+        if (open_ or _connecting) and not any(nc.is_connected for nc in open_):
             if not said:
                 logging.getLogger("jetbook").warning("stopping: no connection to the server; not waiting for it")
                 said = True

@@ -152,13 +152,22 @@ async def venue_shards(js: Any) -> int | None:
     1 if JB_CMD exists (a venue made before shards existed is a one-shard venue), else the count
     JB_CMD_0 carries in its metadata (every shard's streams carry it; shard 0 always exists).
     """
+    return await _shards_of(js, CMD_STREAM, cmd_stream_name(0, 2))
+
+
+async def venue_shards_from_events(js: Any) -> int | None:
+    """venue_shards as a reader may ask it: from the event streams (JB_EVT, JB_EVT_0), which every reader may read."""
+    return await _shards_of(js, EVT_STREAM, evt_stream_name(0, 2))
+
+
+async def _shards_of(js: Any, one_shard: str, shard_0: str) -> int | None:
     try:
-        await js.stream_info(CMD_STREAM)
+        await js.stream_info(one_shard)
         return 1
     except NotFoundError:
         pass
     try:
-        info = await js.stream_info(cmd_stream_name(0, 2))
+        info = await js.stream_info(shard_0)
     except NotFoundError:
         return None
     value = (info.config.metadata or {}).get(SHARDS_METADATA)
