@@ -89,6 +89,23 @@ async def _all_decided_and_projected(js: Any, publisher: asyncio.Task[int], db: 
     await wait_until(projected, 60, "the projection to reach the end")
 
 
+_ENGINE_AT_WORK = "active: deciding from command"  # engine.service, once per engine that takes the lease
+_PROJECTION_AT_WORK = "; reading "  # projections.runner: "projection <db> at <n>; reading <stream> from <n>"
+
+
+def _size(log: Path) -> int:
+    return log.stat().st_size if log.exists() else 0
+
+
+async def _started(log: Path, line: str, offset: int) -> None:
+    """The role's log (shared by its incarnations) holds `line` after `offset`, where the newest one began."""
+
+    async def logged() -> bool:
+        return line in log.read_bytes()[offset:].decode(errors="replace")
+
+    await wait_until(logged, 60, f"{line!r} in {log.name} after byte {offset}")
+
+
 async def _at_least(js: Any, seq: int) -> bool:
     try:
         return await last_seq(js, EVT_STREAM) >= seq
@@ -103,6 +120,7 @@ async def test_kill_9_engine_and_projection_at_random_points_under_load(
     url, db, engine_log = nats_server.url, tmp_path / "live.db", tmp_path / "engine.log"
     commands = workload(4000 * SCALE, seed=41)
     publisher = asyncio.create_task(_publish(js, commands, rng))
+    engine_from, projection_from = _size(engine_log), _size(db.with_suffix(".log"))  # where each one's log begins
     engine, projection = _engine(url, engine_log), _projection(url, db)
     kills = {"engine": 0, "projection": 0}
     try:
@@ -116,7 +134,7 @@ async def test_kill_9_engine_and_projection_at_random_points_under_load(
                 engine.send_signal(signal.SIGKILL)
                 engine.wait()
                 kills["engine"] += 1
-                engine = _engine(url, engine_log)
+                engine_from, engine = _size(engine_log), _engine(url, engine_log)
             else:
                 before = projection_position(db)
 
@@ -127,8 +145,13 @@ async def test_kill_9_engine_and_projection_at_random_points_under_load(
                 projection.send_signal(signal.SIGKILL)
                 projection.wait()
                 kills["projection"] += 1
-                projection = _projection(url, db)
+                projection_from, projection = _size(db.with_suffix(".log")), _projection(url, db)
         await _all_decided_and_projected(js, publisher, db)
+        # The status asserted below is a running role's clean stop. A role restarted just before the end may
+        # still be importing (it has no SIGTERM handler yet, so the signal's default would end it): wait until
+        # the newest incarnation of each has said it is at work.
+        await _started(engine_log, _ENGINE_AT_WORK, engine_from)
+        await _started(db.with_suffix(".log"), _PROJECTION_AT_WORK, projection_from)
     finally:
         publisher.cancel()
         engine_status, projection_status = stop_proc(engine), stop_proc(projection)

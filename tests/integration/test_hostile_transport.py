@@ -65,8 +65,11 @@ async def decided_after_hostile(nc: Any, js: Any, frames: list[tuple[bytes, byte
     await publish_all(js, MARKET)
     before = await last_seq(js, CMD_STREAM)
     await raw_publish(nc, frames)
-    stored = await last_seq(js, CMD_STREAM)
-    assert stored > before, "the server stored none of the hostile messages"
+
+    async def stored() -> bool:  # the PONG says the server read the frames; the stream stores them a moment later
+        return await last_seq(js, CMD_STREAM) > before
+
+    await wait_until(stored, 10, "the server to store the hostile messages")
     last = await publish_all(js, [("jb.cmd.M.alice", FINAL)])
     async with running_engine(nc) as engine:
         await wait_for_command(js, last)
