@@ -116,8 +116,7 @@ def _state_tree(state: State) -> list[Any]:
             books.append([runner, book.last_price, sides])
         clients = []
         for a in sorted(m.client_orders):
-            mine = m.client_orders[a]
-            clients += [(a, c, mine[c]) for c in sorted(mine)]
+            clients += [(a, c, oid) for c, oid in sorted(m.client_orders[a].items())]  # ids are unique: by id
         risk = [(a, *_RISK_ROW(r)) for a, r in sorted(m.risk.items())]
         if m.kind == "pair":
             positions = [[a, pos] for a, pos in sorted(m.positions.items())]

@@ -16,7 +16,10 @@ through `Engine.handle` (parse, decide, evolve, and the events' encoding, which
 the peer does not do). Cancels name the order by client_order_id, since
 jetbook numbers orders itself. The one market is created untimed, with no risk
 limits. The runs alternate (peer, jetbook, peer, jetbook, ...) so both see the
-same machine; the ratio is per pair. Not a test: nothing asserts a speed.
+same machine; the ratio is per pair. Each run also splits jetbook's time per
+command into what the peer does not spend (its checkpoints: the same run with
+none, subtracted; its encoding: the events packed again, timed apart) and the
+rest. Not a test: nothing asserts a speed.
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ from typing import Any
 import msgpack
 import msgspec
 
-from engine.core import Engine, state_hash
+from engine.core import CHECKPOINT_EVERY, Engine, state_hash
+from events.model import Event, make_encoders
 
 PEER = "matching-engine==0.1.1"
 MARKET = "PEER"
 _TS = 1_700_000_000_000_000_000
+_NEVER = 2**62  # a checkpoint interval no run reaches
 
 
 class PeerUnavailable(Exception):
@@ -115,9 +120,15 @@ def run_peer(blobs: list[bytes]) -> tuple[float, int]:
     return time.perf_counter() - t0, events
 
 
-def run_jetbook(items: list[tuple[str, bytes]], create: tuple[str, bytes]) -> tuple[float, int, str]:
-    """(seconds, events, state hash) of Engine.handle over the same commands, the market created untimed."""
-    engine = Engine()
+def run_jetbook(
+    items: list[tuple[str, bytes]], create: tuple[str, bytes], checkpoint_every: int = CHECKPOINT_EVERY
+) -> tuple[float, int, str]:
+    """(seconds, events, state hash) of Engine.handle over the same commands, the market created untimed.
+
+    With a checkpoint_every past the run's event count no checkpoint is hashed: the same decisions without
+    it, for the breakdown (a log written so would differ from the venue's in its checkpoints only).
+    """
+    engine = Engine(checkpoint_every=checkpoint_every)
     engine.handle(1, _TS, *create)
     handle = engine.handle
     events = 0
@@ -129,19 +140,45 @@ def run_jetbook(items: list[tuple[str, bytes]], create: tuple[str, bytes]) -> tu
     return elapsed, events, state_hash(engine.state)
 
 
+def jetbook_events(items: list[tuple[str, bytes]], create: tuple[str, bytes]) -> list[Event]:
+    """Every event Engine.handle gives for the commands (untimed)."""
+    engine = Engine()
+    out = engine.handle(1, _TS, *create)
+    for seq, (subject, data) in enumerate(items, 2):
+        out += engine.handle(seq, _TS + seq, subject, data)
+    return out
+
+
+def encode_seconds(events: list[Event]) -> float:
+    """What Engine.handle spends packing those events to their wire bytes, timed apart (the peer packs none)."""
+    enc = make_encoders()
+    gc.collect()
+    t0 = time.perf_counter()
+    for e in events:
+        enc[type(e)](e)
+    return time.perf_counter() - t0
+
+
 def compare(commands: int, runs: int, seed: int, workdir: Path | None = None) -> dict[str, Any]:
     """Fetch the peer, build both workloads, run them alternately; every figure, per run."""
     with tempfile.TemporaryDirectory(prefix="jetbook-peer-") as tmp:
         load_peer(workdir or Path(tmp))
         peer_blobs, ours, create = workloads(commands, seed)
+        pack_s = encode_seconds(jetbook_events(ours, create))  # once: a C loop, steady between runs
         rows: list[dict[str, Any]] = []
         for _ in range(runs):
             p_s, p_events = run_peer(peer_blobs)
             j_s, j_events, digest = run_jetbook(ours, create)
+            bare_s = run_jetbook(ours, create, checkpoint_every=_NEVER)[0]
+            us = 1e6 / commands
             rows.append({
                 "peer_cmds_per_s": round(commands / p_s), "peer_events": p_events,
                 "jetbook_cmds_per_s": round(commands / j_s), "jetbook_events": j_events,
                 "ratio": round(p_s / j_s, 3), "state_hash": digest,
+                # µs per command: the peer's, and jetbook's split into what the peer does not do and the rest
+                "peer_us": round(p_s * us, 2), "jetbook_us": round(j_s * us, 2),
+                "checkpoints_us": round((j_s - bare_s) * us, 2), "encoding_us": round(pack_s * us, 2),
+                "rest_us": round((bare_s - pack_s) * us, 2),
             })  # fmt: skip
     return {"peer": PEER, "commands": commands, "seed": seed, "runs": rows}
 
@@ -152,6 +189,12 @@ def print_comparison(doc: dict[str, Any]) -> None:
     for i, r in enumerate(doc["runs"], 1):
         print(f"{i:>4}{r['peer_cmds_per_s']:>14,}{r['peer_events']:>10,}{r['jetbook_cmds_per_s']:>17,}"
               f"{r['jetbook_events']:>10,}{r['ratio']:>13.2f}x")  # fmt: skip
+    print("µs per command: the peer's, and jetbook's split (checkpoints: the run without them, subtracted;")
+    print("encoding: its events packed again, timed apart; the rest: parse, decide, fold, with the accounting)")
+    print(f"{'run':>4}{'peer':>8}{'jetbook':>9}{'checkpoints':>13}{'encoding':>10}{'the rest':>10}{'rest/peer':>11}")
+    for i, r in enumerate(doc["runs"], 1):
+        print(f"{i:>4}{r['peer_us']:>8.2f}{r['jetbook_us']:>9.2f}{r['checkpoints_us']:>13.2f}{r['encoding_us']:>10.2f}"
+              f"{r['rest_us']:>10.2f}{r['rest_us'] / r['peer_us']:>10.2f}x")  # fmt: skip
     if len({r["state_hash"] for r in doc["runs"]}) > 1:
         print("problem: jetbook's state hash differs between runs")
 
