@@ -222,6 +222,10 @@ class EngineMetrics:
             return {"role": "starting"}
         lease = s.lease
         return {
+            # Which log this engine decides: with shards every shard's engines answer on the one status subject.
+            "app": s.app.name,
+            "cmd_stream": s.streams.cmd,
+            "evt_stream": s.streams.evt,
             "role": s.role,
             "lease_held": s.role == "active",
             "me": lease.holder if lease is not None else None,

@@ -100,6 +100,11 @@ class ProjectionMetrics:
             "events_folded": self.folded,
             "read_model": str(r.db_path) if r is not None else None,
             "reopened": r.reopened if r is not None else 0,
+            # With shards `position` is the sum over the shard streams: each one's committed position and tail.
+            "streams": {
+                stream: {"position": position, "tail": self._tails.get(stream)}
+                for stream, position in (r.positions.items() if r is not None else ())
+            },
         }
 
 

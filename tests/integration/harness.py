@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import nats.errors
+import pytest
 
 from engine.core import CHECKPOINT_EVERY, Engine, state_hash
 from engine.exchange import APP as EXCHANGE
@@ -19,6 +21,7 @@ from engine.service import EngineService
 from events.model import encode
 from events.stream_readers import RawMsg, StreamReader, last_seq, read_to_end
 from projections.runner import ProjectionRunner
+from protocol.barrier import barrier
 from protocol.subjects import CMD_STREAM, EVT_STREAM
 from tests.conftest import wait_until
 
@@ -198,3 +201,25 @@ def projection_position(db: Path) -> int:
         return 0
     finally:
         con.close()
+
+
+async def scatter(nc: Any, subject: str, want: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The JSON answers to one request that every instance answers (a micro status), once `want` have come, or
+    those that came in `timeout`: fewer than wanted is an answer too, which the caller judges."""
+    inbox = nc.new_inbox()
+    got: list[dict[str, Any]] = []
+
+    async def keep(msg: Any) -> None:
+        got.append(json.loads(msg.data))
+
+    sub = await nc.subscribe(inbox, cb=keep)
+    await barrier(nc)
+    await nc.publish(subject, b"", reply=inbox)
+
+    async def enough() -> bool:
+        return len(got) >= want
+
+    with contextlib.suppress(pytest.fail.Exception):
+        await wait_until(enough, timeout=timeout, what=f"{want} answers on {subject}")
+    await sub.unsubscribe()
+    return got

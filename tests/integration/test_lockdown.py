@@ -9,7 +9,6 @@ delivered or answered.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import stat
@@ -33,6 +32,7 @@ from protocol.barrier import barrier
 from protocol.streams import ensure_streams
 from protocol.subjects import CMD_STREAM, EVT_STREAM
 from tests.conftest import POLL_INTERVAL_S, wait_until
+from tests.integration.harness import scatter
 from tests.integration.test_hostile_permissions import secured_server  # noqa: F401  (a fixture: accounts.conf)
 
 SERVICES = ("engine", "projection", "fanout", "gateway", "operator", "query")
@@ -497,24 +497,7 @@ async def test_the_gateway_reads_the_command_tail_and_the_lease_and_writes_nothi
 
 
 async def _answers(c: Client, subject: str, want: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """The answers to one request (a scatter: one per instance) once `want` have come, or those in `timeout`."""
-    inbox = c.nc.new_inbox()
-    got: list[dict[str, Any]] = []
-
-    async def keep(msg: Any) -> None:
-        got.append(json.loads(msg.data))
-
-    sub = await c.nc.subscribe(inbox, cb=keep)
-    await barrier(c.nc)
-    await c.nc.publish(subject, b"", reply=inbox)
-
-    async def enough() -> bool:
-        return len(got) >= want
-
-    with contextlib.suppress(pytest.fail.Exception):  # fewer answers than wanted is an answer too: the caller judges
-        await wait_until(enough, timeout=timeout, what=f"{want} answers on {subject}")
-    await sub.unsubscribe()
-    return got
+    return await scatter(c.nc, subject, want, timeout)
 
 
 async def test_engines_projection_and_query_with_micro_and_metrics_start_restart_and_fail_over(

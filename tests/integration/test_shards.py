@@ -19,13 +19,22 @@ import pytest
 
 from engine.core import Engine
 from engine.exchange import shard_app
+from engine.metrics import STATUS_SUBJECT
 from events.model import Event, Fill, OrderAccepted, Rejected, decode, encode
 from events.stream_readers import last_seq
 from jetbook.server import EmbeddedServer
 from protocol.shards import cmd_stream_name, evt_stream_name, partition
 from protocol.streams import ShardsMismatch, ensure_shard_streams, venue_shards
 from tests.conftest import wait_until
-from tests.integration.harness import jetbook_proc, log_has, read_all, running_engine, stop_proc, workload
+from tests.integration.harness import (
+    jetbook_proc,
+    log_has,
+    read_all,
+    running_engine,
+    scatter,
+    stop_proc,
+    workload,
+)
 
 MARKETS = ("M1", "M2", "M3", "M4", "M5")
 
@@ -231,6 +240,12 @@ async def test_kill_9_of_one_shard_leaves_the_other_trading_and_its_standby_take
         b.send_signal(signal.SIGCONT)
         await wait_until(lambda: _logged(logs["b"], "active: deciding"), 30, "the standby to take over")
         await wait_until(lambda: _all_decided(js, shards), 60, "every command decided")
+        # Every shard's engines answer on the one status subject, each naming the log it decides.
+        statuses = await scatter(nc, STATUS_SUBJECT, 2)
+        assert sorted((s["evt_stream"], s["cmd_stream"], s["app"], s["role"]) for s in statuses) == sorted(
+            (evt_stream_name(k, shards), cmd_stream_name(k, shards), shard_app(k, shards).name, "active")
+            for k in (victim, 1 - victim)
+        )
         events: list[Event] = []
         for k in range(shards):
             stored = await read_all(js, evt_stream_name(k, shards))

@@ -152,6 +152,9 @@ async def test_the_projection_folds_every_shard_into_the_rows_of_one(venue: Embe
     finally:
         await nc.close()
     assert runner.positions == ends and file_positions(db) == ends
+    status = runner.metrics.status()  # the micro status: the sum, and each shard stream's position and tail
+    assert status["position"] == sum(ends.values()) and status["lag_events"] == 0
+    assert status["streams"] == {stream: {"position": end, "tail": end} for stream, end in ends.items()}
     assert db_content_hash(rebuilt.target) == db_content_hash(db)  # the same rows and positions per shard
     reference = tmp_path / "one.db"
     await one_shard_model(commands, reference)
