@@ -184,11 +184,11 @@ async def project_role(
         return
     runner = ProjectionRunner(EXCHANGE, js, db, from_seq=from_seq, shards=found)
 
-    async def tail() -> int:
-        return sum([await last_seq(js, s) for s in runner.streams])
+    async def tails() -> dict[str, int]:
+        return {s: await last_seq(js, s) for s in runner.streams}
 
     reporter = asyncio.create_task(_report("projection position", lambda: runner.position, stop))
-    sampler = asyncio.create_task(runner.metrics.sample_lag(tail, stop))
+    sampler = asyncio.create_task(runner.metrics.sample_lag(tails, stop))
     micro = None
     try:
         with metrics_served("projection", metrics_port, runner.metrics.registry, metrics_host):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -78,13 +78,15 @@ class ProjectionMetrics:
             return 0.0
         return max(time.time() - self.last_ts_ns / 1e9, 0.0)
 
-    async def sample_lag(self, read_tail: Callable[[], Any], stop: asyncio.Event) -> None:
-        """Every LAG_EVERY_S: JB_EVT's last sequence (the lag is that minus the position)."""
+    async def sample_lag(self, read_tails: Callable[[], Awaitable[dict[str, int]]], stop: asyncio.Event) -> None:
+        """Every LAG_EVERY_S: each event stream's last sequence (the lag is that minus the position)."""
         while not stop.is_set():
             try:
-                self.tail = int(await read_tail())
-            except Exception as err:  # JetStream not answering: keep the last figure
-                log.debug("JB_EVT tail not read: %s", err)
+                tails = await read_tails()
+                self._tails = {stream: int(seq) for stream, seq in tails.items()}
+                self.tail = sum(self._tails.values())
+            except Exception as err:  # JetStream not answering: keep the last figures
+                log.debug("event stream tails not read: %s", err)
             try:
                 await asyncio.wait_for(stop.wait(), LAG_EVERY_S)
             except TimeoutError:
@@ -101,11 +103,14 @@ class ProjectionMetrics:
             "read_model": str(r.db_path) if r is not None else None,
             "reopened": r.reopened if r is not None else 0,
             # With shards `position` is the sum over the shard streams: each one's committed position and tail.
-            "streams": {
-                stream: {"position": position, "tail": self._tails.get(stream)}
-                for stream, position in (r.positions.items() if r is not None else ())
-            },
+            "streams": self.streams(),
         }
+
+    def streams(self) -> dict[str, dict[str, int | None]]:
+        """Per event stream read: its committed position and its tail as last read (None: not read yet)."""
+        r = self.runner
+        positions: dict[str, int] = dict(r.positions) if r is not None else {}
+        return {stream: {"position": at, "tail": self._tails.get(stream)} for stream, at in positions.items()}
 
 
 class _ProjectionCollector(Collector):
@@ -128,6 +133,22 @@ class _ProjectionCollector(Collector):
             "jetbook_projection_last_event_timestamp_seconds", "JetStream time of the last folded event (Unix s)",
             m.last_ts_ns / 1e9,
         )  # fmt: skip
+        # Per event stream (one, or one per shard): which shard's reading is behind, which the sums above hide.
+        streams = m.streams()
+        position = GaugeMetricFamily(
+            "jetbook_projection_stream_position", "Sequence the read model has committed, per event stream",
+            labels=["stream"],
+        )  # fmt: skip
+        lag = GaugeMetricFamily(
+            "jetbook_projection_stream_lag_events", "Events of the stream not yet folded (as last read)",
+            labels=["stream"],
+        )  # fmt: skip
+        for stream, at in streams.items():
+            done, tail = at["position"] or 0, at["tail"]
+            position.add_metric([stream], done)
+            lag.add_metric([stream], max(tail - done, 0) if tail is not None else 0)
+        yield position
+        yield lag
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

@@ -154,6 +154,8 @@ async def test_every_role_counts_what_it_does_and_serves_it(nats_server: Any, nc
         assert value(projection, "jetbook_projection_lag_seconds") == 0
         assert value(projection, "jetbook_projection_fold_seconds_count") >= 1
         assert value(projection, "jetbook_projection_last_event_timestamp_seconds") > 1.7e9
+        assert value(projection, "jetbook_projection_stream_position", stream=EVT_STREAM) == evt_last
+        assert value(projection, "jetbook_projection_stream_lag_events", stream=EVT_STREAM) == 0
 
         async def fanned_out() -> bool:
             s = samples(await scrape(ports["fanout"]))

@@ -20,6 +20,8 @@ from typing import Any
 import msgpack
 import nats
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine.core import Engine
 from engine.exchange import APP as EXCHANGE
@@ -155,6 +157,16 @@ async def test_the_projection_folds_every_shard_into_the_rows_of_one(venue: Embe
     status = runner.metrics.status()  # the micro status: the sum, and each shard stream's position and tail
     assert status["position"] == sum(ends.values()) and status["lag_events"] == 0
     assert status["streams"] == {stream: {"position": end, "tail": end} for stream, end in ends.items()}
+    scraped = {
+        (sample.name, sample.labels["stream"]): sample.value
+        for family in text_string_to_metric_families(generate_latest(runner.metrics.registry).decode())
+        for sample in family.samples
+        if family.name.startswith("jetbook_projection_stream_")
+    }
+    assert scraped == {
+        **{("jetbook_projection_stream_position", stream): end for stream, end in ends.items()},
+        **{("jetbook_projection_stream_lag_events", stream): 0 for stream in ends},
+    }
     assert db_content_hash(rebuilt.target) == db_content_hash(db)  # the same rows and positions per shard
     reference = tmp_path / "one.db"
     await one_shard_model(commands, reference)
