@@ -231,7 +231,7 @@ class EngineMetrics:
             "me": lease.holder if lease is not None else None,
             "holder": (lease.current_holder or None) if lease is not None else None,
             "last_cmd_seq": s.engine.state.last_cmd_seq,
-            "last_evt_seq": s.last_evt_seq,
+            "last_evt_seq": s.known_stored,
             "events": s.engine.state.event_count,
             "backlog": self.backlog,
             "batches_in_flight": s.commits.in_flight,
@@ -273,7 +273,7 @@ class _EngineCollector(Collector):
             ("jetbook_engine_last_cmd_seq", "JB_CMD sequence of the last command applied to the state",
              s.engine.state.last_cmd_seq),
             ("jetbook_engine_last_evt_seq", "JB_EVT sequence up to which the log is known to hold our events",
-             s.last_evt_seq),
+             s.known_stored),
         )  # fmt: skip
         for name, doc, value in gauges:
             g = GaugeMetricFamily(name, doc)

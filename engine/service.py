@@ -234,6 +234,13 @@ class EngineService:
         return self.commits.last_seq
 
     @property
+    def known_stored(self) -> int:
+        """last_evt_seq as the status and /metrics report it. A standby (or an engine recovering) has read every
+        event it folded from the log, so all of them are stored; the active one knows what its commits acknowledged
+        (the commit pipeline's count moves only there)."""
+        return self.last_evt_seq if self.role == "active" else self.engine.state.event_count
+
+    @property
     def _last_event(self) -> bytes:
         """The payload of JB_EVT[last_evt_seq], to tie a snapshot to this log (b"" when not known)."""
         return self.commits.last_payload

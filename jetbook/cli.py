@@ -15,6 +15,7 @@ from jetbook.query_cli import query as query_command
 from jetbook.query_cli import query_service as query_service_command
 from jetbook.replay_cli import replay_app
 from jetbook.settings import DEFAULT_URL, log_level
+from jetbook.status_cli import status as status_command
 from jetbook.submit_cli import fills as fills_command
 from jetbook.submit_cli import submit_app
 from jetbook.tui_cli import tui as tui_command
@@ -270,6 +271,7 @@ app.command("query")(query_command)
 app.command("gateway")(gateway_command)
 app.command("tui")(tui_command)
 app.command("bots")(bots_command)
+app.command("status")(status_command)
 
 
 @app.command()

@@ -34,6 +34,7 @@ from protocol.subjects import CMD_STREAM, EVT_STREAM
 from tests.conftest import POLL_INTERVAL_S, wait_until
 from tests.integration.harness import scatter
 from tests.integration.test_hostile_permissions import secured_server  # noqa: F401  (a fixture: accounts.conf)
+from tests.integration.test_status_cli import status_json
 
 SERVICES = ("engine", "projection", "fanout", "gateway", "operator", "query")
 EVERYONE = (*SERVICES, "alice", "bob")
@@ -620,6 +621,11 @@ async def test_micro_registration_works_under_the_shipped_accounts_conf(
             for verb in ("PING", "INFO", "STATS"):
                 answers = await _answers(op, f"$SRV.{verb}.{service}", 1)
                 assert answers and answers[0]["name"] == service, (verb, service, answers)
+        # `jetbook status`, logged in as the operator the shipped file defines: both roles, no problem.
+        code, doc = await status_json(url, env={"JETBOOK_NATS_USER": "operator", "JETBOOK_NATS_PASSWORD": "pwoperator"})
+        assert code == 0 and doc["problems"] == [], doc
+        assert [(e["evt_stream"], e["role"]) for e in doc["engines"]] == [("JB_EVT", "active")]
+        assert len(doc["projections"]) == 1
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
@@ -685,6 +691,13 @@ async def test_sharded_engines_and_a_standby_start_restart_and_fail_over_under_t
         wrong = 1 - partition("M1", shards)
         await alice.publish(f"jbs.{wrong}.cmd.M1.alice", msgpack.packb({"type": "cancel_all"}))  # allowed, refused
         await wait_until(lambda: _all_decided(op.js, shards), 30, "the restarted engine to decide shard 0")
+
+        # `jetbook status` as the operator (the credentials file): c0 (which took shard 0 over from b0) and a1.
+        code, doc = await status_json(server.url)
+        assert code == 0 and doc["shards"] == shards and doc["problems"] == [], doc
+        assert sorted((e["evt_stream"], e["role"]) for e in doc["engines"]) == [
+            ("JB_EVT_0", "active"), ("JB_EVT_1", "active"),
+        ]  # fmt: skip
         for k in range(shards):
             stored = await read_all_js(op.js, f"JB_EVT_{k}")
             assert stored == await _redecide(op.js, k, shards)
