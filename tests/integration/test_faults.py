@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import nats.errors
+import pytest
 
 from events.stream_readers import last_seq
 from jetbook.server import EmbeddedServer
@@ -35,6 +36,8 @@ from tests.integration.harness import (
     workload,
 )  # fmt: skip
 
+# Both are long fault runs: marked, so that `JETBOOK_FAULT_SCALE=10 pytest -m slow` runs them (CI runs them at 1).
+pytestmark = pytest.mark.slow
 SCALE = max(1, int(os.environ.get("JETBOOK_FAULT_SCALE", "1")))
 CHECKPOINTS = 700
 ENGINE_OPTS = ("--snapshot-every", "500", "--checkpoint-every", str(CHECKPOINTS), "--lease-ttl", "1.0")
