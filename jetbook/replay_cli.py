@@ -96,12 +96,17 @@ def rebuild_cmd(
     db: Annotated[Path, typer.Option(help="The projection's path; the new file is swapped in here.")] = Path(
         ".jetbook/read_model.db"
     ),
+    at: Annotated[
+        str | None,
+        typer.Option(help="A sharded venue: the last sequence of every shard stream, JB_EVT_0=120,JB_EVT_1=88."),
+    ] = None,
     nats_url: Url = DEFAULT_URL,
 ) -> None:
     """Rebuild a projection into a new SQLite file beside --db, then swap it in atomically.
 
     A projection worker running on --db picks the new file up by itself and
-    carries on from its position.
+    carries on from its position. A sharded venue is folded from the start of
+    every shard stream, to its tail or to the positions --at gives.
     """
     from replay.rebuild import PROJECTIONS, Progress, rebuild
 
@@ -110,16 +115,33 @@ def rebuild_cmd(
         raise typer.Exit(2)
 
     async def body(js: Any) -> int:
+        from projections.runner import shard_streams
         from protocol.streams import venue_shards
+        from replay.at import parse_at
         from replay.rebuild import rebuild_shards
 
         shards = await venue_shards(js) or 1
-        if shards > 1:  # every shard's JB_EVT_k into the one file, each to its tail now
+        if shards == 1 and at is not None:
+            typer.echo("error: --at names a position per shard stream: a one-shard venue takes --to-seq", err=True)
+            return 2
+        if shards > 1:  # every shard's JB_EVT_k into the one file, each to its tail now or to --at
             if from_seq != 1 or to_seq is not None:
-                typer.echo("error: --from-seq/--to-seq name one stream's sequences: not for a sharded venue", err=True)
+                typer.echo(
+                    "error: --from-seq/--to-seq name one stream's sequences: a sharded venue takes --at", err=True
+                )
                 return 2
-            result = await rebuild_shards(js, db, shards)
-            typer.echo(f"rebuilt {projection} from {shards} shards: {result.events} events in {result.seconds:.2f}s")
+            until = None
+            if at is not None:
+                try:
+                    until = parse_at(at, shard_streams(EXCHANGE, shards))
+                except ValueError as err:
+                    typer.echo(f"error: this venue has {shards} shards: {err}", err=True)
+                    return 2
+            result = await rebuild_shards(js, db, shards, until=until)
+            where = "" if until is None else " to " + ", ".join(f"{s} {q}" for s, q in until.items())
+            typer.echo(
+                f"rebuilt {projection} from {shards} shards{where}: {result.events} events in {result.seconds:.2f}s"
+            )
             typer.echo(f"swapped in: {result.target} -> {result.generation.name}")
             return 0
         with _Reporter(f"rebuild {projection}") as reporter:

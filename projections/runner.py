@@ -129,8 +129,8 @@ class ProjectionRunner:
     async def run(
         self, stop: asyncio.Event, until_seq: int | None = None, *, until: dict[str, int] | None = None
     ) -> int:
-        """Fold until `stop` is set, or until the position reaches `until_seq` (one stream) or every stream
-        reaches its `until` position. Returns the position."""
+        """Fold until `stop` is set, or until the position is `until_seq` (one stream) or every stream is at its
+        `until` position (exactly: nothing past it is folded). Returns the position."""
         targets: dict[str, int | None] = dict.fromkeys(self.streams, until_seq)
         if until is not None:
             targets = {s: until.get(s, 0) for s in self.streams}
@@ -183,6 +183,8 @@ class ProjectionRunner:
                     swapped.set()
                     return
                 msgs = await reader.next_batch(max(start, self.positions[stream] + 1), self.batch, 0.25)
+                if until is not None:
+                    msgs = [m for m in msgs if m.seq <= until]  # a target is where the file stops, not a minimum
                 if not msgs or swapped.is_set():
                     continue
                 started = time.perf_counter()

@@ -285,8 +285,11 @@ async def rebuild(
     return RebuildResult(target, generation, projection, start, position, done, seconds)
 
 
-async def rebuild_shards(js: Any, target: Path | str, shards: int, *, swap: bool = True) -> RebuildResult:
-    """A sharded venue's read model, from every JB_EVT_k's start to its tail now, into a new file swapped in.
+async def rebuild_shards(
+    js: Any, target: Path | str, shards: int, *, swap: bool = True, until: dict[str, int] | None = None
+) -> RebuildResult:
+    """A sharded venue's read model, from every JB_EVT_k's start to its tail now (or to `until`'s position for each
+    shard stream: the venue as it was then), into a new file swapped in.
 
     Folded by the live worker's own code (projections.runner, one reader per shard, a position per shard
     stream) into the new generation, not the two-process bulk fold: slower, and the same rows and positions as
@@ -301,6 +304,13 @@ async def rebuild_shards(js: Any, target: Path | str, shards: int, *, swap: bool
         generation = generation_path(target)
         started = time.perf_counter()
         ends = {s: await stream_last_seq(js, s) for s in streams}
+        if until is not None:
+            if set(until) != set(streams):
+                raise RebuildError(f"a position for each of {', '.join(streams)} is needed, not {sorted(until)}")
+            beyond = [f"{s} {until[s]} (its tail is {ends[s]})" for s in streams if until[s] > ends[s]]
+            if beyond:
+                raise RebuildError(f"past the end of the log: {', '.join(beyond)}")
+            ends = {s: until[s] for s in streams}
         try:
             runner = ProjectionRunner(EXCHANGE, js, generation, shards=shards, batch=CHUNK)
             await runner.run(asyncio.Event(), until=ends)

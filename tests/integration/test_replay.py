@@ -88,6 +88,16 @@ async def test_rebuild_from_zero_equals_the_live_model_and_from_to_is_exactly_th
     assert con.execute("SELECT last_seq FROM projection_position").fetchone() == (m,)
 
 
+async def test_rebuild_at_positions_per_shard_is_refused_on_a_one_shard_venue(
+    nats_server: EmbeddedServer, js: Any, tmp_path: Path
+) -> None:
+    target = tmp_path / "rm.db"
+    args = ("replay", "rebuild", "--db", str(target), "--at", "JB_EVT=1")
+    done = await asyncio.to_thread(jetbook, nats_server.url, *args)
+    assert done.returncode == 2 and "a one-shard venue takes --to-seq" in done.stderr, done.stderr
+    assert not target.exists()
+
+
 async def test_the_swap_is_atomic_and_a_running_worker_reopens_the_new_file(
     nats_server: EmbeddedServer, nc: Any, js: Any, tmp_path: Path
 ) -> None:

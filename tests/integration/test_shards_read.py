@@ -451,3 +451,46 @@ async def test_replay_at_takes_a_position_per_shard(venue: EmbeddedServer, tmp_p
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2 and "--at needs every shard stream" in proc.stderr, proc.stderr
+
+
+async def test_replay_rebuild_at_a_position_per_shard_is_the_venue_as_it_was_then(
+    venue: EmbeddedServer, tmp_path: Path
+) -> None:
+    from replay.at import query, state_at
+
+    commands = workload(300, seed=6, markets=MARKETS)
+    nc = await nats.connect(venue.url)
+    try:
+        ends = await trade(nc, commands)
+        mid = {stream: end // 2 for stream, end in ends.items()}
+        then = await state_at(nc.jetstream(), 0, None, mid)  # the venue at those positions, folded from the logs
+    finally:
+        await nc.close()
+
+    def rebuild(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "jetbook", "replay", "rebuild", "--nats-url", venue.url, "--db", str(db), *args],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    db = tmp_path / "then.db"
+    at = ",".join(f"{stream}={seq}" for stream, seq in mid.items())
+    done = rebuild(db, "--at", at)
+    assert done.returncode == 0, done.stderr
+    assert f"to {EVT[0]} {mid[EVT[0]]}, {EVT[1]} {mid[EVT[1]]}" in done.stdout
+    assert file_positions(db) == mid
+    con = sqlite3.connect(db)
+    try:
+        rebuilt = query(con, 0, None)
+    finally:
+        con.close()
+    assert (rebuilt.top, rebuilt.open_orders, rebuilt.positions) == (then.top, then.open_orders, then.positions)
+    assert then.open_orders  # a venue mid-way, not an empty one
+    # Refused before anything is written: past a tail, a stream missing, one stream's --to-seq.
+    beyond = rebuild(tmp_path / "x.db", "--at", f"{EVT[0]}={ends[EVT[0]] + 1},{EVT[1]}=1")
+    assert beyond.returncode == 2 and "past the end of the log" in beyond.stderr, beyond.stderr
+    missing = rebuild(tmp_path / "x.db", "--at", f"{EVT[0]}=1")
+    assert missing.returncode == 2 and "--at needs every shard stream" in missing.stderr, missing.stderr
+    one = rebuild(tmp_path / "x.db", "--to-seq", "5")
+    assert one.returncode == 2 and "a sharded venue takes --at" in one.stderr, one.stderr
+    assert not (tmp_path / "x.db").exists()
