@@ -57,12 +57,12 @@ from projections.metrics import QueryMetrics
 from protocol.barrier import barrier
 from protocol.micro import SERVICE_VERSION, GuardedService
 from protocol.shards import check_shards, cmd_stream_name, evt_stream_name, partition
-from protocol.subjects import EVT_PREFIX, EVT_STREAM, is_id
+from protocol.subjects import EVT_PREFIX, EVT_STREAM, QUERY_SERVICE, is_id
 
 log = logging.getLogger("jetbook.query")
 
 QRY_PREFIX = "jb.qry"  # a query's subject: jb.qry.<name>
-SERVICE_NAME = "jetbook-query"
+SERVICE_NAME = QUERY_SERVICE
 QUEUE_GROUP = "jb-qry"
 
 JSON = "application/json"

@@ -114,3 +114,4 @@ ENGINE_SERVICE: Final = "jetbook-engine"
 ENGINE_STATUS_SUBJECT: Final = "jb.svc.engine.status"
 PROJECTION_SERVICE: Final = "jetbook-projection"
 PROJECTION_STATUS_SUBJECT: Final = "jb.svc.projection.status"
+QUERY_SERVICE: Final = "jetbook-query"  # no status endpoint of its own: one endpoint per query, and micro's PING

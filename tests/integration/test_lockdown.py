@@ -544,6 +544,10 @@ async def test_engines_projection_and_query_with_micro_and_metrics_start_restart
         assert {p["name"] for p in pings} == {"jetbook-engine"} and len({p["id"] for p in pings}) == 2
         roles = sorted(a["role"] for a in await _answers(op, STATUS_SUBJECT, 2))
         assert roles == ["active", "standby"], roles
+        code, doc = await status_json(server.url)  # `jetbook status`, as the operator of the credentials file
+        assert code == 0 and doc["problems"] == [], doc
+        assert sorted(e["role"] for e in doc["engines"]) == ["active", "standby"]
+        assert len(doc["projections"]) == 1 and len(doc["query_services"]) == 1, doc
         stats = await _answers(op, "$SRV.STATS.jetbook-projection", 1)
         assert stats and "position" in stats[0]["endpoints"][0]["data"]
 
