@@ -18,7 +18,7 @@ from engine.service import DEFAULT_SNAPSHOT_EVERY, EngineService
 from events.stream_readers import last_seq
 from jetbook.wiring import close_quietly, connect
 from projections.fanout import FanOut
-from projections.metrics import register_projection
+from projections.metrics import register_fanout, register_projection
 from projections.runner import ProjectionRunner
 from protocol.streams import ShardsMismatch, venue_shards_from_events
 
@@ -212,9 +212,12 @@ async def fanout_role(
         await close_quietly(nc)
         return
     fanout = FanOut(nc, replicas=replicas, shards=shards)
+    micro = None
     try:
         with metrics_served("fan-out", metrics_port, fanout.metrics.registry, metrics_host):
+            micro = await register_fanout(nc, fanout.metrics)
             await fanout.run(stop)
     finally:
         stop.set()
+        await _unregister(micro)
         await close_quietly(nc)

@@ -27,7 +27,14 @@ from jetbook.settings import Credentials
 from protocol.errors import JetbookError, ServerNotFound
 from protocol.process import DIE_WITH_PARENT
 from protocol.shards import mappings
-from protocol.subjects import ENGINE_SERVICE, ENGINE_STATUS_SUBJECT, PROJECTION_SERVICE, PROJECTION_STATUS_SUBJECT
+from protocol.subjects import (
+    ENGINE_SERVICE,
+    ENGINE_STATUS_SUBJECT,
+    FANOUT_SERVICE,
+    FANOUT_STATUS_SUBJECT,
+    PROJECTION_SERVICE,
+    PROJECTION_STATUS_SUBJECT,
+)
 
 # Nobody may write the log but the engine, nobody may publish where the server republishes it,
 # and nobody may remove a stream or its messages (the streams also deny delete and purge).
@@ -91,10 +98,10 @@ def _micro(service: str, status: str) -> list[str]:
 
 
 ROLE_SUBSCRIBE: dict[str, list[str]] = {
-    # nats.micro services jetbook-engine and jetbook-projection (engine/metrics.py, projections/metrics.py)
+    # nats.micro services jetbook-engine, jetbook-projection and jetbook-fanout (engine/, projections/metrics.py)
     "engine": _micro(ENGINE_SERVICE, ENGINE_STATUS_SUBJECT),
     "projection": _micro(PROJECTION_SERVICE, PROJECTION_STATUS_SUBJECT),
-    "fanout": [],
+    "fanout": _micro(FANOUT_SERVICE, FANOUT_STATUS_SUBJECT),
     "gateway": ["jb.evt.>", "jb.acct.>", "jb.tape.>"],
     "operator": ["jb.evt.>", "jb.acct.>", "jb.tape.>"],
     # its endpoints, and nats.micro's discovery subjects for its own service name only
@@ -105,9 +112,10 @@ ROLE_SUBSCRIBE: dict[str, list[str]] = {
 # (nats-server's allow_responses), whoever's inbox it is, and nowhere else through it; the value is `max`, the
 # answers per request. 2 for the query service: its connection gets each request twice (its endpoint, and the
 # catch-all that answers unknown names), and with max 1 the server refuses the one real answer (tried). The
-# engine and the projection answer nats.micro's PING/INFO/STATS and their status, once, and only to an inbox
-# (engine/metrics.py GuardedService: a reply subject on jb.wal.> would otherwise put the answer in the log).
-RESPONDERS = {"query": 2, "engine": 1, "projection": 1}
+# engine, the projection and the fan-out answer nats.micro's PING/INFO/STATS and their status, once, and only to
+# an inbox (protocol/micro.py GuardedService: a reply subject on jb.wal.> would otherwise put the answer in the
+# log, and one on jb.acct.> in a trader's private feed).
+RESPONDERS = {"query": 2, "engine": 1, "projection": 1, "fanout": 1}
 
 
 def trader_publish(account: str) -> list[str]:

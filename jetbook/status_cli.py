@@ -1,5 +1,5 @@
-"""`jetbook status`: every engine and projection worker of the venue, as each one's micro status says, and
-the query service instances that answer micro's PING.
+"""`jetbook status`: every engine, projection worker and fan-out worker of the venue, as each one's micro status
+says, and the query service instances that answer micro's PING.
 
 Every instance answers a status request itself (its endpoint has a queue group of its own), so one request
 is a scatter: the answers that come within `--wait` are the instances that are up. With shards, every
@@ -75,6 +75,13 @@ def _projection_line(p: dict[str, Any]) -> str:
     )
 
 
+def _fanout_line(f: dict[str, Any]) -> str:
+    return (
+        f"  position {_text(f.get('position'))}  lag {_text(f.get('lag_events'))} events"
+        f"  republished {_text(f.get('republished'))}"
+    )
+
+
 def status(
     nats_url: Url = DEFAULT_URL,
     wait: Annotated[float, typer.Option(help="Seconds to collect answers: every instance up answers within it.")] = 1.0,
@@ -84,7 +91,12 @@ def status(
     when a shard has no active engine."""
     from protocol.barrier import barrier
     from protocol.streams import venue_shards
-    from protocol.subjects import ENGINE_STATUS_SUBJECT, PROJECTION_STATUS_SUBJECT, QUERY_SERVICE
+    from protocol.subjects import (
+        ENGINE_STATUS_SUBJECT,
+        FANOUT_STATUS_SUBJECT,
+        PROJECTION_STATUS_SUBJECT,
+        QUERY_SERVICE,
+    )
 
     if not 0 < wait <= 60:
         typer.echo("error: --wait must be more than 0 and at most 60 seconds", err=True)
@@ -94,7 +106,9 @@ def status(
         nc = js._nc  # nats-py's JetStreamContext keeps its connection only here
         shards = await venue_shards(js)
         ping_queries = f"$SRV.PING.{QUERY_SERVICE}"  # the query service has no status endpoint: micro's PING
-        answers: dict[str, list[bytes]] = {ENGINE_STATUS_SUBJECT: [], PROJECTION_STATUS_SUBJECT: [], ping_queries: []}
+        answers: dict[str, list[bytes]] = {
+            ENGINE_STATUS_SUBJECT: [], PROJECTION_STATUS_SUBJECT: [], FANOUT_STATUS_SUBJECT: [], ping_queries: [],
+        }  # fmt: skip
         subs = []
         for subject, into in answers.items():
             inbox = nc.new_inbox()
@@ -113,13 +127,14 @@ def status(
         readable = {subject: [_readable(data) for data in got] for subject, got in answers.items()}
         engines = [a for a in readable[ENGINE_STATUS_SUBJECT] if a is not None]
         projections = [a for a in readable[PROJECTION_STATUS_SUBJECT] if a is not None]
+        fanouts = [a for a in readable[FANOUT_STATUS_SUBJECT] if a is not None]
         queries = sorted(str(a.get("id")) for a in readable[ping_queries] if a is not None)
         unreadable = sum(a is None for got in readable.values() for a in got)
         engines.sort(key=lambda e: (str(e.get("evt_stream")), str(e.get("role")) != "active", str(e.get("me"))))
         problems = judge(shards, engines)
         if as_json:
-            doc = {"shards": shards, "engines": engines, "projections": projections, "query_services": queries,
-                   "unreadable_answers": unreadable, "problems": problems}  # fmt: skip
+            doc = {"shards": shards, "engines": engines, "projections": projections, "fanouts": fanouts,
+                   "query_services": queries, "unreadable_answers": unreadable, "problems": problems}  # fmt: skip
             typer.echo(json.dumps(doc, indent=2, default=str))
         else:
             typer.echo(f"venue: {'none' if shards is None else f'{shards} shard' + ('s' if shards > 1 else '')}")
@@ -129,6 +144,9 @@ def status(
             typer.echo(f"projection workers ({len(projections)})")
             for p in projections:
                 typer.echo(_projection_line(p))
+            typer.echo(f"fan-out workers ({len(fanouts)})")
+            for f in fanouts:
+                typer.echo(_fanout_line(f))
             listed = f": {', '.join(_text(q) for q in queries)}" if queries else ""
             typer.echo(f"query services ({len(queries)}){listed}")
             if unreadable:

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from protocol.micro import GuardedService, register_status_service
-from protocol.subjects import PROJECTION_SERVICE, PROJECTION_STATUS_SUBJECT
+from protocol.subjects import FANOUT_SERVICE, FANOUT_STATUS_SUBJECT, PROJECTION_SERVICE, PROJECTION_STATUS_SUBJECT
 
 log = logging.getLogger("jetbook.metrics")
 
@@ -178,6 +178,21 @@ class FanOutMetrics:
     def batch_read(self, last_seq: int, pending: int) -> None:
         self.tail = max(self.tail, last_seq + pending)
 
+    def status(self) -> dict[str, Any]:
+        """The micro status endpoint's answer: where the private feeds and the tape are (JB_EVT positions)."""
+        f = self.fanout
+        if f is None:
+            return {"role": "starting"}
+        position = int(f.position)
+        return {
+            "position": position,
+            "evt_last_seq": self.tail,
+            "lag_events": max(self.tail - position, 0) if self.tail >= 0 else 0,
+            "republished": f.published,
+            "resyncs": f.resyncs,
+            "streams": dict(f.positions),  # per event stream read (one, or one per shard)
+        }
+
 
 class _FanOutCollector(Collector):
     def __init__(self, metrics: FanOutMetrics) -> None:
@@ -221,6 +236,13 @@ class QueryMetrics:
         self.answers.labels(query, error or "none").inc()
         if seconds is not None:
             self.latency.labels(query).observe(seconds)
+
+
+async def register_fanout(nc: Any, metrics: FanOutMetrics) -> GuardedService:
+    return await register_status_service(
+        nc, FANOUT_SERVICE, "the jetbook fan-out (JB_EVT into the private feeds JB_ACCT and the tape JB_TAPE)",
+        FANOUT_STATUS_SUBJECT, metrics.status,
+    )  # fmt: skip
 
 
 async def register_projection(nc: Any, metrics: ProjectionMetrics) -> GuardedService:

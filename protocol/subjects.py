@@ -108,10 +108,13 @@ def tape_filter(market_id: str | None = None) -> str:
     return tape_subject(market_id) if market_id else f"{TAPE_PREFIX}.>"
 
 
-# nats.micro services and their status endpoints (engine/metrics.py, projections/metrics.py), and the queries'
-# prefix (projections/query_service.py). `nats micro ls` finds the services by name.
+# nats.micro services and their status endpoints (engine/metrics.py, projections/metrics.py: the engine, the
+# projection and the fan-out), and the queries' prefix (projections/query_service.py). `nats micro ls` finds
+# the services by name.
 ENGINE_SERVICE: Final = "jetbook-engine"
 ENGINE_STATUS_SUBJECT: Final = "jb.svc.engine.status"
 PROJECTION_SERVICE: Final = "jetbook-projection"
 PROJECTION_STATUS_SUBJECT: Final = "jb.svc.projection.status"
+FANOUT_SERVICE: Final = "jetbook-fanout"
+FANOUT_STATUS_SUBJECT: Final = "jb.svc.fanout.status"
 QUERY_SERVICE: Final = "jetbook-query"  # no status endpoint of its own: one endpoint per query, and micro's PING

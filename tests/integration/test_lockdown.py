@@ -24,7 +24,7 @@ import pytest
 from nats.js.api import ConsumerConfig, StreamConfig
 
 from jetbook.demo import run_demo
-from jetbook.roles import engine_role, project_role
+from jetbook.roles import engine_role, fanout_role, project_role
 from jetbook.server import EmbeddedServer
 from jetbook.settings import CREDENTIALS_FILE, Credentials, find_for_url
 from jetbook.wiring import connect, resolve_access
@@ -512,6 +512,7 @@ async def test_engines_projection_and_query_with_micro_and_metrics_start_restart
     from engine.metrics import STATUS_SUBJECT
     from jetbook.query_cli import query_role
     from projections.metrics import PROJECTION_STATUS_SUBJECT
+    from protocol.subjects import FANOUT_STATUS_SUBJECT
     from tests.integration.test_metrics import free_port, samples, scrape, value
 
     server, creds = locked
@@ -520,12 +521,13 @@ async def test_engines_projection_and_query_with_micro_and_metrics_start_restart
     up = await connect(server.url, "test-up", reconnect=False, role="engine")
     await ensure_streams(up.jetstream())
     await up.close()
-    stops = {name: asyncio.Event() for name in ("e1", "e2", "p1", "p2", "q")}
+    stops = {name: asyncio.Event() for name in ("e1", "e2", "p1", "p2", "q", "f1", "f2")}
     ports = {name: free_port() for name in stops}
     tasks = {
         "e1": asyncio.create_task(engine_role(server.url, stops["e1"], metrics_port=ports["e1"])),
         "p1": asyncio.create_task(project_role(server.url, db, stops["p1"], metrics_port=ports["p1"])),
         "q": asyncio.create_task(query_role(server.url, db, stops["q"], metrics_port=ports["q"])),
+        "f1": asyncio.create_task(fanout_role(server.url, stops["f1"], metrics_port=ports["f1"])),
     }
     op = await login(server.url, creds, "operator")
     try:
@@ -544,10 +546,17 @@ async def test_engines_projection_and_query_with_micro_and_metrics_start_restart
         assert {p["name"] for p in pings} == {"jetbook-engine"} and len({p["id"] for p in pings}) == 2
         roles = sorted(a["role"] for a in await _answers(op, STATUS_SUBJECT, 2))
         assert roles == ["active", "standby"], roles
-        code, doc = await status_json(server.url)  # `jetbook status`, as the operator of the credentials file
+        evt_now = await last_seq(op.js, EVT_STREAM)
+
+        async def every_role_answers() -> bool:  # `jetbook status`, as the operator of the credentials file
+            doc = (await status_json(server.url))[1]
+            return [f.get("position") for f in doc["fanouts"]] == [evt_now] and len(doc["projections"]) == 1
+
+        await wait_until(every_role_answers, 30, "the fan-out and the projection to answer `jetbook status`")
+        code, doc = await status_json(server.url)
         assert code == 0 and doc["problems"] == [], doc
         assert sorted(e["role"] for e in doc["engines"]) == ["active", "standby"]
-        assert len(doc["projections"]) == 1 and len(doc["query_services"]) == 1, doc
+        assert len(doc["query_services"]) == 1, doc
         stats = await _answers(op, "$SRV.STATS.jetbook-projection", 1)
         assert stats and "position" in stats[0]["endpoints"][0]["data"]
 
@@ -558,6 +567,17 @@ async def test_engines_projection_and_query_with_micro_and_metrics_start_restart
         assert len(result.fills) == 1
         [status] = await _answers(op, STATUS_SUBJECT, 1)
         assert status["role"] == "active" and status["backlog"] >= 0
+
+        stops["f1"].set()  # the fan-out restarts and answers again, as its own user
+        await asyncio.wait_for(tasks.pop("f1"), 30)
+        tasks["f2"] = asyncio.create_task(fanout_role(server.url, stops["f2"], metrics_port=ports["f2"]))
+        evt_now = await last_seq(op.js, EVT_STREAM)
+
+        async def fanout_back() -> bool:
+            answers = await _answers(op, FANOUT_STATUS_SUBJECT, 1, timeout=0.5)
+            return bool(answers and answers[0].get("position") == evt_now)
+
+        await wait_until(fanout_back, timeout=30, what="the restarted fan-out to answer its status")
 
         stops["p1"].set()  # the projection restarts and catches up
         await asyncio.wait_for(tasks.pop("p1"), 30)
@@ -586,10 +606,11 @@ async def test_micro_registration_works_under_the_shipped_accounts_conf(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """deploy/accounts.conf as shipped: the engine and the projection, as their own users, register with nats.micro
-    and answer the operator's discovery and status requests; nothing is refused."""
+    """deploy/accounts.conf as shipped: the engine, the projection and the fan-out, as their own users, register with
+    nats.micro and answer the operator's discovery and status requests; nothing is refused."""
     from engine.metrics import STATUS_SUBJECT
     from projections.metrics import PROJECTION_STATUS_SUBJECT
+    from protocol.subjects import FANOUT_STATUS_SUBJECT
 
     url = f"nats://{secured_server}"
     errors: list[str] = []
@@ -621,20 +642,31 @@ async def test_micro_registration_works_under_the_shipped_accounts_conf(
             return bool(await _answers(op, PROJECTION_STATUS_SUBJECT, 1, timeout=0.5))
 
         await wait_until(projecting, what="the projection to answer its status")
-        for service in ("jetbook-engine", "jetbook-projection"):
+        monkeypatch.setenv("JETBOOK_NATS_USER", "fanout")
+        monkeypatch.setenv("JETBOOK_NATS_PASSWORD", "pwfanout")
+        tasks.append(asyncio.create_task(fanout_role(url, stop)))
+
+        async def fanning_out() -> bool:
+            answers = await _answers(op, FANOUT_STATUS_SUBJECT, 1, timeout=0.5)
+            return bool(answers and "position" in answers[0])
+
+        await wait_until(fanning_out, what="the fan-out to answer its status")
+        for service in ("jetbook-engine", "jetbook-projection", "jetbook-fanout"):
             for verb in ("PING", "INFO", "STATS"):
                 answers = await _answers(op, f"$SRV.{verb}.{service}", 1)
                 assert answers and answers[0]["name"] == service, (verb, service, answers)
-        # `jetbook status`, logged in as the operator the shipped file defines: both roles, no problem.
+        # `jetbook status`, logged in as the operator the shipped file defines: the three roles, no problem.
         code, doc = await status_json(url, env={"JETBOOK_NATS_USER": "operator", "JETBOOK_NATS_PASSWORD": "pwoperator"})
         assert code == 0 and doc["problems"] == [], doc
         assert [(e["evt_stream"], e["role"]) for e in doc["engines"]] == [("JB_EVT", "active")]
-        assert len(doc["projections"]) == 1
+        assert len(doc["projections"]) == 1 and len(doc["fanouts"]) == 1, doc
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
         await op_nc.close()
     assert not [e for e in errors if "permission" in e.lower()], errors
+    refused = [line for line in (tmp_path / "server.log").read_text().splitlines() if "Violation" in line]
+    assert not refused, refused  # the roles' own registrations and answers included
 
 
 async def test_sharded_engines_and_a_standby_start_restart_and_fail_over_under_the_shard_permissions(

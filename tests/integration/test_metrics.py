@@ -31,7 +31,7 @@ from jetbook.query_cli import query_role
 from jetbook.roles import engine_role, fanout_role, project_role
 from projections.metrics import PROJECTION_STATUS_SUBJECT
 from protocol.barrier import barrier
-from protocol.subjects import EVT_STREAM
+from protocol.subjects import EVT_STREAM, FANOUT_STATUS_SUBJECT
 from tests.conftest import wait_until
 from tests.integration.harness import wait_for_command
 
@@ -198,8 +198,9 @@ async def test_every_role_counts_what_it_does_and_serves_it(nats_server: Any, nc
         await wait_until(stages_moved, what="every engine stage histogram to count the order")
 
 
-async def test_engine_and_projection_answer_micro_discovery_and_status(nats_server: Any, nc: Any, js: Any,
-                                                                        tmp_path: Path) -> None:  # fmt: skip
+async def test_engine_projection_and_fanout_answer_micro_discovery_and_status(
+    nats_server: Any, nc: Any, js: Any, tmp_path: Path
+) -> None:
     async with stack(nats_server.url, tmp_path / "rm.db"):
         await asyncio.wait_for(run_demo(js, say=lambda _: None), 60)
         evt_last = await last_seq(js, EVT_STREAM)
@@ -210,13 +211,21 @@ async def test_engine_and_projection_answer_micro_discovery_and_status(nats_serv
 
         async def caught_up() -> bool:
             engine, projection = await status(STATUS_SUBJECT), await status(PROJECTION_STATUS_SUBJECT)
-            return bool(engine["last_evt_seq"] == evt_last and projection["position"] == evt_last)
+            fanout = await status(FANOUT_STATUS_SUBJECT)
+            return engine["last_evt_seq"] == projection["position"] == fanout.get("position") == evt_last
 
-        await wait_until(caught_up, what="both statuses to reach the end of JB_EVT")
+        await wait_until(caught_up, what="the three statuses to reach the end of JB_EVT")
         engine = await status(STATUS_SUBJECT)
         assert engine["role"] == "active" and engine["lease_held"] is True and engine["holder"] == engine["me"]
         assert (await status(PROJECTION_STATUS_SUBJECT))["lag_events"] == 0
-        for service, data_key in (("jetbook-engine", "last_cmd_seq"), ("jetbook-projection", "position")):
+        fanout = await status(FANOUT_STATUS_SUBJECT)
+        assert fanout["lag_events"] == 0 and fanout["republished"] > 0 and fanout["streams"] == {EVT_STREAM: evt_last}
+        services = (
+            ("jetbook-engine", "last_cmd_seq"),
+            ("jetbook-projection", "position"),
+            ("jetbook-fanout", "position"),
+        )
+        for service, data_key in services:
             ping = json.loads((await nc.request(f"$SRV.PING.{service}", b"", timeout=5)).data)
             assert ping["name"] == service
             info = json.loads((await nc.request(f"$SRV.INFO.{service}", b"", timeout=5)).data)
@@ -224,14 +233,20 @@ async def test_engine_and_projection_answer_micro_discovery_and_status(nats_serv
             stats = json.loads((await nc.request(f"$SRV.STATS.{service}", b"", timeout=5)).data)
             assert data_key in stats["endpoints"][0]["data"], stats
 
-        # Hostile: a request whose reply subject is the log. The engine may publish there; it must not answer there.
+        # Hostile: a request whose reply subject is the log, or a trader's private feed. The engine may publish on
+        # the one and the fan-out on the other; neither may answer there.
+        acct_last = await last_seq(js, "JB_ACCT")
         for subject in (STATUS_SUBJECT, "$SRV.PING.jetbook-engine", "$SRV.STATS.jetbook-engine",
                         PROJECTION_STATUS_SUBJECT, "$SRV.INFO.jetbook-projection", "jb.qry.markets",
-                        "jb.qry.no_such_query", "$SRV.PING.jetbook-query"):  # fmt: skip
-            await nc.publish(subject, b"\xff" * 100, reply="jb.wal.M.fill")
+                        "jb.qry.no_such_query", "$SRV.PING.jetbook-query", FANOUT_STATUS_SUBJECT,
+                        "$SRV.PING.jetbook-fanout", "$SRV.STATS.jetbook-fanout"):  # fmt: skip
+            for reply in ("jb.wal.M.fill", "jb.acct.alice.fill"):
+                await nc.publish(subject, b"\xff" * 100, reply=reply)
         await barrier(nc)
         assert (await status(STATUS_SUBJECT))["role"] == "active"  # answered after both: they were handled
+        assert (await status(FANOUT_STATUS_SUBJECT))["position"] == evt_last
         assert await last_seq(js, EVT_STREAM) == evt_last, "a micro answer was written into the log"
+        assert await last_seq(js, "JB_ACCT") == acct_last, "a micro answer was written into a private feed"
 
 
 def _free_run(n: int) -> int:

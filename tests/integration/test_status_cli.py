@@ -13,7 +13,7 @@ from typing import Any
 from events.stream_readers import last_seq
 from jetbook.demo import run_demo
 from jetbook.query_cli import query_role
-from jetbook.roles import engine_role, project_role
+from jetbook.roles import engine_role, fanout_role, project_role
 from protocol.subjects import ENGINE_STATUS_SUBJECT, EVT_STREAM
 from tests.conftest import wait_until
 
@@ -46,7 +46,7 @@ async def test_status_shows_the_active_engine_its_standby_and_the_projection_and
     assert code == 1 and "venue: 1 shard" in out and "problem: JB_EVT: no active engine" in out
     assert "not a status" not in out  # the server's no-responders notices are not answers
 
-    stops = {name: asyncio.Event() for name in ("active", "standby", "projection", "query")}
+    stops = {name: asyncio.Event() for name in ("active", "standby", "projection", "query", "fanout")}
     tasks = {"active": asyncio.create_task(engine_role(url, stops["active"], lease_ttl=1.0))}
     db = tmp_path / "rm.db"
     try:
@@ -59,6 +59,7 @@ async def test_status_shows_the_active_engine_its_standby_and_the_projection_and
         tasks["standby"] = asyncio.create_task(engine_role(url, stops["standby"], lease_ttl=1.0, standby=True))
         tasks["projection"] = asyncio.create_task(project_role(url, db, stops["projection"]))
         tasks["query"] = asyncio.create_task(query_role(url, db, stops["query"]))
+        tasks["fanout"] = asyncio.create_task(fanout_role(url, stops["fanout"]))
         await asyncio.wait_for(run_demo(js, say=lambda _: None), 60)
         end = await last_seq(js, EVT_STREAM)
 
@@ -70,6 +71,7 @@ async def test_status_shows_the_active_engine_its_standby_and_the_projection_and
                 and {e["last_evt_seq"] for e in engines} == {end}  # the standby follows the log
                 and [p["position"] for p in projections] == [end]
                 and len(doc["query_services"]) == 1
+                and [f.get("position") for f in doc["fanouts"]] == [end]
             )
 
         await wait_until(both_and_projected, 30, "an active, a standby and a caught-up projection")
@@ -81,6 +83,7 @@ async def test_status_shows_the_active_engine_its_standby_and_the_projection_and
         assert lines[3].split()[:2] == ["JB_EVT", "standby"] and "(held)" not in lines[3]
         assert f"position {end}  lag 0 events" in out and "problem" not in out
         assert "query services (1): " in out
+        assert f"fan-out workers (1)\n  position {end}  lag 0 events" in out
         code, doc = await status_json(url)
         assert code == 0 and doc["shards"] == 1 and doc["problems"] == []
         assert {e["app"] for e in doc["engines"]} == {"exchange"}, doc["engines"]
