@@ -109,16 +109,17 @@ def status(
         answers: dict[str, list[bytes]] = {
             ENGINE_STATUS_SUBJECT: [], PROJECTION_STATUS_SUBJECT: [], FANOUT_STATUS_SUBJECT: [], ping_queries: [],
         }  # fmt: skip
-        subs = []
-        for subject, into in answers.items():
-            inbox = nc.new_inbox()
+        subs, inboxes = [], []
+        for into in answers.values():
 
             async def keep(msg: Any, into: list[bytes] = into) -> None:
                 if not (msg.headers and "Status" in msg.headers):  # the server's own notice (503: nobody listens)
                     into.append(msg.data)
 
-            subs.append(await nc.subscribe(inbox, cb=keep))
-            await barrier(nc)
+            inboxes.append(nc.new_inbox())
+            subs.append(await nc.subscribe(inboxes[-1], cb=keep))
+        await barrier(nc)  # every inbox is subscribed before any request goes out
+        for subject, inbox in zip(answers, inboxes, strict=True):
             await nc.publish(subject, b"", reply=inbox)
         # The scatter's window: how many instances will answer is what this command is asking.
         await asyncio.sleep(wait)

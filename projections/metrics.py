@@ -178,16 +178,20 @@ class FanOutMetrics:
     def batch_read(self, last_seq: int, pending: int) -> None:
         self.tail = max(self.tail, last_seq + pending)
 
+    def lag_events(self) -> int:
+        """JB_EVT events read but not yet republished, as last read (0 before the first read)."""
+        position = int(self.fanout.position) if self.fanout is not None else 0
+        return max(self.tail - position, 0) if self.tail >= 0 else 0
+
     def status(self) -> dict[str, Any]:
         """The micro status endpoint's answer: where the private feeds and the tape are (JB_EVT positions)."""
         f = self.fanout
         if f is None:
             return {"role": "starting"}
-        position = int(f.position)
         return {
-            "position": position,
+            "position": int(f.position),
             "evt_last_seq": self.tail,
-            "lag_events": max(self.tail - position, 0) if self.tail >= 0 else 0,
+            "lag_events": self.lag_events(),
             "republished": f.published,
             "resyncs": f.resyncs,
             "streams": dict(f.positions),  # per event stream read (one, or one per shard)
@@ -210,7 +214,7 @@ class _FanOutCollector(Collector):
         yield _counter("jetbook_fanout_resyncs", "Times the output streams' tails were read again after a failure",
                        resyncs)  # fmt: skip
         yield _gauge("jetbook_fanout_position", "JB_EVT sequence whose outputs are all stored", position)
-        lag = max(self.m.tail - position, 0) if self.m.tail >= 0 else 0
+        lag = self.m.lag_events()
         yield _gauge("jetbook_fanout_lag_events", "JB_EVT events read but not yet republished (as last read)", lag)
 
 

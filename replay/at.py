@@ -127,7 +127,8 @@ def parse_at(text: str, streams: list[str]) -> dict[str, int]:
     out: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         stream, _, seq = item.partition("=")
-        if stream not in streams or not seq.isdigit() or stream in out:
+        # ASCII digits only: str.isdigit also takes superscripts and other scripts' digits, which int() refuses
+        if stream not in streams or not (seq.isascii() and seq.isdigit()) or stream in out:
             raise ValueError(f"--at: {item!r} is not <stream>=<seq> for one of {', '.join(streams)}")
         out[stream] = int(seq)
     if set(out) != set(streams):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -223,3 +224,24 @@ async def scatter(nc: Any, subject: str, want: int, timeout: float = 10.0) -> li
         await wait_until(enough, timeout=timeout, what=f"{want} answers on {subject}")
     await sub.unsubscribe()
     return got
+
+
+STATUS_WAIT = "0.5"  # `jetbook status`'s collection window: the roles here answer within milliseconds
+
+
+async def jetbook_status(url: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """`jetbook status` as a user runs it, in a child process (the roles under test share this event loop)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "jetbook", "status", "--nats-url", url, "--wait", STATUS_WAIT, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def status_json(url: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    code, out, err = await jetbook_status(url, "--json", env=env)
+    assert code in (0, 1), err
+    doc: dict[str, Any] = json.loads(out)
+    return code, doc

@@ -32,9 +32,8 @@ from protocol.barrier import barrier
 from protocol.streams import ensure_streams
 from protocol.subjects import CMD_STREAM, EVT_STREAM
 from tests.conftest import POLL_INTERVAL_S, wait_until
-from tests.integration.harness import scatter
+from tests.integration.harness import scatter, status_json
 from tests.integration.test_hostile_permissions import secured_server  # noqa: F401  (a fixture: accounts.conf)
-from tests.integration.test_status_cli import status_json
 
 SERVICES = ("engine", "projection", "fanout", "gateway", "operator", "query")
 EVERYONE = (*SERVICES, "alice", "bob")

@@ -1,12 +1,11 @@
 """`jetbook status` against real roles on a real nats-server: what it shows, its exit status, and answers that are
-not a status. (Under deploy/accounts.conf it runs as the operator in test_lockdown's fail-over test.)"""
+not a status. (Under deploy/accounts.conf it runs as the operator in test_lockdown's start, restart and fail-over
+tests.)"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +15,7 @@ from jetbook.query_cli import query_role
 from jetbook.roles import engine_role, fanout_role, project_role
 from protocol.subjects import ENGINE_STATUS_SUBJECT, EVT_STREAM
 from tests.conftest import wait_until
-
-WAIT = "0.5"  # the command's collection window: the roles here answer within milliseconds
-
-
-async def jetbook_status(url: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """`jetbook status` as a user runs it, in a child process (the roles under test share this event loop)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "jetbook", "status", "--nats-url", url, "--wait", WAIT, *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})},
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-async def status_json(url: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-    code, out, err = await jetbook_status(url, "--json", env=env)
-    assert code in (0, 1), err
-    doc: dict[str, Any] = json.loads(out)
-    return code, doc
+from tests.integration.harness import jetbook_status, status_json
 
 
 async def test_status_shows_the_active_engine_its_standby_and_the_projection_and_fails_without_an_engine(
