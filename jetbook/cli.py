@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from jetbook.bots_cli import bots as bots_command
-from jetbook.cli_common import Market, Url, client_call
+from jetbook.cli_common import Market, Url, check_nats_url, client_call
 from jetbook.gateway_cli import gateway as gateway_command
 from jetbook.query_cli import query as query_command
 from jetbook.query_cli import query_service as query_service_command
@@ -67,7 +67,12 @@ app.add_typer(replay_app, name="replay")
 
 MaybeUrl = Annotated[
     str | None,
-    typer.Option("--nats-url", envvar="JETBOOK_NATS_URL", help="Use this server instead of starting one."),
+    typer.Option(
+        "--nats-url",
+        callback=check_nats_url,
+        envvar="JETBOOK_NATS_URL",
+        help="Use this server instead of starting one.",
+    ),
 ]
 Replicas = Annotated[int, typer.Option(envvar="JETBOOK_REPLICAS", help="Stream replicas (3 on a cluster).")]
 MetricsPort = Annotated[int, typer.Option(help="Serve Prometheus /metrics on this port (0: off; docs/METRICS.md).")]

@@ -8,10 +8,29 @@ from typing import Annotated, Any
 
 import typer
 
+
+def check_nats_url(value: str | None) -> str | None:
+    """A --nats-url (or JETBOOK_NATS_URL) that parses, each of its comma-separated servers; else a usage error.
+
+    The URL is parsed deep inside the connect (the login, nats-py's server pool), where a malformed one
+    ('nats://[::1', a port that is not a number) raised ValueError and every command died with a traceback.
+    """
+    from urllib.parse import urlsplit
+
+    for part in (value or "").split(","):
+        try:
+            if urlsplit(part.strip()).port == 0:  # the port is parsed lazily: a bad one raises only here
+                raise ValueError("port 0")
+        except ValueError as err:
+            raise typer.BadParameter(f"{part.strip()[:100]!r} is not a NATS URL ({err})") from err
+    return value
+
+
 Url = Annotated[
     str,
     typer.Option(
         "--nats-url",
+        callback=check_nats_url,
         envvar="JETBOOK_NATS_URL",
         help="NATS server URL (nats:// or tls://); several, comma-separated, for a cluster; user:password@ for "
         "auth [default user: the role's, from the credentials file of the `jetbook up` at this address].",

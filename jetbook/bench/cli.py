@@ -11,6 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
+from jetbook.cli_common import check_nats_url
+
 QUICK_RESTING = 100_000
 QUICK_LATENCY_S = 1.0
 
@@ -19,7 +21,9 @@ def bench(
     nats_url: Annotated[
         str | None,
         typer.Option(
-            "--nats-url", help="Use this (scratch) server instead of starting one; its JB_* streams are deleted."
+            "--nats-url",
+            callback=check_nats_url,
+            help="Use this (scratch) server instead of starting one; its JB_* streams are deleted.",
         ),
     ] = None,
     orders: Annotated[

@@ -221,6 +221,24 @@ def test_up_restarts_a_worker_that_dies(stack: tuple[str, Path, Lines]) -> None:
     _crossing_orders(url, "AFTER")
 
 
+def test_a_nats_url_that_does_not_parse_is_a_usage_error_and_the_venue_goes_on(stack: tuple[str, Path, Lines]) -> None:
+    """--nats-url (and JETBOOK_NATS_URL) is checked once, where the option is read: a malformed one killed every
+    command with a ValueError traceback from deep inside the connect."""
+    url, _, _ = stack
+    hostile = ("nats://[::1", "nats://h:port", "nats://h:99999", f"{url},nats://[::1", "nats://h:0", "tls://[x]:1")
+    commands = (("status",), ("demo",), ("fills",), ("query", "markets"), ("replay", "verify"),
+                ("submit", "place", "-m", "M", "-a", "a", "--side", "buy", "--price", "1", "--qty", "1"))  # fmt: skip
+    # Every command with one of them (they share the option), one command with each of the rest.
+    for bad, command in [(hostile[0], c) for c in commands] + [(h, ("status",)) for h in hostile[1:]]:
+        out = run(*command, "--nats-url", bad)
+        assert out.returncode == 2 and "is not a NATS URL" in out.stderr, (bad, command, out.stderr[-400:])
+        assert "Traceback" not in out.stderr
+    env = {**os.environ, "JETBOOK_NATS_URL": "nats://[::1"}
+    out = subprocess.run([*JETBOOK, "status"], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 2 and "is not a NATS URL" in out.stderr, out.stderr[-400:]
+    _crossing_orders(url, "URLS")  # the venue decides valid orders as before
+
+
 def test_invalid_commands_are_refused_before_connecting(tmp_path: Path) -> None:
     nowhere = "nats://127.0.0.1:1"
     bad = run(
