@@ -23,6 +23,7 @@ import nats.js.errors
 import pytest
 from nats.js.api import ConsumerConfig, StreamConfig
 
+from events.model import decode
 from jetbook.demo import run_demo
 from jetbook.roles import engine_role, fanout_role, project_role
 from jetbook.server import EmbeddedServer
@@ -600,18 +601,21 @@ async def test_engines_projection_and_query_with_micro_and_metrics_start_restart
     assert "Violation" not in server.log_path.read_text(), server.log_path.read_text()[-3000:]
 
 
-async def test_micro_registration_works_under_the_shipped_accounts_conf(
+async def test_micro_status_under_the_shipped_accounts_conf_through_start_restart_and_fail_over(
     secured_server: str,  # noqa: F811  (the fixture imported above)
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """deploy/accounts.conf as shipped: the engine, the projection and the fan-out, as their own users, register with
-    nats.micro and answer the operator's discovery and status requests; nothing is refused."""
+    """deploy/accounts.conf as shipped: the engine (an active one and a standby), the projection and the fan-out, each
+    as its own user, register with nats.micro and answer the operator's discovery and status requests; the active
+    engine stops and the standby answers as active; the projection and the fan-out restart and answer again;
+    `jetbook status` sees each stage; a valid order is decided and filed at the end. Nothing is refused."""
     from engine.metrics import STATUS_SUBJECT
     from projections.metrics import PROJECTION_STATUS_SUBJECT
     from protocol.subjects import FANOUT_STATUS_SUBJECT
 
     url = f"nats://{secured_server}"
+    operator = {"JETBOOK_NATS_USER": "operator", "JETBOOK_NATS_PASSWORD": "pwoperator"}
     errors: list[str] = []
 
     async def on_error(err: Exception) -> None:
@@ -620,48 +624,84 @@ async def test_micro_registration_works_under_the_shipped_accounts_conf(
     op_nc = await nats.connect(url, user="operator", password="pwoperator", inbox_prefix="_INBOX_operator",
                                error_cb=on_error)  # fmt: skip
     op = Client(op_nc, errors)
-    stop = asyncio.Event()
-    tasks = []
+    stops: dict[str, asyncio.Event] = {}
+    tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def start(name: str, user: str, role: Any, subject: str, want: int) -> None:
+        """Start a role as `user` and wait until `want` instances answer on its status subject: each role reads its
+        login from the environment when it connects, so the next one may change it only then."""
+        monkeypatch.setenv("JETBOOK_NATS_USER", user)
+        monkeypatch.setenv("JETBOOK_NATS_PASSWORD", f"pw{user}")
+        stops[name] = asyncio.Event()
+        tasks[name] = asyncio.create_task(role(stops[name]))
+
+        async def answering() -> bool:
+            return len(await answers(subject, want)) >= want
+
+        await wait_until(answering, 30, f"{name} ({user}) to answer on {subject}")
+
+    async def stop(name: str) -> None:
+        stops[name].set()
+        await asyncio.wait_for(tasks.pop(name), 30)
+
+    async def answers(subject: str, want: int) -> list[dict[str, Any]]:
+        return await _answers(op, subject, want, timeout=0.5)
+
+    async def status_shows(engines: list[str], projections: int, fanouts: int) -> bool:
+        code, doc = await status_json(url, env=operator)
+        return (
+            code == 0 and sorted(e["role"] for e in doc["engines"]) == engines
+            and len(doc["projections"]) == projections and len(doc["fanouts"]) == fanouts
+        )  # fmt: skip
+
     try:
-        # Each role reads its login from the environment when it connects: one role at a time.
-        monkeypatch.setenv("JETBOOK_NATS_USER", "engine")
-        monkeypatch.setenv("JETBOOK_NATS_PASSWORD", "pwengine")
-        tasks.append(asyncio.create_task(engine_role(url, stop)))
 
         async def active() -> bool:
-            answers = await _answers(op, STATUS_SUBJECT, 1, timeout=0.5)
-            return bool(answers and answers[0]["role"] == "active")
+            found = await answers(STATUS_SUBJECT, 1)
+            return bool(found and found[0]["role"] == "active")
 
+        await start("e1", "engine", lambda s: engine_role(url, s, lease_ttl=1.0), STATUS_SUBJECT, 1)
         await wait_until(active, what="the engine to lead and answer its status")
-        monkeypatch.setenv("JETBOOK_NATS_USER", "projection")
-        monkeypatch.setenv("JETBOOK_NATS_PASSWORD", "pwprojection")
-        tasks.append(asyncio.create_task(project_role(url, tmp_path / "rm.db", stop)))
-
-        async def projecting() -> bool:
-            return bool(await _answers(op, PROJECTION_STATUS_SUBJECT, 1, timeout=0.5))
-
-        await wait_until(projecting, what="the projection to answer its status")
-        monkeypatch.setenv("JETBOOK_NATS_USER", "fanout")
-        monkeypatch.setenv("JETBOOK_NATS_PASSWORD", "pwfanout")
-        tasks.append(asyncio.create_task(fanout_role(url, stop)))
-
-        async def fanning_out() -> bool:
-            answers = await _answers(op, FANOUT_STATUS_SUBJECT, 1, timeout=0.5)
-            return bool(answers and "position" in answers[0])
-
-        await wait_until(fanning_out, what="the fan-out to answer its status")
+        await start("e2", "engine", lambda s: engine_role(url, s, lease_ttl=1.0, standby=True), STATUS_SUBJECT, 2)
+        await start(
+            "p1", "projection", lambda s: project_role(url, tmp_path / "rm.db", s), PROJECTION_STATUS_SUBJECT, 1
+        )
+        await start("f1", "fanout", lambda s: fanout_role(url, s), FANOUT_STATUS_SUBJECT, 1)
+        await wait_until(lambda: status_shows(["active", "standby"], 1, 1), 30, "`jetbook status`: all four up")
         for service in ("jetbook-engine", "jetbook-projection", "jetbook-fanout"):
             for verb in ("PING", "INFO", "STATS"):
-                answers = await _answers(op, f"$SRV.{verb}.{service}", 1)
-                assert answers and answers[0]["name"] == service, (verb, service, answers)
-        # `jetbook status`, logged in as the operator the shipped file defines: the three roles, no problem.
-        code, doc = await status_json(url, env={"JETBOOK_NATS_USER": "operator", "JETBOOK_NATS_PASSWORD": "pwoperator"})
-        assert code == 0 and doc["problems"] == [], doc
-        assert [(e["evt_stream"], e["role"]) for e in doc["engines"]] == [("JB_EVT", "active")]
-        assert len(doc["projections"]) == 1 and len(doc["fanouts"]) == 1, doc
+                found = await _answers(op, f"$SRV.{verb}.{service}", 1)
+                assert found and found[0]["name"] == service, (verb, service, found)
+
+        await stop("e1")  # fail-over: the standby takes the lease and answers as the active engine
+        await wait_until(active, 30, "the standby to take over and answer as active")
+        await stop("p1")  # restarts, as their own users
+        await stop("f1")
+        await start(
+            "p2", "projection", lambda s: project_role(url, tmp_path / "rm.db", s), PROJECTION_STATUS_SUBJECT, 1
+        )
+        await start("f2", "fanout", lambda s: fanout_role(url, s), FANOUT_STATUS_SUBJECT, 1)
+        await wait_until(lambda: status_shows(["active"], 1, 1), 30, "`jetbook status` after the fail-over")
+
+        market = msgpack.packb({"type": "create_market", "market_id": "M", "base": "B", "quote": "Q"})
+        order = msgpack.packb({"type": "place_order", "client_order_id": "o1", "side": "buy", "price": 1, "qty": 1})
+        await op.js.publish("jb.ctl.M", market)
+        ack = await op.js.publish("jb.cmd.M.alice", order)
+
+        async def decided_and_filed() -> bool:
+            evt = await last_seq(op.js, EVT_STREAM)
+            if not evt or decode((await op.js.get_msg(EVT_STREAM, evt)).data).cmd_seq != ack.seq:
+                return False
+            fanout, projection = await answers(FANOUT_STATUS_SUBJECT, 1), await answers(PROJECTION_STATUS_SUBJECT, 1)
+            return bool(fanout and projection and fanout[0]["position"] == projection[0]["position"] == evt)
+
+        await wait_until(decided_and_filed, 30, "the order decided, projected and filed by the restarted roles")
+        tail = decode((await op.js.get_msg(EVT_STREAM, await last_seq(op.js, EVT_STREAM))).data)
+        assert tail.type == "order_accepted" and tail.client_order_id == "o1", tail
     finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        for event in stops.values():
+            event.set()
+        await asyncio.wait_for(asyncio.gather(*tasks.values()), 30)
         await op_nc.close()
     assert not [e for e in errors if "permission" in e.lower()], errors
     refused = [line for line in (tmp_path / "server.log").read_text().splitlines() if "Violation" in line]

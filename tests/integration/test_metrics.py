@@ -25,6 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine.metrics import STATUS_SUBJECT
+from events.model import decode
 from events.stream_readers import last_seq
 from jetbook.demo import run_demo
 from jetbook.query_cli import query_role
@@ -247,6 +248,18 @@ async def test_engine_projection_and_fanout_answer_micro_discovery_and_status(
         assert (await status(FANOUT_STATUS_SUBJECT))["position"] == evt_last
         assert await last_seq(js, EVT_STREAM) == evt_last, "a micro answer was written into the log"
         assert await last_seq(js, "JB_ACCT") == acct_last, "a micro answer was written into a private feed"
+        # Then a valid order is decided, and the fan-out files it in the trader's feed.
+        order = {"type": "place_order", "client_order_id": "after-micro", "side": "buy", "price": 1, "qty": 1}
+        ack = await js.publish("jb.cmd.ETH-USDC.carol", msgpack.packb(order))
+        await wait_for_command(js, ack.seq)
+        end = await last_seq(js, EVT_STREAM)
+        assert decode((await js.get_msg(EVT_STREAM, end)).data).type == "order_accepted"
+
+        async def filed() -> bool:
+            return (await status(FANOUT_STATUS_SUBJECT))["position"] == end
+
+        await wait_until(filed, what="the fan-out to file the order after the hostile requests")
+        assert await last_seq(js, "JB_ACCT") > acct_last
 
 
 def _free_run(n: int) -> int:

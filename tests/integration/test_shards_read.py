@@ -493,4 +493,37 @@ async def test_replay_rebuild_at_a_position_per_shard_is_the_venue_as_it_was_the
     assert missing.returncode == 2 and "--at needs every shard stream" in missing.stderr, missing.stderr
     one = rebuild(tmp_path / "x.db", "--to-seq", "5")
     assert one.returncode == 2 and "a sharded venue takes --at" in one.stderr, one.stderr
+    # Hostile --at values: each refused with a reason (exit 2, no traceback), nothing written.
+    for hostile in (
+        f"{EVT[0]}=²,{EVT[1]}=1",
+        f"{EVT[0]}=-1,{EVT[1]}=1",
+        f"{EVT[0]}=1e3,{EVT[1]}=1",
+        f"{EVT[0]}=1,{EVT[0]}=2",
+        f"{EVT[0]}={'9' * 5000},{EVT[1]}=1",
+        f"{EVT[0]}=2**64,{EVT[1]}=1",
+        "=,=",
+        "JB_EVT_9=1",
+        "\x01\u202e\udcff",  # control, bidi override, a lone surrogate (argv cannot hold a NUL)
+        " " * 10_000,
+        f"{EVT[0]}=1,{EVT[1]}=1,JB_EVT=1",
+        f"{EVT[0]}=0x10,{EVT[1]}=1",
+    ):
+        refused = rebuild(tmp_path / "x.db", "--at", hostile)
+        assert refused.returncode == 2 and "error:" in refused.stderr, (hostile[:40], refused.stderr[-500:])
+        assert "Traceback" not in refused.stderr, refused.stderr[-2000:]
     assert not (tmp_path / "x.db").exists()
+    # The venue still decides a valid order after all of it.
+    valid = (
+        "jb.cmd.M1.zed",
+        msgpack.packb(
+            {"type": "place_order", "client_order_id": "after-hostile", "side": "buy", "price": 900, "qty": 1}
+        ),
+    )  # below every ask: it rests
+    nc = await nats.connect(venue.url)
+    try:
+        after = await trade(nc, [valid])
+        stream = evt_stream_name(partition("M1", SHARDS), SHARDS)
+        tail = decode((await nc.jetstream().get_msg(stream, after[stream])).data)
+    finally:
+        await nc.close()
+    assert after[stream] > ends[stream] and tail.type == "order_accepted" and tail.client_order_id == "after-hostile"

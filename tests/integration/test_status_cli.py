@@ -9,6 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
+from events.model import decode
 from events.stream_readers import last_seq
 from jetbook.demo import run_demo
 from jetbook.query_cli import query_role
@@ -89,6 +92,24 @@ async def test_status_shows_the_active_engine_its_standby_and_the_projection_and
         finally:
             answerer.cancel()
             await rogue.unsubscribe()
+
+        # Hostile arguments: refused before connecting (exit 2, no traceback); then the venue decides an order.
+        for wait in ("nan", "inf", "-inf", "-1", "0", "61", "1e309", "abc", "\u202e1", "9" * 5000):
+            code, out, err = await jetbook_status(url, "--wait", wait)
+            assert code == 2 and "Traceback" not in err and not out, (wait[:20], err[-300:])
+        for extra in (("--json", "--json", "--nope"), ("ETH-USDC",), ("--nats-url", "nats://[::1")):
+            code, out, err = await jetbook_status(url, *extra)
+            assert code == 2 and "Traceback" not in err, (extra, err[-300:])
+        order = {"type": "place_order", "client_order_id": "after-status", "side": "buy", "price": 1, "qty": 1}
+        ack = await js.publish("jb.cmd.ETH-USDC.carol", msgpack.packb(order))
+
+        async def decided() -> bool:
+            tail = decode((await js.get_msg(EVT_STREAM, await last_seq(js, EVT_STREAM))).data)
+            return tail.cmd_seq == ack.seq
+
+        await wait_until(decided, 30, "the order after the hostile status calls to be decided")
+        tail = decode((await js.get_msg(EVT_STREAM, await last_seq(js, EVT_STREAM))).data)
+        assert tail.type == "order_accepted" and tail.client_order_id == "after-status", tail
 
         for name in ("active", "standby"):  # no engine left: the health check fails and says which log
             stops[name].set()
