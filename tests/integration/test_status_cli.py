@@ -94,10 +94,10 @@ async def test_status_shows_the_active_engine_its_standby_and_the_projection_and
             await rogue.unsubscribe()
 
         # Hostile arguments: refused before connecting (exit 2, no traceback); then the venue decides an order.
-        for wait in ("nan", "inf", "-inf", "-1", "0", "61", "1e309", "abc", "\u202e1", "9" * 5000):
+        for wait in ("nan", "-1", "61", "1e309", "\u202e1"):  # (0 is refused in the test below)
             code, out, err = await jetbook_status(url, "--wait", wait)
             assert code == 2 and "Traceback" not in err and not out, (wait[:20], err[-300:])
-        for extra in (("--json", "--json", "--nope"), ("ETH-USDC",), ("--nats-url", "nats://[::1")):
+        for extra in (("--json", "--nope"), ("--nats-url", "nats://[::1")):
             code, out, err = await jetbook_status(url, *extra)
             assert code == 2 and "Traceback" not in err, (extra, err[-300:])
         order = {"type": "place_order", "client_order_id": "after-status", "side": "buy", "price": 1, "qty": 1}
