@@ -548,12 +548,13 @@ async def test_engines_projection_and_query_with_micro_and_metrics_start_restart
         assert roles == ["active", "standby"], roles
         evt_now = await last_seq(op.js, EVT_STREAM)
 
-        async def every_role_answers() -> bool:  # `jetbook status`, as the operator of the credentials file
-            doc = (await status_json(server.url))[1]
-            return [f.get("position") for f in doc["fanouts"]] == [evt_now] and len(doc["projections"]) == 1
+        async def every_role_answers() -> bool:
+            fanouts = await _answers(op, FANOUT_STATUS_SUBJECT, 1, timeout=0.3)
+            projections = await _answers(op, PROJECTION_STATUS_SUBJECT, 1, timeout=0.3)
+            return [f.get("position") for f in fanouts] == [evt_now] and len(projections) == 1
 
-        await wait_until(every_role_answers, 30, "the fan-out and the projection to answer `jetbook status`")
-        code, doc = await status_json(server.url)
+        await wait_until(every_role_answers, 30, "the fan-out and the projection to answer their status")
+        code, doc = await status_json(server.url)  # `jetbook status`, as the operator of the credentials file
         assert code == 0 and doc["problems"] == [], doc
         assert sorted(e["role"] for e in doc["engines"]) == ["active", "standby"]
         assert len(doc["query_services"]) == 1, doc

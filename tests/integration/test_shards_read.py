@@ -495,18 +495,11 @@ async def test_replay_rebuild_at_a_position_per_shard_is_the_venue_as_it_was_the
     assert one.returncode == 2 and "a sharded venue takes --at" in one.stderr, one.stderr
     # Hostile --at values: each refused with a reason (exit 2, no traceback), nothing written.
     for hostile in (
-        f"{EVT[0]}=²,{EVT[1]}=1",
+        f"{EVT[0]}=²,{EVT[1]}=1",  # str.isdigit says yes, int() says no
+        f"{EVT[0]}={'9' * 5000},{EVT[1]}=1",  # past int()'s digit limit
         f"{EVT[0]}=-1,{EVT[1]}=1",
-        f"{EVT[0]}=1e3,{EVT[1]}=1",
         f"{EVT[0]}=1,{EVT[0]}=2",
-        f"{EVT[0]}={'9' * 5000},{EVT[1]}=1",
-        f"{EVT[0]}=2**64,{EVT[1]}=1",
-        "=,=",
-        "JB_EVT_9=1",
         "\x01\u202e\udcff",  # control, bidi override, a lone surrogate (argv cannot hold a NUL)
-        " " * 10_000,
-        f"{EVT[0]}=1,{EVT[1]}=1,JB_EVT=1",
-        f"{EVT[0]}=0x10,{EVT[1]}=1",
     ):
         refused = rebuild(tmp_path / "x.db", "--at", hostile)
         assert refused.returncode == 2 and "error:" in refused.stderr, (hostile[:40], refused.stderr[-500:])

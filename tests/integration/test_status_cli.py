@@ -16,9 +16,15 @@ from events.stream_readers import last_seq
 from jetbook.demo import run_demo
 from jetbook.query_cli import query_role
 from jetbook.roles import engine_role, fanout_role, project_role
-from protocol.subjects import ENGINE_STATUS_SUBJECT, EVT_STREAM
+from protocol.subjects import (
+    ENGINE_STATUS_SUBJECT,
+    EVT_STREAM,
+    FANOUT_STATUS_SUBJECT,
+    PROJECTION_STATUS_SUBJECT,
+    QUERY_SERVICE,
+)
 from tests.conftest import wait_until
-from tests.integration.harness import jetbook_status, status_json
+from tests.integration.harness import jetbook_status, scatter, status_json
 
 
 async def test_status_shows_the_active_engine_its_standby_and_the_projection_and_fails_without_an_engine(
@@ -33,10 +39,14 @@ async def test_status_shows_the_active_engine_its_standby_and_the_projection_and
     tasks = {"active": asyncio.create_task(engine_role(url, stops["active"], lease_ttl=1.0))}
     db = tmp_path / "rm.db"
     try:
+        nc = js._nc
+
+        async def asked(subject: str, want: int) -> list[dict[str, Any]]:
+            """The roles' answers in this process (the waits poll; the command itself is run for the checks)."""
+            return await scatter(nc, subject, want, timeout=0.3)
 
         async def answering(roles: list[str]) -> bool:
-            doc = (await status_json(url))[1]
-            return sorted(e["role"] for e in doc["engines"]) == roles
+            return sorted(e["role"] for e in await asked(ENGINE_STATUS_SUBJECT, len(roles))) == roles
 
         await wait_until(lambda: answering(["active"]), 30, "the engine to answer as active")
         tasks["standby"] = asyncio.create_task(engine_role(url, stops["standby"], lease_ttl=1.0, standby=True))
@@ -47,14 +57,13 @@ async def test_status_shows_the_active_engine_its_standby_and_the_projection_and
         end = await last_seq(js, EVT_STREAM)
 
         async def both_and_projected() -> bool:
-            doc = (await status_json(url))[1]
-            engines, projections = doc["engines"], doc["projections"]
+            engines = await asked(ENGINE_STATUS_SUBJECT, 2)
             return (
                 sorted(e["role"] for e in engines) == ["active", "standby"]
                 and {e["last_evt_seq"] for e in engines} == {end}  # the standby follows the log
-                and [p["position"] for p in projections] == [end]
-                and len(doc["query_services"]) == 1
-                and [f.get("position") for f in doc["fanouts"]] == [end]
+                and [p["position"] for p in await asked(PROJECTION_STATUS_SUBJECT, 1)] == [end]
+                and len(await asked(f"$SRV.PING.{QUERY_SERVICE}", 1)) == 1
+                and [f.get("position") for f in await asked(FANOUT_STATUS_SUBJECT, 1)] == [end]
             )
 
         await wait_until(both_and_projected, 30, "an active, a standby and a caught-up projection")
@@ -75,7 +84,6 @@ async def test_status_shows_the_active_engine_its_standby_and_the_projection_and
         }
 
         # Answers that are not a status (on an open server anyone may answer): left out and counted, never a crash.
-        nc = js._nc
         rogue = await nc.subscribe(ENGINE_STATUS_SUBJECT)
 
         async def answer_badly() -> None:
@@ -116,7 +124,7 @@ async def test_status_shows_the_active_engine_its_standby_and_the_projection_and
             await asyncio.wait_for(tasks.pop(name), 30)
 
         async def none_answer() -> bool:
-            return not (await status_json(url))[1]["engines"]
+            return not await asked(ENGINE_STATUS_SUBJECT, 1)
 
         await wait_until(none_answer, 30, "the engines to stop answering")
         code, out, _ = await jetbook_status(url)
